@@ -1,0 +1,171 @@
+"""Request descriptions for every Dune endpoint the provider uses.
+
+Each builder validates its arguments and returns a :class:`DuneRequest`; the hook's sync and async transports
+only send it. ``starts_run`` marks requests that start billed work, which are never retried after an ambiguous
+failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from airflow_provider_dune.api.validation import (
+    validate_execution_id,
+    validate_performance,
+    validate_pipeline_nodes,
+    validate_query_id,
+    validate_query_parameters,
+    validate_view_name,
+)
+
+
+@dataclass(frozen=True)
+class DuneRequest:
+    """One HTTP call to Dune, described without a transport.
+
+    :param method: HTTP method.
+    :param path: path below the base URL, starting with ``/v1/``.
+    :param name: endpoint template used in logs and errors (no ids or secrets).
+    :param params: query-string parameters.
+    :param json_body: JSON body, if any.
+    :param starts_run: the call starts billed work on Dune (execute/refresh).
+    """
+
+    method: str
+    path: str
+    name: str
+    params: Mapping[str, str] | None = None
+    json_body: Any = None
+    starts_run: bool = False
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def execute_query_pipeline(query_id: Any, performance: Any = "medium", query_parameters: Any = None) -> DuneRequest:
+    """``POST /v1/query/{query_id}/pipeline/execute``: run a query with its materialized-view lineage."""
+    body: dict[str, Any] = {"performance": validate_performance(performance)}
+    parameters = validate_query_parameters(query_parameters)
+    if parameters:
+        body["query_parameters"] = parameters
+    return DuneRequest(
+        "POST",
+        f"/v1/query/{validate_query_id(query_id)}/pipeline/execute",
+        "POST /v1/query/{query_id}/pipeline/execute",
+        json_body=body,
+        starts_run=True,
+    )
+
+
+def execute_pipeline(nodes: Sequence[Mapping[str, Any]]) -> DuneRequest:
+    """``POST /v1/pipelines/execute``: run an explicit pipeline of nodes."""
+    return DuneRequest(
+        "POST",
+        "/v1/pipelines/execute",
+        "POST /v1/pipelines/execute",
+        json_body={"pipeline": {"nodes": validate_pipeline_nodes(nodes)}},
+        starts_run=True,
+    )
+
+
+def get_query_pipeline(query_id: Any, performance: Any = "medium", query_parameters: Any = None) -> DuneRequest:
+    """``GET /v1/query/{query_id}/pipeline``: the pipeline Dune would run (a dry run)."""
+    params = {"performance": validate_performance(performance)}
+    parameters = validate_query_parameters(query_parameters)
+    if parameters:
+        params["query_parameters"] = json.dumps(parameters, separators=(",", ":"))
+    return DuneRequest(
+        "GET",
+        f"/v1/query/{validate_query_id(query_id)}/pipeline",
+        "GET /v1/query/{query_id}/pipeline",
+        params=params,
+    )
+
+
+def get_pipeline_status(pipeline_execution_id: Any) -> DuneRequest:
+    """``GET /v1/pipelines/executions/{id}/status``."""
+    pid = validate_execution_id(pipeline_execution_id, what="pipeline_execution_id")
+    return DuneRequest(
+        "GET",
+        f"/v1/pipelines/executions/{_segment(pid)}/status",
+        "GET /v1/pipelines/executions/{pipeline_execution_id}/status",
+    )
+
+
+def execute_query(query_id: Any, performance: Any = "medium", query_parameters: Any = None) -> DuneRequest:
+    """``POST /v1/query/{query_id}/execute``."""
+    body: dict[str, Any] = {"performance": validate_performance(performance)}
+    parameters = validate_query_parameters(query_parameters)
+    if parameters:
+        body["query_parameters"] = parameters
+    return DuneRequest(
+        "POST",
+        f"/v1/query/{validate_query_id(query_id)}/execute",
+        "POST /v1/query/{query_id}/execute",
+        json_body=body,
+        starts_run=True,
+    )
+
+
+def get_execution_status(execution_id: Any) -> DuneRequest:
+    """``GET /v1/execution/{execution_id}/status``."""
+    eid = validate_execution_id(execution_id)
+    return DuneRequest("GET", f"/v1/execution/{_segment(eid)}/status", "GET /v1/execution/{execution_id}/status")
+
+
+def get_execution_results(
+    execution_id: Any,
+    *,
+    limit: int | None = None,
+    offset: int | None = None,
+    allow_partial_results: bool = False,
+) -> DuneRequest:
+    """``GET /v1/execution/{execution_id}/results`` (one page)."""
+    eid = validate_execution_id(execution_id)
+    params: dict[str, str] = {}
+    if limit is not None:
+        params["limit"] = str(int(limit))
+    if offset is not None:
+        params["offset"] = str(int(offset))
+    if allow_partial_results:
+        params["allow_partial_results"] = "true"
+    return DuneRequest(
+        "GET",
+        f"/v1/execution/{_segment(eid)}/results",
+        "GET /v1/execution/{execution_id}/results",
+        params=params or None,
+    )
+
+
+def cancel_execution(execution_id: Any) -> DuneRequest:
+    """``POST /v1/execution/{execution_id}/cancel``: idempotent, so safe to retry."""
+    eid = validate_execution_id(execution_id)
+    return DuneRequest("POST", f"/v1/execution/{_segment(eid)}/cancel", "POST /v1/execution/{execution_id}/cancel")
+
+
+def refresh_materialized_view(name: Any, performance: Any = "medium") -> DuneRequest:
+    """``POST /v1/materialized-views/{name}/refresh``."""
+    view = validate_view_name(name)
+    return DuneRequest(
+        "POST",
+        f"/v1/materialized-views/{_segment(view)}/refresh",
+        "POST /v1/materialized-views/{name}/refresh",
+        json_body={"performance": validate_performance(performance)},
+        starts_run=True,
+    )
+
+
+def get_materialized_view(name: Any) -> DuneRequest:
+    """``GET /v1/materialized-views/{name}``."""
+    view = validate_view_name(name)
+    return DuneRequest("GET", f"/v1/materialized-views/{_segment(view)}", "GET /v1/materialized-views/{name}")
+
+
+def get_usage() -> DuneRequest:
+    """``POST /v1/usage``: a cheap authenticated read, used to test the connection."""
+    return DuneRequest("POST", "/v1/usage", "POST /v1/usage", json_body={})

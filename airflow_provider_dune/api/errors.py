@@ -1,0 +1,224 @@
+"""Exceptions raised for Dune API failures, and the mapping from HTTP responses to them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+from airflow.exceptions import AirflowException
+
+
+class DuneError(AirflowException):
+    """Base class of every error raised by this provider."""
+
+
+class DuneConfigurationError(DuneError):
+    """The connection or the task's arguments are invalid; the message says what to fix."""
+
+
+class DuneAPIError(DuneError):
+    """Dune answered with an HTTP error.
+
+    :param message: Dune's own ``{"error": ...}`` message (or a description when the body had none).
+    :param http_status: HTTP status code, ``None`` when no response was received.
+    :param endpoint: short description of the request, e.g. ``GET /v1/pipelines/executions/{id}/status``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message
+        self.http_status = http_status
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+        super().__init__(self._format())
+
+    hint: str = ""
+
+    def _format(self) -> str:
+        where = f" on {self.endpoint}" if self.endpoint else ""
+        code = f"HTTP {self.http_status}" if self.http_status is not None else "no response"
+        hint = f" {self.hint}" if self.hint else ""
+        message = self.message.rstrip(".")
+        return f"Dune API error ({code}){where}: {message}.{hint}"
+
+    def add_detail(self, detail: str) -> None:
+        """Append an explanation to the message (e.g. why the request was not retried)."""
+        self.message = f"{self.message.rstrip('.')}. {detail}"
+        self.args = (self._format(),)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Keep keyword-only arguments across pickling (Airflow may pickle exceptions between processes).
+        return (
+            _rebuild_error,
+            (type(self), self.message, self.http_status, self.endpoint, self.retry_after),
+        )
+
+
+def _rebuild_error(
+    cls: type[DuneAPIError],
+    message: str,
+    status_code: int | None,
+    endpoint: str | None,
+    retry_after: float | None,
+) -> DuneAPIError:
+    return cls(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after)
+
+
+class DuneBadRequestError(DuneAPIError):
+    """Dune rejected the request (400/409/422): usually bad parameters or an invalid pipeline."""
+
+
+class DuneAuthError(DuneAPIError):
+    """The API key is missing, invalid (401) or lacks the permission needed (403)."""
+
+    hint = (
+        "Check the API key in the Airflow connection (password field); executing pipelines and refreshing "
+        "materialized views needs a Read/Write key."
+    )
+
+
+class DuneNotFoundError(DuneAPIError):
+    """The query, materialized view or execution does not exist or is private (404)."""
+
+
+class DuneCreditsExhaustedError(DuneAPIError):
+    """The request would exceed the plan's credit limits for this billing cycle (402)."""
+
+    hint = "Raise the credit limit of the Dune team or wait for the next billing cycle; retrying will not help."
+
+
+class DuneRateLimitError(DuneAPIError):
+    """Too many requests for the plan's rate limit (429)."""
+
+    hint = "Lower the polling frequency (poll_interval) or the number of concurrent Dune tasks."
+
+
+class DuneServerError(DuneAPIError):
+    """Dune failed to handle the request (5xx)."""
+
+
+class DuneConnectionError(DuneAPIError):
+    """No usable HTTP response: connection refused, dropped, timed out or an unparsable body.
+
+    :param request_sent: ``True`` when the request may have reached Dune (read timeout, connection dropped
+        after sending), so a non-idempotent call may have taken effect.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+        request_sent: bool = True,
+    ) -> None:
+        self.request_sent = request_sent
+        super().__init__(message, http_status=http_status, endpoint=endpoint, retry_after=retry_after)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (
+            _rebuild_connection_error,
+            (self.message, self.http_status, self.endpoint, self.retry_after, self.request_sent),
+        )
+
+
+def _rebuild_connection_error(
+    message: str,
+    status_code: int | None,
+    endpoint: str | None,
+    retry_after: float | None,
+    request_sent: bool,
+) -> DuneConnectionError:
+    return DuneConnectionError(
+        message,
+        http_status=status_code,
+        endpoint=endpoint,
+        retry_after=retry_after,
+        request_sent=request_sent,
+    )
+
+
+class DuneResponseError(DuneAPIError):
+    """Dune answered 2xx but the body is not what the API documents (not JSON, or missing fields)."""
+
+
+_STATUS_CLASSES: dict[int, type[DuneAPIError]] = {
+    400: DuneBadRequestError,
+    401: DuneAuthError,
+    402: DuneCreditsExhaustedError,
+    403: DuneAuthError,
+    404: DuneNotFoundError,
+    409: DuneBadRequestError,
+    422: DuneBadRequestError,
+    429: DuneRateLimitError,
+}
+
+_MAX_MESSAGE_CHARS = 500
+
+
+def error_message_from_body(body: bytes | str | None, status_code: int) -> str:
+    """Extract Dune's ``{"error": "..."}`` message, falling back to a trimmed body or the reason phrase."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else (body or "")
+    try:
+        payload = json.loads(text) if text else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, Mapping):
+        for key in ("error", "message", "detail"):
+            value = payload.get(key)
+            if isinstance(value, str) and value:
+                return value[:_MAX_MESSAGE_CHARS]
+            if isinstance(value, Mapping) and isinstance(value.get("message"), str):
+                return str(value["message"])[:_MAX_MESSAGE_CHARS]
+    stripped = " ".join(text.split())
+    if stripped:
+        return stripped[:_MAX_MESSAGE_CHARS]
+    return f"HTTP {status_code} with an empty body"
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), ``None`` if absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = now or datetime.now(timezone.utc)
+    return max(0.0, (when - current).total_seconds())
+
+
+def error_from_response(
+    status_code: int,
+    body: bytes | str | None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    endpoint: str | None = None,
+) -> DuneAPIError:
+    """Map a non-2xx Dune response to the matching :class:`DuneAPIError` subclass."""
+    message = error_message_from_body(body, status_code)
+    retry_after = None
+    if headers is not None:
+        lowered = {key.lower(): value for key, value in headers.items()}
+        retry_after = parse_retry_after(lowered.get("retry-after"))
+    if status_code >= 500:
+        error_class: type[DuneAPIError] = DuneServerError
+    else:
+        error_class = _STATUS_CLASSES.get(status_code, DuneAPIError)
+    return error_class(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after)

@@ -1,0 +1,534 @@
+"""Typed views of Dune API responses and the parsers that build them.
+
+Parsers accept the decoded JSON body and raise :class:`~airflow_provider_dune.api.errors.DuneResponseError` when a
+field the provider relies on is missing. Every model has ``to_dict()`` returning JSON-serialisable data (safe for
+XCom and trigger events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from airflow_provider_dune.api.errors import DuneResponseError
+from airflow_provider_dune.api.states import RunState, normalize_state
+
+
+def _require_mapping(body: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise DuneResponseError(f"expected a JSON object for {what}, got {type(body).__name__}")
+    return body
+
+
+def _require_str(body: Mapping[str, Any], key: str, what: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise DuneResponseError(f"the {what} response has no '{key}'")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _opt_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _opt_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class NodeKind(str, Enum):
+    """What a pipeline node does."""
+
+    QUERY_EXECUTION = "query_execution"
+    MATERIALIZED_VIEW_REFRESH = "materialized_view_refresh"
+
+
+class PipelineOutcome(str, Enum):
+    """What a pipeline status means for the Airflow task waiting on it."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not PipelineOutcome.RUNNING
+
+
+@dataclass(frozen=True)
+class PipelineNodeStatus:
+    """State of one node of a pipeline execution.
+
+    :param node_id: the node's id inside the pipeline.
+    :param kind: query execution or materialized view refresh.
+    :param raw_state: the state string exactly as Dune sent it.
+    :param state: the normalised state; a non-empty ``error`` makes it ``FAILED``.
+    :param execution_id: the node's execution id, present once the node started.
+    """
+
+    node_id: int
+    kind: NodeKind
+    raw_state: str
+    state: RunState
+    query_id: int | None = None
+    view_name: str | None = None
+    execution_id: str | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Human-readable name: ``query 1234`` or ``materialized view dune.team.result_x``."""
+        if self.kind is NodeKind.MATERIALIZED_VIEW_REFRESH:
+            return f"materialized view {self.view_name or '?'}"
+        return f"query {self.query_id if self.query_id is not None else '?'}"
+
+    @property
+    def is_running(self) -> bool:
+        """Started and not finished: the node can still be cancelled with its execution id."""
+        return bool(self.execution_id) and not self.state.is_terminal
+
+    def describe(self) -> str:
+        """One line for logs and failure messages."""
+        text = f"node {self.node_id} ({self.label}): {self.state.value}"
+        if self.state is RunState.UNKNOWN:
+            text += f" (unrecognised Dune state {self.raw_state!r})"
+        if self.error:
+            text += f": {self.error}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["state"] = self.state.value
+        return data
+
+
+def _parse_node(raw: Any) -> PipelineNodeStatus:
+    node = _require_mapping(raw, "a pipeline node execution")
+    node_id = _opt_int(node.get("id"))
+    if node_id is None:
+        raise DuneResponseError("a pipeline node execution has no integer 'id'")
+    query_status = node.get("query_execution_status")
+    view_status = node.get("materialized_view_refresh_status")
+    if isinstance(view_status, Mapping):
+        kind, detail = NodeKind.MATERIALIZED_VIEW_REFRESH, view_status
+    elif isinstance(query_status, Mapping):
+        kind, detail = NodeKind.QUERY_EXECUTION, query_status
+    else:
+        raise DuneResponseError(f"pipeline node {node_id} has neither a query nor a materialized view status")
+    raw_state = detail.get("status")
+    error = _opt_str(detail.get("error"))
+    state = normalize_state(raw_state)
+    if error and not state.is_failure:
+        state = RunState.FAILED
+    return PipelineNodeStatus(
+        node_id=node_id,
+        kind=kind,
+        raw_state=str(raw_state or ""),
+        state=state,
+        query_id=_opt_int(detail.get("query_id")),
+        view_name=_opt_str(detail.get("name")),
+        execution_id=_opt_str(detail.get("execution_id")),
+        error=error,
+    )
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """State of a pipeline execution: overall state plus one entry per node.
+
+    :param pipeline_execution_id: the id returned when the pipeline was started.
+    :param raw_state: the overall state string exactly as Dune sent it.
+    :param state: the normalised overall state.
+    :param error: the overall error message, if any.
+    :param nodes: per-node states in the order Dune listed them.
+    """
+
+    pipeline_execution_id: str
+    raw_state: str
+    state: RunState
+    error: str | None
+    nodes: tuple[PipelineNodeStatus, ...] = field(default_factory=tuple)
+
+    @property
+    def failed_nodes(self) -> tuple[PipelineNodeStatus, ...]:
+        """Nodes that failed or expired (cancelled nodes are not counted as the cause of a failure)."""
+        return tuple(n for n in self.nodes if n.state in (RunState.FAILED, RunState.EXPIRED))
+
+    @property
+    def running_nodes(self) -> tuple[PipelineNodeStatus, ...]:
+        """Nodes that started and have not finished: what to cancel when giving up."""
+        return tuple(n for n in self.nodes if n.is_running)
+
+    @property
+    def unknown_nodes(self) -> tuple[PipelineNodeStatus, ...]:
+        return tuple(n for n in self.nodes if n.state is RunState.UNKNOWN)
+
+    @property
+    def outcome(self) -> PipelineOutcome:
+        """The verdict for a waiting task. Success needs every node and the pipeline to say ``completed``."""
+        if self.state is RunState.FAILED or self.state is RunState.EXPIRED or self.error or self.failed_nodes:
+            return PipelineOutcome.FAILED
+        if self.state is RunState.CANCELLED or any(n.state is RunState.CANCELLED for n in self.nodes):
+            return PipelineOutcome.CANCELLED
+        if self.state in (RunState.PENDING, RunState.EXECUTING):
+            return PipelineOutcome.RUNNING
+        if self.state is RunState.COMPLETED:
+            if all(n.state is RunState.COMPLETED for n in self.nodes):
+                return PipelineOutcome.SUCCESS
+            if any(not n.state.is_terminal and n.state is not RunState.UNKNOWN for n in self.nodes):
+                # Overall says completed while a node still runs: trust the nodes and keep waiting.
+                return PipelineOutcome.RUNNING
+            return PipelineOutcome.UNKNOWN
+        # Unrecognised overall state: keep waiting while nodes run, never call it success.
+        if any(not n.state.is_terminal and n.state is not RunState.UNKNOWN for n in self.nodes):
+            return PipelineOutcome.RUNNING
+        return PipelineOutcome.UNKNOWN
+
+    @property
+    def is_terminal(self) -> bool:
+        """The task's verdict is decided (it may still have nodes running that should be cancelled)."""
+        return self.outcome.is_final
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome is PipelineOutcome.SUCCESS
+
+    def progress_summary(self) -> str:
+        """One line such as ``3/5 nodes done, 1 running``."""
+        total = len(self.nodes)
+        done = sum(1 for n in self.nodes if n.state is RunState.COMPLETED)
+        parts = [f"{done}/{total} nodes done"]
+        running = sum(1 for n in self.nodes if n.state is RunState.EXECUTING)
+        pending = sum(1 for n in self.nodes if n.state is RunState.PENDING)
+        failed = len(self.failed_nodes)
+        cancelled = sum(1 for n in self.nodes if n.state is RunState.CANCELLED)
+        unknown = len(self.unknown_nodes)
+        for count, word in (
+            (running, "running"),
+            (pending, "pending"),
+            (failed, "failed"),
+            (cancelled, "cancelled"),
+            (unknown, "in an unrecognised state"),
+        ):
+            if count:
+                parts.append(f"{count} {word}")
+        return ", ".join(parts)
+
+    def failure_message(self) -> str:
+        """Multi-line explanation naming each failed node with Dune's error text."""
+        lines = [
+            f"Dune pipeline {self.pipeline_execution_id} ended {self.outcome.value} "
+            f"(Dune status {self.raw_state!r}): {self.progress_summary()}."
+        ]
+        if self.error:
+            lines.append(f"Pipeline error: {self.error}")
+        for node in self.nodes:
+            if node.state is not RunState.COMPLETED:
+                lines.append(f"  - {node.describe()}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline_execution_id": self.pipeline_execution_id,
+            "state": self.state.value,
+            "raw_state": self.raw_state,
+            "outcome": self.outcome.value,
+            "error": self.error,
+            "summary": self.progress_summary(),
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
+
+
+def parse_pipeline_status(body: Any, pipeline_execution_id: str) -> PipelineStatus:
+    """Build a :class:`PipelineStatus` from ``GET /v1/pipelines/executions/{id}/status``."""
+    data = _require_mapping(body, "pipeline status")
+    raw_nodes = data.get("node_executions") or []
+    if not isinstance(raw_nodes, Sequence) or isinstance(raw_nodes, (str, bytes)):
+        raise DuneResponseError("the pipeline status response has a 'node_executions' that is not a list")
+    raw_state = data.get("status")
+    return PipelineStatus(
+        pipeline_execution_id=pipeline_execution_id,
+        raw_state=str(raw_state or ""),
+        state=normalize_state(raw_state),
+        error=_opt_str(data.get("error")),
+        nodes=tuple(_parse_node(n) for n in raw_nodes),
+    )
+
+
+@dataclass(frozen=True)
+class ResultMetadata:
+    """Shape and cost of a query result."""
+
+    column_names: tuple[str, ...] = ()
+    column_types: tuple[str, ...] = ()
+    row_count: int | None = None
+    total_row_count: int | None = None
+    datapoint_count: int | None = None
+    execution_time_millis: int | None = None
+    pending_time_millis: int | None = None
+    result_set_bytes: int | None = None
+    total_result_set_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["column_names"] = list(self.column_names)
+        data["column_types"] = list(self.column_types)
+        return data
+
+
+def parse_result_metadata(raw: Any) -> ResultMetadata | None:
+    if not isinstance(raw, Mapping):
+        return None
+    return ResultMetadata(
+        column_names=tuple(str(c) for c in raw.get("column_names") or ()),
+        column_types=tuple(str(c) for c in raw.get("column_types") or ()),
+        row_count=_opt_int(raw.get("row_count")),
+        total_row_count=_opt_int(raw.get("total_row_count")),
+        datapoint_count=_opt_int(raw.get("datapoint_count")),
+        execution_time_millis=_opt_int(raw.get("execution_time_millis")),
+        pending_time_millis=_opt_int(raw.get("pending_time_millis")),
+        result_set_bytes=_opt_int(raw.get("result_set_bytes")),
+        total_result_set_bytes=_opt_int(raw.get("total_result_set_bytes")),
+    )
+
+
+@dataclass(frozen=True)
+class ExecutionStatus:
+    """State of a single execution (a query run or a materialized view refresh)."""
+
+    execution_id: str
+    raw_state: str
+    state: RunState
+    query_id: int | None = None
+    is_execution_finished: bool | None = None
+    submitted_at: str | None = None
+    execution_started_at: str | None = None
+    execution_ended_at: str | None = None
+    expires_at: str | None = None
+    cancelled_at: str | None = None
+    queue_position: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    execution_cost_credits: float | None = None
+    result_metadata: ResultMetadata | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal or bool(self.is_execution_finished)
+
+    @property
+    def succeeded(self) -> bool:
+        """Only a complete result counts: ``COMPLETED_PARTIAL`` is surfaced, not accepted."""
+        return self.state is RunState.COMPLETED
+
+    def describe(self) -> str:
+        text = f"execution {self.execution_id}: {self.state.value}"
+        if self.state is RunState.UNKNOWN:
+            text += f" (unrecognised Dune state {self.raw_state!r})"
+        if self.error_message:
+            kind = f"{self.error_type}: " if self.error_type else ""
+            text += f": {kind}{self.error_message}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["result_metadata"] = self.result_metadata.to_dict() if self.result_metadata else None
+        return data
+
+
+def parse_execution_status(body: Any) -> ExecutionStatus:
+    """Build an :class:`ExecutionStatus` from ``GET /v1/execution/{id}/status``."""
+    data = _require_mapping(body, "execution status")
+    execution_id = _require_str(data, "execution_id", "execution status")
+    raw_state = data.get("state")
+    error = data.get("error")
+    error_map = error if isinstance(error, Mapping) else {}
+    error_message = _opt_str(error_map.get("message")) or _opt_str(error)
+    finished = data.get("is_execution_finished")
+    return ExecutionStatus(
+        execution_id=execution_id,
+        raw_state=str(raw_state or ""),
+        state=normalize_state(raw_state),
+        query_id=_opt_int(data.get("query_id")),
+        is_execution_finished=finished if isinstance(finished, bool) else None,
+        submitted_at=_opt_str(data.get("submitted_at")),
+        execution_started_at=_opt_str(data.get("execution_started_at")),
+        execution_ended_at=_opt_str(data.get("execution_ended_at")),
+        expires_at=_opt_str(data.get("expires_at")),
+        cancelled_at=_opt_str(data.get("cancelled_at")),
+        queue_position=_opt_int(data.get("queue_position")),
+        error_type=_opt_str(error_map.get("type")),
+        error_message=error_message,
+        execution_cost_credits=_opt_float(data.get("execution_cost_credits")),
+        result_metadata=parse_result_metadata(data.get("result_metadata")),
+    )
+
+
+@dataclass(frozen=True)
+class ExecutionStarted:
+    """Answer to an execute call: the new execution's id and first state."""
+
+    execution_id: str
+    raw_state: str
+    state: RunState
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id, "state": self.state.value, "raw_state": self.raw_state}
+
+
+def parse_execution_started(body: Any) -> ExecutionStarted:
+    data = _require_mapping(body, "execute query")
+    raw_state = data.get("state")
+    return ExecutionStarted(
+        execution_id=_require_str(data, "execution_id", "execute query"),
+        raw_state=str(raw_state or ""),
+        state=normalize_state(raw_state) if raw_state else RunState.PENDING,
+    )
+
+
+def parse_pipeline_execution_id(body: Any) -> str:
+    """Read ``pipeline_execution_id`` from either pipeline execute endpoint."""
+    return _require_str(_require_mapping(body, "execute pipeline"), "pipeline_execution_id", "execute pipeline")
+
+
+@dataclass(frozen=True)
+class ResultPage:
+    """One page of an execution's result rows."""
+
+    execution_id: str
+    state: RunState
+    rows: list[dict[str, Any]]
+    metadata: ResultMetadata | None
+    query_id: int | None = None
+    next_offset: int | None = None
+    next_uri: str | None = None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_offset is not None or self.next_uri is not None
+
+
+def parse_result_page(body: Any) -> ResultPage:
+    """Build a :class:`ResultPage` from ``GET /v1/execution/{id}/results`` (or a query's latest results)."""
+    data = _require_mapping(body, "execution results")
+    result = data.get("result")
+    result_map = result if isinstance(result, Mapping) else {}
+    rows = result_map.get("rows") or []
+    if not isinstance(rows, list):
+        raise DuneResponseError("the results response has 'rows' that is not a list")
+    return ResultPage(
+        execution_id=_require_str(data, "execution_id", "execution results"),
+        state=normalize_state(data.get("state")),
+        rows=[dict(r) for r in rows if isinstance(r, Mapping)],
+        metadata=parse_result_metadata(result_map.get("metadata")),
+        query_id=_opt_int(data.get("query_id")),
+        next_offset=_opt_int(data.get("next_offset")),
+        next_uri=_opt_str(data.get("next_uri")),
+    )
+
+
+@dataclass(frozen=True)
+class MaterializedViewRefresh:
+    """Answer to a materialized view refresh: the execution to follow."""
+
+    execution_id: str
+    sql_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_materialized_view_refresh(body: Any) -> MaterializedViewRefresh:
+    data = _require_mapping(body, "materialized view refresh")
+    return MaterializedViewRefresh(
+        execution_id=_require_str(data, "execution_id", "materialized view refresh"),
+        sql_id=_opt_str(data.get("sql_id")),
+    )
+
+
+@dataclass(frozen=True)
+class MaterializedView:
+    """Description of a materialized view."""
+
+    id: str | None
+    sql_id: str | None
+    query_id: int | None
+    is_private: bool | None
+    table_size_bytes: int | None
+    last_execution_ids: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["last_execution_ids"] = list(self.last_execution_ids)
+        return data
+
+
+def parse_materialized_view(body: Any) -> MaterializedView:
+    data = _require_mapping(body, "materialized view")
+    private = data.get("is_private")
+    return MaterializedView(
+        id=_opt_str(data.get("id")),
+        sql_id=_opt_str(data.get("sql_id")),
+        query_id=_opt_int(data.get("query_id")),
+        is_private=private if isinstance(private, bool) else None,
+        table_size_bytes=_opt_int(data.get("table_size_bytes")),
+        last_execution_ids=tuple(str(x) for x in data.get("last_execution_ids") or ()),
+    )
+
+
+@dataclass(frozen=True)
+class CreditUsage:
+    """Credits of the current billing period, from ``POST /v1/usage``."""
+
+    credits_used: float | None
+    credits_included: float | None
+    period_start: str | None
+    period_end: str | None
+
+
+def parse_usage(body: Any) -> CreditUsage:
+    data = _require_mapping(body, "usage")
+    periods = data.get("billing_periods") or []
+    latest: Mapping[str, Any] = {}
+    if isinstance(periods, list) and periods and isinstance(periods[-1], Mapping):
+        latest = periods[-1]
+    return CreditUsage(
+        credits_used=_opt_float(latest.get("credits_used")),
+        credits_included=_opt_float(latest.get("credits_included")),
+        period_start=_opt_str(latest.get("start_date")),
+        period_end=_opt_str(latest.get("end_date")),
+    )
+
+
+def resolve_unknown_nodes(status: PipelineStatus, lookups: Mapping[int, ExecutionStatus]) -> PipelineStatus:
+    """Replace node states the pipeline endpoint spelled in an unknown way with the execution's own state.
+
+    The execution status endpoint has a documented state enum; a node whose execution state is still not
+    recognised stays ``UNKNOWN`` (and so never counts as success).
+    """
+    if not lookups:
+        return status
+    nodes = []
+    for node in status.nodes:
+        execution = lookups.get(node.node_id)
+        if node.state is RunState.UNKNOWN and execution is not None:
+            node = replace(node, state=execution.state, error=node.error or execution.error_message)
+        nodes.append(node)
+    return replace(status, nodes=tuple(nodes))

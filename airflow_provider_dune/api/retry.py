@@ -1,0 +1,74 @@
+"""When and how long to wait before retrying a Dune request.
+
+Retried: 429 (honouring ``Retry-After``), 5xx, connection failures and unparsable bodies, with exponential
+backoff and jitter. A request that starts billed work (execute, refresh) is retried only when Dune
+certainly did not act on it: 429, 503, or a failure before the request was sent. A read timeout, a dropped
+connection or another 5xx after sending an execute is ambiguous, and retrying it could start a second billed
+run, so it is raised instead.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from airflow_provider_dune.api.endpoints import DuneRequest
+from airflow_provider_dune.api.errors import (
+    DuneAPIError,
+    DuneConnectionError,
+    DuneRateLimitError,
+    DuneResponseError,
+    DuneServerError,
+)
+
+_UNPROCESSED_SERVER_CODES = frozenset({503})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry settings for one hook.
+
+    :param max_attempts: total tries per request, including the first (1 disables retries).
+    :param min_wait: first backoff step in seconds.
+    :param max_wait: cap for one exponential backoff step in seconds.
+    :param max_retry_after: cap for a server-requested ``Retry-After`` wait in seconds.
+    """
+
+    max_attempts: int = 5
+    min_wait: float = 1.0
+    max_wait: float = 60.0
+    max_retry_after: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.min_wait < 0 or self.max_wait < self.min_wait:
+            raise ValueError("retry waits must satisfy 0 <= min_wait <= max_wait")
+
+    def should_retry(self, request: DuneRequest, error: BaseException) -> bool:
+        """Whether ``error`` raised by ``request`` is transient and safe to retry."""
+        if isinstance(error, DuneRateLimitError):
+            return True
+        if isinstance(error, DuneServerError):
+            return not request.starts_run or error.http_status in _UNPROCESSED_SERVER_CODES
+        if isinstance(error, DuneConnectionError):
+            return not request.starts_run or not error.request_sent
+        if isinstance(error, DuneResponseError):
+            return not request.starts_run
+        return False
+
+    def wait_seconds(self, attempt: int, error: BaseException | None, rng: random.Random | None = None) -> float:
+        """Seconds to sleep after failed try number ``attempt`` (1-based)."""
+        retry_after = error.retry_after if isinstance(error, DuneAPIError) else None
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        ceiling = min(self.max_wait, self.min_wait * (2 ** max(0, attempt - 1)))
+        return (rng or random).uniform(self.min_wait / 2, max(ceiling, self.min_wait / 2))
+
+
+def describe_unsafe_retry(request: DuneRequest) -> str:
+    """Why an execute call was not retried, for the error message."""
+    return (
+        f"{request.name} may have reached Dune and started a run, so it was not retried to avoid a second "
+        "billed run. Check the query's executions on dune.com before re-running the task."
+    )

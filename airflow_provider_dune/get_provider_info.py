@@ -1,0 +1,37 @@
+"""Provider metadata read by Airflow's ``ProvidersManager`` (``apache_airflow_provider`` entry point)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_dune import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider description Airflow uses to register hooks, connection types and links."""
+    return {
+        "package-name": "airflow-provider-dune",
+        "name": "Dune",
+        "description": "`Dune <https://dune.com/>`__: run query pipelines, queries and materialized views.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Dune",
+                "external-doc-url": "https://docs.dune.com/api-reference/overview/introduction",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Dune",
+                "python-modules": ["airflow_provider_dune.hooks.dune"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "dune",
+                "hook-class-name": "airflow_provider_dune.hooks.dune.DuneHook",
+                "hook-name": "Dune",
+            }
+        ],
+    }

@@ -1,0 +1,509 @@
+"""Hook for the Dune API: authentication, retries and every endpoint the provider uses."""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import requests
+import tenacity
+from requests.adapters import HTTPAdapter
+
+from airflow_provider_dune import __version__
+from airflow_provider_dune.api import endpoints
+from airflow_provider_dune.api.connection import DuneConnectionSettings, settings_from_connection
+from airflow_provider_dune.api.endpoints import DuneRequest
+from airflow_provider_dune.api.errors import DuneAPIError, DuneConnectionError, DuneError
+from airflow_provider_dune.api.models import (
+    CreditUsage,
+    ExecutionStarted,
+    ExecutionStatus,
+    MaterializedView,
+    MaterializedViewRefresh,
+    PipelineStatus,
+    ResultPage,
+    parse_execution_started,
+    parse_execution_status,
+    parse_materialized_view,
+    parse_materialized_view_refresh,
+    parse_pipeline_execution_id,
+    parse_pipeline_status,
+    parse_result_page,
+    parse_usage,
+    resolve_unknown_nodes,
+)
+from airflow_provider_dune.api.responses import decode_response
+from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry
+from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook, mask_secret
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSION} python/{platform.python_version()}"
+
+
+class DuneHook(BaseHook):
+    """Talk to the Dune API (https://api.dune.com/api) with the key stored in an Airflow connection.
+
+    Sync methods (for workers) use a pooled ``requests.Session``; methods prefixed with ``a`` are async (for
+    triggers) and share one ``httpx.AsyncClient`` per hook: close it with :meth:`aclose`.
+
+    :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field, an optional
+        Host overrides the base URL. Extra fields: ``timeout``, ``connect_timeout``, ``max_retries``,
+        ``retry_min_wait``, ``retry_max_wait``, ``allow_insecure_http``.
+    :param timeout: read timeout per request in seconds (overrides the connection's ``timeout``).
+    :param max_retries: total tries per request, including the first (overrides ``max_retries``).
+    :param retry_min_wait: first backoff step in seconds.
+    :param retry_max_wait: cap for one backoff step in seconds.
+    """
+
+    conn_name_attr = "dune_conn_id"
+    default_conn_name = "dune_default"
+    conn_type = "dune"
+    hook_name = "Dune"
+
+    def __init__(
+        self,
+        dune_conn_id: str = default_conn_name,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_min_wait: float | None = None,
+        retry_max_wait: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dune_conn_id = dune_conn_id
+        self._timeout_override = timeout
+        self._retry_overrides = {
+            key: value
+            for key, value in (
+                ("max_attempts", max_retries),
+                ("min_wait", retry_min_wait),
+                ("max_wait", retry_max_wait),
+            )
+            if value is not None
+        }
+        self._settings: DuneConnectionSettings | None = None
+        self._session: requests.Session | None = None
+        self._async_client: httpx.AsyncClient | None = None
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel the connection form: the API key goes in Password, Host is an optional base URL."""
+        return {
+            "hidden_fields": ["schema", "login", "port"],
+            "relabeling": {"password": "API Key", "host": "API base URL (optional)"},
+            "placeholders": {
+                "password": "Dune API key (Read/Write to execute pipelines)",
+                "host": "https://api.dune.com/api",
+                "extra": '{"timeout": 30, "max_retries": 5}',
+            },
+        }
+
+    # -- connection ---------------------------------------------------------------------------------------
+
+    def _settings_from(self, conn: Any) -> DuneConnectionSettings:
+        try:
+            extra = conn.extra_dejson
+        except Exception:  # extra_dejson raises on invalid JSON in some Airflow versions
+            extra = {}
+        settings = settings_from_connection(
+            self.dune_conn_id,
+            host=conn.host,
+            password=conn.password,
+            port=conn.port,
+            extra=extra,
+        )
+        # Password fields are masked by Airflow already; a key from the extra is not, so mask it here.
+        mask_secret(settings.api_key)
+        return self._apply_overrides(settings)
+
+    def _apply_overrides(self, settings: DuneConnectionSettings) -> DuneConnectionSettings:
+        from dataclasses import replace
+
+        if self._timeout_override is not None:
+            settings = replace(settings, timeout=float(self._timeout_override))
+        if self._retry_overrides:
+            try:
+                retry = replace(settings.retry, **self._retry_overrides)  # type: ignore[arg-type]
+            except ValueError as err:
+                raise DuneError(f"invalid retry settings for DuneHook: {err}") from None
+            settings = replace(settings, retry=retry)
+        return settings
+
+    @property
+    def settings(self) -> DuneConnectionSettings:
+        """Validated connection settings (looked up once per hook)."""
+        if self._settings is None:
+            self._settings = self._settings_from(self.get_connection(self.dune_conn_id))
+        return self._settings
+
+    async def aget_settings(self) -> DuneConnectionSettings:
+        """Like :attr:`settings`, without blocking the event loop while the connection is looked up."""
+        if self._settings is None:
+            aget = getattr(BaseHook, "aget_connection", None)
+            if aget is not None:
+                conn = await aget(self.dune_conn_id)
+            else:  # Airflow 2.x: the metadata DB lookup is blocking, run it in a thread.
+                from asgiref.sync import sync_to_async
+
+                conn = await sync_to_async(self.get_connection)(self.dune_conn_id)
+            self._settings = self._settings_from(conn)
+        return self._settings
+
+    @staticmethod
+    def _headers(settings: DuneConnectionSettings) -> dict[str, str]:
+        return {
+            "X-Dune-Api-Key": settings.api_key,
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+
+    def get_conn(self) -> requests.Session:
+        """The pooled ``requests.Session`` carrying the API key header."""
+        if self._session is None:
+            session = requests.Session()
+            # Retries are ours (tenacity); urllib3 must not silently resend an execute POST.
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.headers.update(self._headers(self.settings))
+            self._session = session
+        return self._session
+
+    async def aget_client(self) -> httpx.AsyncClient:
+        """The ``httpx.AsyncClient`` reused by every async call of this hook."""
+        if self._async_client is None or self._async_client.is_closed:
+            settings = await self.aget_settings()
+            self._async_client = httpx.AsyncClient(
+                headers=self._headers(settings),
+                timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+                limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+                follow_redirects=False,
+            )
+        return self._async_client
+
+    def close(self) -> None:
+        """Close the sync session."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    async def aclose(self) -> None:
+        """Close the async client."""
+        if self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = None
+
+    def __enter__(self) -> DuneHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> DuneHook:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- transport ----------------------------------------------------------------------------------------
+
+    def _retry_options(self, request: DuneRequest, policy: RetryPolicy) -> dict[str, Any]:
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            self.log.warning(
+                "Dune request %s failed (%s); retry %d/%d in %.1f s",
+                request.name,
+                error,
+                state.attempt_number,
+                policy.max_attempts - 1,
+                wait,
+            )
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return policy.wait_seconds(state.attempt_number, error)
+
+        return {
+            "stop": tenacity.stop_after_attempt(policy.max_attempts),
+            "retry": tenacity.retry_if_exception(lambda error: policy.should_retry(request, error)),
+            "wait": wait,
+            "before_sleep": log_retry,
+            "reraise": True,
+        }
+
+    @staticmethod
+    def _explain_unsafe(request: DuneRequest, policy: RetryPolicy, error: DuneAPIError) -> None:
+        ambiguous = (isinstance(error, DuneConnectionError) and error.request_sent) or (
+            error.http_status is not None and error.http_status >= 500
+        )
+        if ambiguous and request.starts_run and not policy.should_retry(request, error):
+            error.add_detail(describe_unsafe_retry(request))
+
+    def run(self, request: DuneRequest, *, retry: RetryPolicy | None = None) -> Any:
+        """Send ``request`` with retries and return the decoded JSON body."""
+        settings = self.settings
+        policy = retry or settings.retry
+        try:
+            for attempt in tenacity.Retrying(**self._retry_options(request, policy)):
+                with attempt:
+                    return self._send(request, settings)
+        except DuneAPIError as error:
+            self._explain_unsafe(request, policy, error)
+            raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
+        session = self.get_conn()
+        try:
+            response = session.request(
+                request.method,
+                settings.base_url + request.path,
+                params=dict(request.params) if request.params else None,
+                json=request.json_body,
+                timeout=(settings.connect_timeout, settings.timeout),
+                allow_redirects=False,
+            )
+        except requests.exceptions.ConnectTimeout:
+            raise _connect_failure(request, f"could not connect within {settings.connect_timeout:g} s") from None
+        except requests.exceptions.Timeout:
+            raise _ambiguous_failure(request, f"no response within {settings.timeout:g} s") from None
+        except requests.exceptions.ConnectionError as err:
+            if _is_connect_phase(err):
+                raise _connect_failure(request, f"could not connect to {settings.base_url}") from None
+            raise _ambiguous_failure(request, "the connection was closed before a response arrived") from None
+        return decode_response(request, response.status_code, response.content, response.headers)
+
+    async def arun(self, request: DuneRequest, *, retry: RetryPolicy | None = None) -> Any:
+        """Async :meth:`run`: same retries and errors, on the shared ``httpx.AsyncClient``."""
+        settings = await self.aget_settings()
+        policy = retry or settings.retry
+        try:
+            async for attempt in tenacity.AsyncRetrying(**self._retry_options(request, policy)):
+                with attempt:
+                    return await self._asend(request, settings)
+        except DuneAPIError as error:
+            self._explain_unsafe(request, policy, error)
+            raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
+        client = await self.aget_client()
+        try:
+            response = await client.request(
+                request.method,
+                settings.base_url + request.path,
+                params=dict(request.params) if request.params else None,
+                json=request.json_body,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise _connect_failure(request, f"could not connect to {settings.base_url}") from None
+        except httpx.TimeoutException:
+            raise _ambiguous_failure(request, f"no response within {settings.timeout:g} s") from None
+        except httpx.TransportError as err:
+            raise _ambiguous_failure(
+                request, f"the connection failed before a response arrived ({type(err).__name__})"
+            ) from None
+        return decode_response(request, response.status_code, response.content, response.headers)
+
+    # -- pipelines ----------------------------------------------------------------------------------------
+
+    def execute_query_pipeline(
+        self,
+        query_id: int,
+        performance: str = "medium",
+        query_parameters: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Run a query together with the materialized views in its lineage; return the pipeline execution id."""
+        request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
+        return parse_pipeline_execution_id(self.run(request))
+
+    async def aexecute_query_pipeline(
+        self,
+        query_id: int,
+        performance: str = "medium",
+        query_parameters: Mapping[str, Any] | None = None,
+    ) -> str:
+        request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
+        return parse_pipeline_execution_id(await self.arun(request))
+
+    def execute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
+        """Run an explicit pipeline (validated locally first); return the pipeline execution id."""
+        return parse_pipeline_execution_id(self.run(endpoints.execute_pipeline(nodes)))
+
+    async def aexecute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
+        return parse_pipeline_execution_id(await self.arun(endpoints.execute_pipeline(nodes)))
+
+    def get_query_pipeline(
+        self,
+        query_id: int,
+        performance: str = "medium",
+        query_parameters: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The nodes Dune would run for a query pipeline, without running them (a dry run)."""
+        body = self.run(endpoints.get_query_pipeline(query_id, performance, query_parameters))
+        return _pipeline_nodes(body)
+
+    async def aget_query_pipeline(
+        self,
+        query_id: int,
+        performance: str = "medium",
+        query_parameters: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        body = await self.arun(endpoints.get_query_pipeline(query_id, performance, query_parameters))
+        return _pipeline_nodes(body)
+
+    def get_pipeline_status(self, pipeline_execution_id: str) -> PipelineStatus:
+        """Status of a pipeline run; node states Dune spells in an unknown way are resolved per execution."""
+        status = parse_pipeline_status(
+            self.run(endpoints.get_pipeline_status(pipeline_execution_id)), pipeline_execution_id
+        )
+        lookups = {
+            node.node_id: self.get_execution_status(node.execution_id)
+            for node in status.unknown_nodes
+            if node.execution_id
+        }
+        return resolve_unknown_nodes(status, lookups)
+
+    async def aget_pipeline_status(self, pipeline_execution_id: str) -> PipelineStatus:
+        status = parse_pipeline_status(
+            await self.arun(endpoints.get_pipeline_status(pipeline_execution_id)), pipeline_execution_id
+        )
+        lookups = {
+            node.node_id: await self.aget_execution_status(node.execution_id)
+            for node in status.unknown_nodes
+            if node.execution_id
+        }
+        return resolve_unknown_nodes(status, lookups)
+
+    # -- executions ---------------------------------------------------------------------------------------
+
+    def execute_query(
+        self,
+        query_id: int,
+        performance: str = "medium",
+        query_parameters: Mapping[str, Any] | None = None,
+    ) -> ExecutionStarted:
+        """Start one query execution."""
+        return parse_execution_started(self.run(endpoints.execute_query(query_id, performance, query_parameters)))
+
+    async def aexecute_query(
+        self,
+        query_id: int,
+        performance: str = "medium",
+        query_parameters: Mapping[str, Any] | None = None,
+    ) -> ExecutionStarted:
+        return parse_execution_started(
+            await self.arun(endpoints.execute_query(query_id, performance, query_parameters))
+        )
+
+    def get_execution_status(self, execution_id: str) -> ExecutionStatus:
+        """Status of one execution (query run or materialized view refresh)."""
+        return parse_execution_status(self.run(endpoints.get_execution_status(execution_id)))
+
+    async def aget_execution_status(self, execution_id: str) -> ExecutionStatus:
+        return parse_execution_status(await self.arun(endpoints.get_execution_status(execution_id)))
+
+    def get_execution_results(
+        self,
+        execution_id: str,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        allow_partial_results: bool = False,
+    ) -> ResultPage:
+        """One page of an execution's result rows."""
+        request = endpoints.get_execution_results(
+            execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
+        )
+        return parse_result_page(self.run(request))
+
+    async def aget_execution_results(
+        self,
+        execution_id: str,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        allow_partial_results: bool = False,
+    ) -> ResultPage:
+        request = endpoints.get_execution_results(
+            execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
+        )
+        return parse_result_page(await self.arun(request))
+
+    def cancel_execution(self, execution_id: str) -> bool:
+        """Ask Dune to cancel a running execution; ``True`` if Dune accepted."""
+        return bool(self.run(endpoints.cancel_execution(execution_id)).get("success"))
+
+    async def acancel_execution(self, execution_id: str) -> bool:
+        return bool((await self.arun(endpoints.cancel_execution(execution_id))).get("success"))
+
+    # -- materialized views -------------------------------------------------------------------------------
+
+    def refresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
+        """Start a refresh of a materialized view; follow it with :meth:`get_execution_status`."""
+        return parse_materialized_view_refresh(self.run(endpoints.refresh_materialized_view(name, performance)))
+
+    async def arefresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
+        return parse_materialized_view_refresh(await self.arun(endpoints.refresh_materialized_view(name, performance)))
+
+    def get_materialized_view(self, name: str) -> MaterializedView:
+        """Describe a materialized view."""
+        return parse_materialized_view(self.run(endpoints.get_materialized_view(name)))
+
+    async def aget_materialized_view(self, name: str) -> MaterializedView:
+        return parse_materialized_view(await self.arun(endpoints.get_materialized_view(name)))
+
+    # -- account ------------------------------------------------------------------------------------------
+
+    def get_usage(self) -> CreditUsage:
+        """Credits used in the current billing period."""
+        return parse_usage(self.run(endpoints.get_usage(), retry=RetryPolicy(max_attempts=2, max_wait=2)))
+
+    def test_connection(self) -> tuple[bool, str]:
+        """One cheap authenticated call; used by the "Test" button of the connection form."""
+        try:
+            usage = self.get_usage()
+        except DuneError as err:
+            return False, str(err)
+        detail = ""
+        if usage.credits_used is not None:
+            included = f" of {usage.credits_included:g}" if usage.credits_included is not None else ""
+            detail = f"; {usage.credits_used:g}{included} credits used this billing period"
+        return True, f"Connected to Dune at {self.settings.base_url}{detail}"
+
+
+def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:
+    pipeline = body.get("pipeline") if isinstance(body, dict) else None
+    nodes = pipeline.get("nodes") if isinstance(pipeline, dict) else None
+    if not isinstance(nodes, list):
+        from airflow_provider_dune.api.errors import DuneResponseError
+
+        raise DuneResponseError("the query pipeline response has no 'pipeline.nodes' list")
+    return [dict(node) for node in nodes if isinstance(node, dict)]
+
+
+def _connect_failure(request: DuneRequest, message: str) -> DuneConnectionError:
+    return DuneConnectionError(message, endpoint=request.name, request_sent=False)
+
+
+def _ambiguous_failure(request: DuneRequest, message: str) -> DuneConnectionError:
+    return DuneConnectionError(message, endpoint=request.name, request_sent=True)
+
+
+def _is_connect_phase(error: requests.exceptions.ConnectionError) -> bool:
+    """Whether a ``requests`` connection error happened before the request was sent."""
+    from urllib3.exceptions import NewConnectionError
+
+    reason: object = error.args[0] if error.args else None
+    for _ in range(5):  # MaxRetryError -> NewConnectionError -> OSError: a short, bounded chain
+        if isinstance(reason, (NewConnectionError, ConnectionRefusedError)):
+            return True
+        if not isinstance(reason, BaseException):
+            return False
+        reason = getattr(reason, "reason", None) or reason.__cause__
+    return False
