@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_dune.api.connection import (
+    DEFAULT_BASE_URL,
+    is_loopback_host,
+    normalize_base_url,
+    settings_from_connection,
+)
+from airflow_provider_dune.api.errors import DuneConfigurationError
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        (None, None, DEFAULT_BASE_URL),
+        ("", None, DEFAULT_BASE_URL),
+        ("api.dune.com", None, "https://api.dune.com/api"),
+        ("https://api.dune.com", None, "https://api.dune.com/api"),
+        ("https://api.dune.com/api/", None, "https://api.dune.com/api"),
+        ("http://127.0.0.1:8765/api", None, "http://127.0.0.1:8765/api"),
+        ("http://localhost", 8765, "http://localhost:8765/api"),
+        ("http://[::1]:9000/api", None, "http://[::1]:9000/api"),
+        ("https://proxy.example.com/dune/api", None, "https://proxy.example.com/dune/api"),
+    ],
+)
+def test_base_url_normalisation(host: str | None, port: int | None, expected: str) -> None:
+    assert normalize_base_url(host, port) == expected
+
+
+def test_plain_http_to_remote_host_is_refused_with_a_fix() -> None:
+    with pytest.raises(DuneConfigurationError, match="refusing to send the Dune API key over plain http"):
+        normalize_base_url("http://api.dune.com/api")
+    assert normalize_base_url("http://dune-emulator:8765/api", allow_insecure_http=True).startswith("http://")
+
+
+@pytest.mark.parametrize("host", ["ftp://api.dune.com", "https://user:pw@api.dune.com", "https://x.com/api?k=1"])
+def test_unusable_hosts_are_rejected(host: str) -> None:
+    with pytest.raises(DuneConfigurationError):
+        normalize_base_url(host)
+
+
+def test_loopback_detection() -> None:
+    assert all(map(is_loopback_host, ["localhost", "127.0.0.1", "127.5.5.5", "::1", "[::1]", "a.localhost"]))
+    assert not any(map(is_loopback_host, ["10.0.0.1", "example.com", "192.168.1.1", "localhost.evil.com"]))
+
+
+def test_missing_key_says_where_to_put_it() -> None:
+    with pytest.raises(DuneConfigurationError, match="no Dune API key: put the key in its Password field"):
+        settings_from_connection("dune_default", host=None, password="", port=None, extra={})
+
+
+def test_key_from_extra_and_tuning_extras() -> None:
+    settings = settings_from_connection(
+        "c",
+        host=None,
+        password=None,
+        port=None,
+        extra={"api_key": "from-extra", "timeout": "12", "max_retries": 2, "allow_insecure_http": "false"},
+    )
+    assert settings.api_key == "from-extra" and settings.key_from_extra
+    assert settings.timeout == 12.0 and settings.retry.max_attempts == 2
+    assert "from-extra" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"timeout": "soon"}, "'timeout' must be a number"),
+        ({"timeout": 0}, "'timeout' must be >= 0.1"),
+        ({"retry_min_wait": 100}, "invalid retry settings"),
+    ],
+)
+def test_bad_extras_are_explained(extra: dict, message: str) -> None:
+    with pytest.raises(DuneConfigurationError, match=message):
+        settings_from_connection("c", host=None, password="k", port=None, extra=extra)

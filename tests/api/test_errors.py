@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pickle
+from datetime import datetime, timezone
+
+import pytest
+
+from airflow_provider_dune.api.errors import (
+    DuneAPIError,
+    DuneAuthError,
+    DuneBadRequestError,
+    DuneConnectionError,
+    DuneCreditsExhaustedError,
+    DuneNotFoundError,
+    DuneRateLimitError,
+    DuneServerError,
+    error_from_response,
+    parse_retry_after,
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (400, DuneBadRequestError),
+        (401, DuneAuthError),
+        (402, DuneCreditsExhaustedError),
+        (403, DuneAuthError),
+        (404, DuneNotFoundError),
+        (429, DuneRateLimitError),
+        (500, DuneServerError),
+        (503, DuneServerError),
+        (418, DuneAPIError),
+    ],
+)
+def test_status_codes_map_to_error_classes(code: int, cls: type[DuneAPIError]) -> None:
+    error = error_from_response(code, b'{"error": "the message"}', endpoint="GET /v1/x")
+    assert type(error) is cls
+    assert error.http_status == code
+    assert error.message == "the message"
+    assert f"HTTP {code}" in str(error) and "GET /v1/x" in str(error) and "the message" in str(error)
+
+
+def test_credit_error_keeps_dunes_message_and_says_retrying_does_not_help() -> None:
+    body = b'{"error": "This API request would exceed your configured limits per billing cycle."}'
+    error = error_from_response(402, body)
+    assert "exceed your configured limits" in str(error)
+    assert "retrying will not help" in str(error)
+
+
+def test_non_json_and_empty_bodies_still_give_a_message() -> None:
+    assert error_from_response(502, b"<html>Bad gateway</html>").message == "<html>Bad gateway</html>"
+    assert error_from_response(500, b"").message == "HTTP 500 with an empty body"
+
+
+def test_retry_after_header_is_parsed_case_insensitively() -> None:
+    assert error_from_response(429, b"{}", {"Retry-After": "7"}).retry_after == 7.0
+    assert error_from_response(429, b"{}", {"retry-after": "1.5"}).retry_after == 1.5
+    assert error_from_response(429, b"{}", {}).retry_after is None
+
+
+def test_retry_after_http_date() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after("-5") == 0.0
+
+
+def test_errors_survive_pickling_with_their_fields() -> None:
+    error = error_from_response(429, b'{"error": "slow down"}', {"Retry-After": "3"}, endpoint="GET /v1/x")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is DuneRateLimitError
+    assert (copy.http_status, copy.message, copy.retry_after, str(copy)) == (429, "slow down", 3.0, str(error))
+    conn = pickle.loads(pickle.dumps(DuneConnectionError("dropped", request_sent=False)))
+    assert conn.request_sent is False
+
+
+def test_add_detail_extends_message() -> None:
+    error = DuneServerError("Internal error", http_status=500)
+    error.add_detail("Not retried.")
+    assert str(error) == "Dune API error (HTTP 500): Internal error. Not retried."

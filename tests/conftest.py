@@ -1,0 +1,37 @@
+"""Test-suite setup: an isolated AIRFLOW_HOME, the Dune API emulator fixtures and a connection pointing at it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_AIRFLOW_HOME = Path(os.environ.get("DUNE_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="dune-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parent.parent / "example_dags"))
+os.environ.pop("AIRFLOW_CONN_DUNE_DEFAULT", None)
+
+pytest_plugins = ["airflow_provider_dune.testing.pytest_plugin"]
+
+TEST_API_KEY = "test-key"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_OPENAPI = REPO_ROOT.parent / "shared" / "dune-api" / "openapi.json"
+
+
+def dune_connection_json(base_url: str, api_key: str = TEST_API_KEY, **extra: object) -> str:
+    """An ``AIRFLOW_CONN_*`` value for a Dune connection; retries wait milliseconds so tests stay fast."""
+    extra = {"retry_min_wait": 0.01, "retry_max_wait": 0.05, "timeout": 5, **extra}
+    return json.dumps({"conn_type": "dune", "host": base_url, "password": api_key, "extra": extra})
+
+
+@pytest.fixture
+def dune_conn_id(dune_emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``dune_default`` pointing at a fresh emulator with the test key."""
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url))
+    yield "dune_default"
