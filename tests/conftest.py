@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ def dune_connection_json(base_url: str, api_key: str = TEST_API_KEY, **extra: ob
 
 
 @pytest.fixture
-def dune_conn_id(dune_emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def dune_conn_id(dune_emulator, monkeypatch: pytest.MonkeyPatch) -> str:
     """``dune_default`` pointing at a fresh emulator with the test key."""
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url))
-    yield "dune_default"
+    return "dune_default"
