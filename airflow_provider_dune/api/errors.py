@@ -80,7 +80,7 @@ class DuneAuthError(DuneAPIError):
     """The API key is missing, invalid (401) or lacks the permission needed (403)."""
 
     hint = (
-        "Check the API key in the Airflow connection (password field); executing pipelines and refreshing "
+        "Check the API key in the Password field of the Airflow connection; executing pipelines and refreshing "
         "materialized views needs a Read/Write key."
     )
 
