@@ -27,6 +27,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_dune.hooks.dune"],
             }
         ],
+        "operators": [{"integration-name": "Dune", "python-modules": ["airflow_provider_dune.operators.pipeline"]}],
+        "sensors": [{"integration-name": "Dune", "python-modules": ["airflow_provider_dune.sensors.pipeline"]}],
+        "triggers": [{"integration-name": "Dune", "python-modules": ["airflow_provider_dune.triggers.pipeline"]}],
+        "extra-links": ["airflow_provider_dune.links.DuneQueryLink"],
         "connection-types": [
             {
                 "connection-type": "dune",

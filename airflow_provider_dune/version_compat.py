@@ -12,7 +12,7 @@ AIRFLOW_V_3_0_PLUS = Version("3.0.0") <= AIRFLOW_VERSION
 AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator
+    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, Variable
     from airflow.sdk.log import mask_secret
 else:
     try:
@@ -25,6 +25,10 @@ else:
         from airflow.models import BaseOperator
         from airflow.models.baseoperatorlink import BaseOperatorLink
         from airflow.sensors.base import BaseSensorOperator
+    try:
+        from airflow.sdk import Variable
+    except ImportError:
+        from airflow.models import Variable
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:
@@ -41,5 +45,6 @@ __all__ = [
     "BaseOperator",
     "BaseOperatorLink",
     "BaseSensorOperator",
+    "Variable",
     "mask_secret",
 ]

@@ -1,0 +1,145 @@
+"""Triggers that wait for Dune runs in the triggerer, so no worker slot is held while Dune works."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.utils.polling import PollTarget, Snapshot, decide
+
+
+class DunePollingTrigger(BaseTrigger):
+    """Poll one Dune status endpoint until the run finishes or the deadline passes, then fire one event.
+
+    Subclasses say what to fetch; the loop, backoff on transient errors, deadline and event shape are shared.
+    Only reads happen in :meth:`run`, so a triggerer restart that re-creates the trigger is harmless.
+
+    :param dune_conn_id: Airflow connection of type ``dune``.
+    :param poll_interval: seconds between status calls.
+    :param end_time: deadline as seconds since the epoch; ``None`` waits without limit.
+    """
+
+    def __init__(self, *, dune_conn_id: str, poll_interval: float, end_time: float | None) -> None:
+        super().__init__()
+        self.dune_conn_id = dune_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = float(end_time) if end_time is not None else None
+
+    @property
+    @abstractmethod
+    def target(self) -> PollTarget:
+        """What is being waited on (id and label for events and logs)."""
+
+    @abstractmethod
+    async def fetch(self, hook: DuneHook) -> Snapshot:
+        """Read the current status."""
+
+    def _hook(self) -> DuneHook:
+        return DuneHook(self.dune_conn_id)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        target = self.target
+        consecutive_errors = 0
+        last_snapshot: Snapshot | None = None
+        last_summary = None
+        async with self._hook() as hook:
+            while True:
+                result: Snapshot | BaseException
+                try:
+                    result = await self.fetch(hook)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    consecutive_errors += 1
+                    result = err
+                    self.log.warning(
+                        "Status call for %s failed (%d in a row): %s", target.label, consecutive_errors, err
+                    )
+                else:
+                    consecutive_errors = 0
+                    last_snapshot = result
+                    summary = result.progress_summary()
+                    if summary != last_summary:
+                        self.log.info("%s: %s", target.label, summary)
+                        last_summary = summary
+                step = decide(
+                    target,
+                    result,
+                    now=time.time(),
+                    end_time=self.end_time,
+                    poll_interval=self.poll_interval,
+                    consecutive_errors=consecutive_errors,
+                    last_snapshot=last_snapshot,
+                )
+                if step.event is not None:
+                    yield TriggerEvent(step.event)
+                    return
+                await asyncio.sleep(step.wait)
+
+
+class DunePipelineTrigger(DunePollingTrigger):
+    """Wait for a Dune pipeline execution.
+
+    Serialises only the pipeline execution id, connection id, poll interval, deadline and the
+    ``cancel_on_kill`` flag: never the API key, which is looked up from the connection in the triggerer.
+
+    Fires exactly one event ``{"status": success|failed|cancelled|timeout|error, "message",
+    "pipeline_execution_id", "details"}`` where ``details`` is the last pipeline status (per-node states).
+
+    :param pipeline_execution_id: the run to wait for.
+    :param cancel_on_kill: when a user marks the deferred task failed/success or clears it (Airflow 3.3+
+        calls ``on_kill`` on the trigger), cancel the node executions still running.
+    """
+
+    def __init__(
+        self,
+        *,
+        pipeline_execution_id: str,
+        dune_conn_id: str = DuneHook.default_conn_name,
+        poll_interval: float = 30.0,
+        end_time: float | None = None,
+        cancel_on_kill: bool = True,
+    ) -> None:
+        super().__init__(dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time)
+        self.pipeline_execution_id = pipeline_execution_id
+        self.cancel_on_kill = cancel_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "pipeline_execution_id": self.pipeline_execution_id,
+                "dune_conn_id": self.dune_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    @property
+    def target(self) -> PollTarget:
+        return PollTarget(
+            "pipeline_execution_id", self.pipeline_execution_id, f"Dune pipeline {self.pipeline_execution_id}"
+        )
+
+    async def fetch(self, hook: DuneHook) -> Snapshot:
+        return await hook.aget_pipeline_status(self.pipeline_execution_id)
+
+    async def on_kill(self) -> None:
+        """Cancel the pipeline's running node executions when the user kills the deferred task."""
+        if not self.cancel_on_kill:
+            return
+        async with self._hook() as hook:
+            status = await hook.aget_pipeline_status(self.pipeline_execution_id)
+            for node in status.running_nodes:
+                try:
+                    accepted = await hook.acancel_execution(node.execution_id or "")
+                    self.log.info("Cancelled %s (execution %s): %s", node.label, node.execution_id, accepted)
+                except Exception as err:
+                    self.log.warning("Could not cancel %s (execution %s): %s", node.label, node.execution_id, err)
