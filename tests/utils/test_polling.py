@@ -1,0 +1,268 @@
+"""The pure polling core: wait / timeout / final-check / backoff decisions and trigger event validation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from airflow_provider_dune.api.errors import (
+    DuneAuthError,
+    DuneConnectionError,
+    DuneError,
+    DuneNotFoundError,
+    DuneRateLimitError,
+    DuneResponseError,
+    DuneServerError,
+)
+from airflow_provider_dune.api.models import PipelineStatus, parse_pipeline_status
+from airflow_provider_dune.utils.polling import (
+    CANCELLED,
+    ERROR,
+    EVENT_STATUSES,
+    FAILED,
+    MAX_ERROR_BACKOFF,
+    SUCCESS,
+    TIMEOUT,
+    PollTarget,
+    decide,
+    error_backoff,
+    validate_event,
+)
+
+TARGET = PollTarget("pipeline_execution_id", "pipe-1", "Dune pipeline pipe-1")
+NOW = 1_000_000.0
+
+
+def status(overall: str, *nodes: tuple[str, str | None], error: str | None = None) -> PipelineStatus:
+    """A pipeline status with query nodes 1..n in the given (state, error) pairs."""
+    body: dict[str, Any] = {
+        "status": overall,
+        "node_executions": [
+            {
+                "id": i,
+                "query_execution_status": {
+                    "status": state,
+                    "query_id": 100 + i,
+                    "execution_id": f"exec-{i}",
+                    "error": node_error,
+                },
+            }
+            for i, (state, node_error) in enumerate(nodes, start=1)
+        ],
+    }
+    if error is not None:
+        body["error"] = error
+    return parse_pipeline_status(body, "pipe-1")
+
+
+RUNNING = status("executing", ("completed", None), ("executing", None))
+DONE = status("completed", ("completed", None), ("completed", None))
+FAILED_STATUS = status(
+    "failed", ("failed", "line 3:8: Column 'amount_usdd' cannot be resolved"), ("cancelled", None), error="node 1"
+)
+CANCELLED_STATUS = status("cancelled", ("completed", None), ("cancelled", None))
+
+
+def rate_limited() -> DuneRateLimitError:
+    return DuneRateLimitError("Too many requests", http_status=429, endpoint="GET status")
+
+
+# -- running: wait -----------------------------------------------------------------------------------------------
+
+
+def test_running_without_deadline_waits_poll_interval() -> None:
+    step = decide(TARGET, RUNNING, now=NOW, end_time=None, poll_interval=7.5)
+    assert step.event is None
+    assert not step.done
+    assert step.wait == 7.5
+
+
+def test_running_with_far_deadline_waits_poll_interval() -> None:
+    step = decide(TARGET, RUNNING, now=NOW, end_time=NOW + 100, poll_interval=5)
+    assert step.event is None
+    assert step.wait == 5
+
+
+def test_running_near_deadline_wait_is_capped_at_remaining_time() -> None:
+    step = decide(TARGET, RUNNING, now=NOW, end_time=NOW + 2, poll_interval=30)
+    assert step.event is None
+    assert step.wait == pytest.approx(2)
+
+
+# -- terminal states ---------------------------------------------------------------------------------------------
+
+
+def test_success_event_carries_id_details_and_summary() -> None:
+    step = decide(TARGET, DONE, now=NOW, end_time=NOW + 100, poll_interval=5)
+    assert step.done
+    event = step.event
+    assert event is not None
+    assert event["status"] == SUCCESS
+    assert event["pipeline_execution_id"] == "pipe-1"
+    assert "completed" in event["message"] and "2/2 nodes done" in event["message"]
+    assert event["details"] == DONE.to_dict()
+    assert [n["state"] for n in event["details"]["nodes"]] == ["completed", "completed"]
+    json.dumps(event)  # events cross the triggerer boundary as JSON
+
+
+def test_failed_event_names_failed_node_and_dune_error() -> None:
+    event = decide(TARGET, FAILED_STATUS, now=NOW, end_time=None, poll_interval=5).event
+    assert event is not None
+    assert event["status"] == FAILED
+    assert "query 101" in event["message"]
+    assert "amount_usdd" in event["message"]
+    assert event["details"]["outcome"] == "failed"
+
+
+def test_cancelled_event() -> None:
+    event = decide(TARGET, CANCELLED_STATUS, now=NOW, end_time=None, poll_interval=5).event
+    assert event is not None
+    assert event["status"] == CANCELLED
+
+
+def test_unknown_final_outcome_is_an_error_never_success() -> None:
+    # Overall "completed" while a node is in a state nobody understands: never call it success.
+    weird = status("completed", ("completed", None), ("teleporting", None))
+    event = decide(TARGET, weird, now=NOW, end_time=None, poll_interval=5).event
+    assert event is not None
+    assert event["status"] == ERROR
+
+
+# -- final check at the deadline ---------------------------------------------------------------------------------
+
+
+def test_final_status_read_after_deadline_wins_over_timeout() -> None:
+    """The status read at/after the deadline is the final check: a run that finished is not a timeout."""
+    event = decide(TARGET, DONE, now=NOW + 10, end_time=NOW, poll_interval=5).event
+    assert event is not None
+    assert event["status"] == SUCCESS
+    failed = decide(TARGET, FAILED_STATUS, now=NOW + 10, end_time=NOW, poll_interval=5).event
+    assert failed is not None and failed["status"] == FAILED
+
+
+def test_still_running_at_deadline_times_out_with_last_status() -> None:
+    event = decide(TARGET, RUNNING, now=NOW, end_time=NOW, poll_interval=5).event
+    assert event is not None
+    assert event["status"] == TIMEOUT
+    assert "did not finish before the timeout" in event["message"]
+    assert "1/2 nodes done" in event["message"]
+    assert event["details"] == RUNNING.to_dict()
+    assert event["details"]["nodes"][1]["execution_id"] == "exec-2"  # what the caller must cancel
+
+
+def test_transient_error_after_deadline_times_out_with_last_snapshot() -> None:
+    event = decide(
+        TARGET, rate_limited(), now=NOW + 1, end_time=NOW, poll_interval=5, consecutive_errors=1, last_snapshot=RUNNING
+    ).event
+    assert event is not None
+    assert event["status"] == TIMEOUT
+    assert "last status call failed" in event["message"]
+    assert "Too many requests" in event["message"]
+    assert event["details"] == RUNNING.to_dict()
+
+
+def test_transient_error_after_deadline_without_snapshot_has_no_details() -> None:
+    event = decide(TARGET, rate_limited(), now=NOW + 1, end_time=NOW, poll_interval=5, consecutive_errors=1).event
+    assert event is not None
+    assert event["status"] == TIMEOUT
+    assert event["details"] is None
+
+
+# -- errors and backoff ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DuneRateLimitError("Too many requests", http_status=429),
+        DuneServerError("Internal error", http_status=500),
+        DuneConnectionError("dropped", request_sent=True),
+        DuneResponseError("not JSON"),
+    ],
+    ids=["429", "500", "dropped", "malformed"],
+)
+def test_transient_errors_keep_polling_with_backoff(error: BaseException) -> None:
+    step = decide(TARGET, error, now=NOW, end_time=None, poll_interval=5, consecutive_errors=1)
+    assert step.event is None
+    assert step.wait == error_backoff(5, 1) == 10
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DuneAuthError("invalid API Key", http_status=401),
+        DuneNotFoundError("not found", http_status=404),
+        ValueError("boom"),
+    ],
+    ids=["401", "404", "unexpected"],
+)
+def test_permanent_errors_end_with_error_event(error: BaseException) -> None:
+    event = decide(
+        TARGET, error, now=NOW, end_time=NOW + 100, poll_interval=5, consecutive_errors=1, last_snapshot=RUNNING
+    ).event
+    assert event is not None
+    assert event["status"] == ERROR
+    assert "Could not get the status of Dune pipeline pipe-1" in event["message"]
+    assert str(error) in event["message"]
+    assert event["details"] == RUNNING.to_dict()
+
+
+def test_unexpected_exception_type_is_named_in_message() -> None:
+    event = decide(TARGET, KeyError("nodes"), now=NOW, end_time=None, poll_interval=5, consecutive_errors=1).event
+    assert event is not None
+    assert "KeyError" in event["message"]
+
+
+def test_error_backoff_doubles_and_is_capped() -> None:
+    waits = [error_backoff(5, n) for n in range(1, 8)]
+    assert waits[:4] == [10, 20, 40, 80]
+    assert waits == sorted(waits)
+    assert error_backoff(5, 50) == MAX_ERROR_BACKOFF
+    assert error_backoff(0.05, 1) == 2.0  # a tiny poll interval still backs off at least 1 s * 2
+    assert error_backoff(5, 0) == error_backoff(5, 1)
+
+
+def test_backoff_through_decide_grows_with_consecutive_errors() -> None:
+    waits = [
+        decide(TARGET, rate_limited(), now=NOW, end_time=None, poll_interval=2, consecutive_errors=n).wait
+        for n in (1, 2, 3)
+    ]
+    assert waits == [4, 8, 16]
+
+
+def test_backoff_never_sleeps_past_the_deadline() -> None:
+    step = decide(TARGET, rate_limited(), now=NOW, end_time=NOW + 3, poll_interval=5, consecutive_errors=4)
+    assert step.event is None
+    assert step.wait == pytest.approx(3)
+
+
+# -- event validation --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status_value", EVENT_STATUSES)
+def test_validate_event_accepts_each_status(status_value: str) -> None:
+    event = TARGET.event(status_value, "msg", {"nodes": []})
+    assert validate_event(event, TARGET) == (status_value, "msg", {"nodes": []})
+
+
+@pytest.mark.parametrize(
+    ("event", "fragment"),
+    [
+        (None, "invalid trigger event"),
+        ("success", "invalid trigger event"),
+        ({"message": "no status", "pipeline_execution_id": "pipe-1"}, "unknown status None"),
+        ({"status": "done", "pipeline_execution_id": "pipe-1"}, "unknown status 'done'"),
+        ({"status": "success", "pipeline_execution_id": "pipe-2"}, "'pipe-2' while waiting for 'pipe-1'"),
+    ],
+    ids=["none", "string", "missing-status", "unknown-status", "wrong-id"],
+)
+def test_validate_event_rejects_bad_events(event: Any, fragment: str) -> None:
+    with pytest.raises(DuneError) as info:
+        validate_event(event, TARGET)
+    assert fragment in str(info.value)
+
+
+def test_validate_event_tolerates_missing_id_and_non_mapping_details() -> None:
+    assert validate_event({"status": "failed", "details": "oops"}, TARGET) == ("failed", "", None)
