@@ -13,6 +13,7 @@ AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, Variable
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
     from airflow.sdk.log import mask_secret
 else:
     try:
@@ -25,6 +26,10 @@ else:
         from airflow.models import BaseOperator
         from airflow.models.baseoperatorlink import BaseOperatorLink
         from airflow.sensors.base import BaseSensorOperator
+    try:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+    except ImportError:
+        from airflow.exceptions import AirflowFailException, AirflowSensorTimeout
     try:
         from airflow.sdk import Variable
     except ImportError:
@@ -41,6 +46,8 @@ __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_0_PLUS",
     "AIRFLOW_V_3_1_PLUS",
+    "AirflowFailException",
+    "AirflowSensorTimeout",
     "BaseHook",
     "BaseOperator",
     "BaseOperatorLink",

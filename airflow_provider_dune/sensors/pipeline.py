@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
-from airflow.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow.exceptions import AirflowException
 
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.models import PipelineOutcome
@@ -16,7 +16,7 @@ from airflow_provider_dune.api.validation import validate_execution_id
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 from airflow_provider_dune.utils.polling import SUCCESS, TIMEOUT, PollTarget, validate_event
-from airflow_provider_dune.version_compat import BaseSensorOperator
+from airflow_provider_dune.version_compat import AirflowFailException, AirflowSensorTimeout, BaseSensorOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
