@@ -182,6 +182,9 @@ class PipelineStatus:
     @property
     def outcome(self) -> PipelineOutcome:
         """The verdict for a waiting task. Success needs every node and the pipeline to say ``completed``."""
+        if self.state is RunState.CANCELLED and not self.failed_nodes:
+            # Dune may explain a cancellation in ``error`` ("node 1 ... was cancelled"): still a cancellation.
+            return PipelineOutcome.CANCELLED
         if self.state is RunState.FAILED or self.state is RunState.EXPIRED or self.error or self.failed_nodes:
             return PipelineOutcome.FAILED
         if self.state is RunState.CANCELLED or any(n.state is RunState.CANCELLED for n in self.nodes):
@@ -336,6 +339,38 @@ class ExecutionStatus:
     def succeeded(self) -> bool:
         """Only a complete result counts: ``COMPLETED_PARTIAL`` is surfaced, not accepted."""
         return self.state is RunState.COMPLETED
+
+    @property
+    def outcome(self) -> PipelineOutcome:
+        """The verdict for a waiting task; a partial result is a failure unless the caller accepts it."""
+        if self.state is RunState.COMPLETED:
+            return PipelineOutcome.SUCCESS
+        if self.state in (RunState.FAILED, RunState.EXPIRED, RunState.COMPLETED_PARTIAL):
+            return PipelineOutcome.FAILED
+        if self.state is RunState.CANCELLED:
+            return PipelineOutcome.CANCELLED
+        if self.state is RunState.UNKNOWN and self.is_execution_finished:
+            return PipelineOutcome.UNKNOWN
+        return PipelineOutcome.RUNNING
+
+    def progress_summary(self) -> str:
+        """One line such as ``executing`` or ``pending (queue position 3)``."""
+        text = self.state.value
+        if self.state is RunState.UNKNOWN:
+            text += f" (Dune state {self.raw_state!r})"
+        if self.queue_position:
+            text += f" (queue position {self.queue_position})"
+        return text
+
+    def failure_message(self) -> str:
+        """Explanation for a run that did not succeed, with Dune's error text."""
+        subject = f"Dune execution {self.execution_id}" + (f" of query {self.query_id}" if self.query_id else "")
+        if self.state is RunState.COMPLETED_PARTIAL:
+            return (
+                f"{subject} completed only partially: the result was truncated by Dune's limits. "
+                "Set allow_partial_results=True to accept a partial result."
+            )
+        return f"{subject} ended {self.outcome.value}: {self.describe()}"
 
     def describe(self) -> str:
         text = f"execution {self.execution_id}: {self.state.value}"

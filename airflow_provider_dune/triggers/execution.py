@@ -1,0 +1,65 @@
+"""Trigger that waits for a single Dune execution (a query run or a materialized view refresh)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
+from airflow_provider_dune.utils.polling import PollTarget, Snapshot
+
+
+class DuneExecutionTrigger(DunePollingTrigger):
+    """Wait for one Dune execution with the same polling core as :class:`DunePipelineTrigger`.
+
+    Serialises only the execution id, connection id, poll interval, deadline and ``cancel_on_kill``: never the
+    API key. Fires one event ``{"status", "message", "execution_id", "details"}``; ``details`` is the last
+    execution status. A ``COMPLETED_PARTIAL`` result fires ``failed`` with ``details.state ==
+    "completed_partial"`` so the operator decides whether to accept it.
+
+    :param execution_id: the execution to wait for.
+    :param cancel_on_kill: cancel the execution when a user kills the deferred task (Airflow 3.3+).
+    """
+
+    def __init__(
+        self,
+        *,
+        execution_id: str,
+        dune_conn_id: str = DuneHook.default_conn_name,
+        poll_interval: float = 30.0,
+        end_time: float | None = None,
+        cancel_on_kill: bool = True,
+    ) -> None:
+        super().__init__(dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time)
+        self.execution_id = execution_id
+        self.cancel_on_kill = cancel_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "execution_id": self.execution_id,
+                "dune_conn_id": self.dune_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    @property
+    def target(self) -> PollTarget:
+        return PollTarget("execution_id", self.execution_id, f"Dune execution {self.execution_id}")
+
+    async def fetch(self, hook: DuneHook) -> Snapshot:
+        return await hook.aget_execution_status(self.execution_id)
+
+    async def on_kill(self) -> None:
+        """Cancel the execution when the user kills the deferred task."""
+        if not self.cancel_on_kill:
+            return
+        async with self._hook() as hook:
+            try:
+                accepted = await hook.acancel_execution(self.execution_id)
+                self.log.info("Cancelled Dune execution %s: %s", self.execution_id, accepted)
+            except Exception as err:
+                self.log.warning("Could not cancel Dune execution %s: %s", self.execution_id, err)
