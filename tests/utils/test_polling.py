@@ -62,7 +62,10 @@ DONE = status("completed", ("completed", None), ("completed", None))
 FAILED_STATUS = status(
     "failed", ("failed", "line 3:8: Column 'amount_usdd' cannot be resolved"), ("cancelled", None), error="node 1"
 )
-CANCELLED_STATUS = status("cancelled", ("completed", None), ("cancelled", None))
+# Dune explains a cancellation in the overall error; that must not turn it into a failure.
+CANCELLED_STATUS = status(
+    "cancelled", ("completed", None), ("cancelled", None), error="node 2 (query 102) was cancelled"
+)
 
 
 def rate_limited() -> DuneRateLimitError:
@@ -120,6 +123,14 @@ def test_cancelled_event() -> None:
     event = decide(TARGET, CANCELLED_STATUS, now=NOW, end_time=None, poll_interval=5).event
     assert event is not None
     assert event["status"] == CANCELLED
+    assert "node 2 (query 102): cancelled" in event["message"]
+
+
+def test_cancelled_pipeline_with_a_failed_node_is_a_failure() -> None:
+    mixed = status("cancelled", ("failed", "division by zero"), ("cancelled", None), error="node 1 failed")
+    event = decide(TARGET, mixed, now=NOW, end_time=None, poll_interval=5).event
+    assert event is not None
+    assert event["status"] == FAILED
 
 
 def test_unknown_final_outcome_is_an_error_never_success() -> None:

@@ -1,0 +1,228 @@
+"""DunePipelineTrigger against the Dune API emulator over real HTTP (the async transport, as in the triggerer)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_dune.api.states import RunState
+from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
+from tests.conftest import TEST_API_KEY, dune_connection_json
+
+QUICK = 2001
+SLOW = 2002
+FAILING = 1099  # seed: fails with "line 3:8: Column 'amount_usdd' cannot be resolved"
+LINEAGE = 1001  # seed: query + materialized view dune.demo.result_dex_trades_daily
+
+
+@pytest.fixture
+def emulator(dune_emulator: DuneEmulator, dune_conn_id: str) -> DuneEmulator:
+    dune_emulator.add_query(QUICK, duration=0.3)
+    dune_emulator.add_query(SLOW, duration=30)
+    return dune_emulator
+
+
+def start(query_id: int, **params: Any) -> str:
+    with DuneHook() as hook:
+        return hook.execute_query_pipeline(query_id, query_parameters=params or None)
+
+
+def trigger_for(pipeline_execution_id: str, **kwargs: Any) -> DunePipelineTrigger:
+    kwargs.setdefault("poll_interval", 0.05)
+    kwargs.setdefault("end_time", time.time() + 20)
+    return DunePipelineTrigger(pipeline_execution_id=pipeline_execution_id, **kwargs)
+
+
+async def events_of(trigger: DunePipelineTrigger) -> list[dict[str, Any]]:
+    return [event.payload async for event in trigger.run()]
+
+
+def running_execution_ids(pipeline_execution_id: str) -> list[str]:
+    deadline = time.monotonic() + 5
+    with DuneHook() as hook:
+        while True:
+            status = hook.get_pipeline_status(pipeline_execution_id)
+            running = [n.execution_id for n in status.running_nodes if n.execution_id]
+            if running or time.monotonic() > deadline:
+                return running
+            time.sleep(0.02)
+
+
+def execution_state(execution_id: str) -> RunState:
+    with DuneHook() as hook:
+        return hook.get_execution_status(execution_id).state
+
+
+# -- serialisation ------------------------------------------------------------------------------------------------
+
+
+def test_serialize_round_trip_without_api_key(dune_conn_id: str) -> None:
+    trigger = DunePipelineTrigger(
+        pipeline_execution_id="01PIPE",
+        dune_conn_id=dune_conn_id,
+        poll_interval=12,
+        end_time=1_700_000_000.5,
+        cancel_on_kill=False,
+    )
+    classpath, kwargs = trigger.serialize()
+    module_name, _, class_name = classpath.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert cls is DunePipelineTrigger
+    assert kwargs == {
+        "pipeline_execution_id": "01PIPE",
+        "dune_conn_id": dune_conn_id,
+        "poll_interval": 12.0,
+        "end_time": 1_700_000_000.5,
+        "cancel_on_kill": False,
+    }
+    encoded = json.dumps(kwargs)
+    assert TEST_API_KEY not in encoded and TEST_API_KEY not in repr(kwargs) and TEST_API_KEY not in repr(trigger)
+    recreated = cls(**json.loads(encoded))
+    assert recreated.serialize() == (classpath, kwargs)
+
+
+def test_serialize_defaults_have_no_deadline() -> None:
+    _, kwargs = DunePipelineTrigger(pipeline_execution_id="x").serialize()
+    assert kwargs["end_time"] is None
+    assert kwargs["cancel_on_kill"] is True
+    assert kwargs["dune_conn_id"] == "dune_default"
+
+
+# -- exactly one event per outcome --------------------------------------------------------------------------------
+
+
+async def test_success_event_with_node_states(emulator: DuneEmulator) -> None:
+    pipeline_execution_id = start(LINEAGE, date="2024-06-01")
+    events = await events_of(trigger_for(pipeline_execution_id))
+    assert len(events) == 1
+    event = events[0]
+    assert event["status"] == "success"
+    assert event["pipeline_execution_id"] == pipeline_execution_id
+    nodes = event["details"]["nodes"]
+    assert len(nodes) == 2
+    assert {n["state"] for n in nodes} == {"completed"}
+    assert all(n["execution_id"] for n in nodes)
+    assert {n["view_name"] for n in nodes} >= {"dune.demo.result_dex_trades_daily"}
+    json.dumps(event)
+
+
+async def test_failed_event_names_node_and_error(emulator: DuneEmulator) -> None:
+    pipeline_execution_id = start(FAILING)
+    events = await events_of(trigger_for(pipeline_execution_id))
+    assert [e["status"] for e in events] == ["failed"]
+    assert "query 1099" in events[0]["message"]
+    assert "amount_usdd" in events[0]["message"]
+
+
+async def test_cancelled_event(emulator: DuneEmulator) -> None:
+    pipeline_execution_id = start(SLOW)
+    (execution_id,) = running_execution_ids(pipeline_execution_id)
+    with DuneHook() as hook:
+        assert hook.cancel_execution(execution_id)
+    events = await events_of(trigger_for(pipeline_execution_id))
+    assert [e["status"] for e in events] == ["cancelled"]
+
+
+async def test_timeout_event_keeps_last_status_and_does_not_cancel(emulator: DuneEmulator) -> None:
+    pipeline_execution_id = start(SLOW)
+    began = time.monotonic()
+    events = await events_of(trigger_for(pipeline_execution_id, end_time=time.time() + 0.3))
+    assert time.monotonic() - began < 5
+    assert [e["status"] for e in events] == ["timeout"]
+    assert events[0]["details"]["nodes"][0]["state"] in ("pending", "executing")
+    # Cancelling is the operator's job (execute_complete); the trigger only reads.
+    assert emulator.counts.get("cancel_execution", 0) == 0
+
+
+async def test_wrong_api_key_gives_error_event(emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline_execution_id = start(QUICK)
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, api_key="wrong-key"))
+    events = await events_of(trigger_for(pipeline_execution_id))
+    assert [e["status"] for e in events] == ["error"]
+    assert "401" in events[0]["message"]
+    assert "invalid API Key" in events[0]["message"]
+
+
+async def test_unknown_pipeline_gives_error_event(emulator: DuneEmulator) -> None:
+    events = await events_of(trigger_for("01NOSUCHPIPELINE"))
+    assert [e["status"] for e in events] == ["error"]
+    assert "01NOSUCHPIPELINE" in events[0]["message"]
+    assert "404" in events[0]["message"]
+
+
+# -- resilience ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        (Fault.status(429, times=3),),
+        (Fault.status(500, times=2), Fault.status(502), Fault.status(503)),
+        (Fault.drop(times=2), Fault.malformed()),
+    ],
+    ids=["429-storm", "5xx", "drop-malformed"],
+)
+async def test_survives_faults_mid_poll(emulator: DuneEmulator, faults: tuple[Fault, ...]) -> None:
+    pipeline_execution_id = start(QUICK)
+    emulator.inject("pipeline_status", *faults)
+    events = await events_of(trigger_for(pipeline_execution_id))
+    assert [e["status"] for e in events] == ["success"]
+    injected = sum(f.times for f in faults)
+    assert emulator.counts["pipeline_status"] > injected  # every fault was consumed, then polling went on
+
+
+async def test_survives_errors_beyond_hook_retries(emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status call that still fails after the hook's retries is not fatal: the trigger backs off and polls."""
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, max_retries=1))
+    pipeline_execution_id = start(QUICK)
+    emulator.inject("pipeline_status", Fault.status(429))
+    events = await events_of(trigger_for(pipeline_execution_id))
+    assert [e["status"] for e in events] == ["success"]
+    assert emulator.counts["pipeline_status"] >= 2
+
+
+# -- logging ------------------------------------------------------------------------------------------------------
+
+
+def logged_progress(text: str, pipeline_execution_id: str) -> list[str]:
+    marker = f"Dune pipeline {pipeline_execution_id}: "
+    return [line.split(marker, 1)[1].split(" [", 1)[0].strip() for line in text.splitlines() if marker in line]
+
+
+async def test_progress_logged_only_when_it_changes(emulator: DuneEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline_execution_id = start(LINEAGE, date="2024-06-01")
+    capsys.readouterr()
+    await events_of(trigger_for(pipeline_execution_id, poll_interval=0.02))
+    # Airflow 3 task/trigger logging goes through structlog to stdout.
+    progress = logged_progress(capsys.readouterr().out, pipeline_execution_id)
+    polls = emulator.counts["pipeline_status"]
+    assert progress, "no progress was logged"
+    assert progress[-1] == "2/2 nodes done"
+    assert any("running" in line for line in progress)
+    assert len(progress) < polls  # polled more often than the progress changed
+    assert len(progress) == len(set(progress))  # each progress line once
+
+
+# -- on_kill ------------------------------------------------------------------------------------------------------
+
+
+async def test_on_kill_cancels_running_nodes(emulator: DuneEmulator) -> None:
+    pipeline_execution_id = start(SLOW)
+    (execution_id,) = running_execution_ids(pipeline_execution_id)
+    await trigger_for(pipeline_execution_id).on_kill()
+    assert emulator.counts["cancel_execution"] == 1
+    assert execution_state(execution_id) is RunState.CANCELLED
+
+
+async def test_on_kill_without_cancel_on_kill_leaves_run_alone(emulator: DuneEmulator) -> None:
+    pipeline_execution_id = start(SLOW)
+    (execution_id,) = running_execution_ids(pipeline_execution_id)
+    await trigger_for(pipeline_execution_id, cancel_on_kill=False).on_kill()
+    assert emulator.counts.get("cancel_execution", 0) == 0
+    assert execution_state(execution_id) in (RunState.PENDING, RunState.EXECUTING)
