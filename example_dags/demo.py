@@ -1,0 +1,311 @@
+"""``make demo``: run the ``dune_nightly_refresh`` example DAG for real, deferral included, and summarise it.
+
+What it does (``python -m example_dags.demo``):
+
+1. Creates a fresh, isolated ``AIRFLOW_HOME`` under ``.demo/airflow_home`` and runs ``airflow db migrate``.
+2. Starts the Dune API emulator (``python -m airflow_provider_dune.testing.emulator``) on a free loopback port
+   with a random API key, unless ``DUNE_API_KEY`` is set: then it targets real Dune (``DUNE_API_URL``,
+   default ``https://api.dune.com/api``) with that key, which is never printed. Set
+   ``DUNE_NIGHTLY_QUERY_ID`` to one of your queries (with a ``date`` parameter) in that case; it uses
+   credits.
+3. Runs ``airflow dags test dune_nightly_refresh <date>`` with the example DAGs as DAGS_FOLDER and
+   ``AIRFLOW_CONN_DUNE_DEFAULT`` pointing at the emulator. The task is deferrable; ``dags test`` (Airflow 3)
+   runs the trigger in-process, so the task really goes running -> deferred -> running -> success.
+4. Prints the task's state history and tries, the trigger Airflow stored, the status calls the emulator
+   served, and each pipeline node with its state and durations; then stops the emulator.
+
+The full ``airflow dags test`` output is kept in ``.demo/dags_test.log``. Exits non-zero if the run failed.
+Environment: ``DUNE_DEMO_DATE`` (logical date, default 2024-06-01), ``DUNE_POLL_INTERVAL`` (default 1 s
+against the emulator, 10 s against Dune).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DAGS_FOLDER = REPO_ROOT / "example_dags"
+DEMO_DIR = REPO_ROOT / ".demo"
+DAG_ID = "dune_nightly_refresh"
+TASK_ID = "refresh_daily_dex_volume"
+DUNE_API_URL = "https://api.dune.com/api"
+EMULATOR_START_TIMEOUT = 20.0
+DAGS_TEST_TIMEOUT = 300.0
+
+
+def _say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def airflow_env(airflow_home: Path, conn_json: str, poll_interval: str) -> dict[str, str]:
+    """Environment for the Airflow child processes: isolated home, sqlite DB, example DAGs, the connection."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW_CONN_DUNE_DEFAULT": conn_json,
+            "DUNE_POLL_INTERVAL": poll_interval,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+        }
+    )
+    return env
+
+
+@contextlib.contextmanager
+def running_emulator(api_key: str, log_path: Path) -> Iterator[tuple[str, int]]:
+    """Start the emulator on a free loopback port; yield ``(api_url, pid)``; always stop it by pid."""
+    log = log_path.open("w")
+    process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        [sys.executable, "-m", "airflow_provider_dune.testing.emulator", "--port", "0", "--api-key", api_key],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=REPO_ROOT,
+        start_new_session=True,  # Ctrl-C in the terminal reaches us; we stop the emulator ourselves
+    )
+    try:
+        url = _read_start_line(process)
+        yield url, process.pid
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        log.close()
+
+
+def _read_start_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    found: list[str] = []
+
+    def read() -> None:
+        line = process.stdout.readline() if process.stdout else ""
+        found.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(EMULATOR_START_TIMEOUT)
+    line = found[0] if found else ""
+    marker = "listening on "
+    if marker not in line:
+        raise RuntimeError(f"the Dune API emulator did not start (exit code {process.poll()}): {line.strip()!r}")
+    # Keep draining stdout so the emulator never blocks on a full pipe.
+    threading.Thread(target=lambda: process.stdout and process.stdout.read(), daemon=True).start()
+    return line.split(marker, 1)[1].strip()
+
+
+def _get_json(url: str, api_key: str | None = None, timeout: float = 10.0) -> Any:
+    headers = {"X-Dune-Api-Key": api_key} if api_key else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - emulator or Dune https URL
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """RFC 3339 with up to nanoseconds (Dune's format) -> aware datetime."""
+    if not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    if "." in text:
+        head, rest = text.split(".", 1)
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits) :]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _seconds_between(start: str | None, end: str | None) -> str:
+    a, b = _parse_time(start), _parse_time(end)
+    if a is None or b is None:
+        return "-"
+    return f"{(b - a).total_seconds():.1f}s"
+
+
+def read_run(db_path: Path) -> dict[str, Any]:
+    """What the metadata DB says about the demo's DAG run, task, trigger and XComs."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        run = db.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DAG_ID,)
+        ).fetchone()
+        if run is None:
+            return {"run_state": None}
+        run_id, run_state = run
+        task = db.execute(
+            "SELECT state, try_number, start_date, end_date FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+            (DAG_ID, run_id, TASK_ID),
+        ).fetchone()
+        events = [
+            row[0]
+            for row in db.execute(
+                "SELECT event FROM log WHERE dag_id = ? AND run_id = ? AND task_id = ? ORDER BY id",
+                (DAG_ID, run_id, TASK_ID),
+            )
+        ]
+        triggers = [
+            {"classpath": row[0], "created": row[1]}
+            for row in db.execute("SELECT classpath, created_date FROM trigger ORDER BY id")
+        ]
+        xcoms = {
+            row[0]: json.loads(row[1]) if row[1] else None
+            for row in db.execute(
+                "SELECT key, value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+                (DAG_ID, run_id, TASK_ID),
+            )
+        }
+    return {
+        "run_id": run_id,
+        "run_state": run_state,
+        "task": dict(zip(("state", "try_number", "start_date", "end_date"), task, strict=True)) if task else None,
+        "events": events,
+        "triggers": triggers,
+        "xcoms": xcoms,
+    }
+
+
+def print_summary(run: dict[str, Any], api_url: str, api_key: str, emulator: bool, elapsed: float) -> None:
+    task = run.get("task") or {}
+    events = run.get("events") or []
+    deferred = "deferred" in events or bool(run.get("triggers"))
+    _say("")
+    _say("=" * 78)
+    _say(f"DAG run   {DAG_ID} / {run.get('run_id')}: {run.get('run_state')}  ({elapsed:.1f}s for `airflow dags test`)")
+    _say(f"Task      {TASK_ID}: {task.get('state')}, try {task.get('try_number')}")
+    _say(f"          state history: {' -> '.join(events) if events else '(none recorded)'}")
+    for trigger in run.get("triggers") or []:
+        _say(f"Deferred  yes: Airflow stored trigger {trigger['classpath'].rsplit('.', 1)[-1]} at {trigger['created']}")
+    if not deferred:
+        _say("Deferred  NO: the task finished without deferring")
+    if emulator:
+        with contextlib.suppress(OSError, ValueError):
+            counts = _get_json(api_url.removesuffix("/api") + "/_emulator/counts")["counts"]
+            polls = counts.get("pipeline_status", 0)
+            _say(
+                f"Emulator  execute_query_pipeline called {counts.get('execute_query_pipeline', 0)}x; "
+                f"pipeline status read {polls}x (1 by the task before deferring, the rest by the trigger)"
+            )
+    result = (run.get("xcoms") or {}).get("return_value")
+    if isinstance(result, dict):
+        _say(f"Pipeline  {result.get('pipeline_execution_id')}: {result.get('state')} ({result.get('summary')})")
+        _say(f"          {'node':<5}{'what':<48}{'state':<11}{'queued':>8}{'ran':>8}")
+        for node in result.get("nodes") or []:
+            what = (
+                f"refresh {node.get('view_name')}"
+                if node.get("kind") == "materialized_view_refresh"
+                else f"query {node.get('query_id')}"
+            )
+            queued = ran = "-"
+            if node.get("execution_id"):
+                with contextlib.suppress(OSError, ValueError):
+                    status = _get_json(f"{api_url}/v1/execution/{node['execution_id']}/status", api_key)
+                    queued = _seconds_between(status.get("submitted_at"), status.get("execution_started_at"))
+                    ran = _seconds_between(status.get("execution_started_at"), status.get("execution_ended_at"))
+            _say(f"          {node.get('node_id')!s:<5}{what:<48}{node.get('state')!s:<11}{queued:>8}{ran:>8}")
+    else:
+        _say("Pipeline  no result in XCom (the task did not succeed)")
+    _say("=" * 78)
+
+
+def main() -> int:
+    logical_date = os.environ.get("DUNE_DEMO_DATE") or "2024-06-01"
+    real_key = os.environ.get("DUNE_API_KEY", "").strip()
+    airflow_home = DEMO_DIR / "airflow_home"
+    shutil.rmtree(airflow_home, ignore_errors=True)
+    airflow_home.mkdir(parents=True)
+    airflow = Path(sys.executable).with_name("airflow")
+    airflow_cmd = [str(airflow)] if airflow.exists() else [sys.executable, "-m", "airflow"]
+    started = time.monotonic()
+
+    with contextlib.ExitStack() as stack:
+        if real_key:
+            api_url, api_key, emulator = os.environ.get("DUNE_API_URL") or DUNE_API_URL, real_key, False
+            poll_interval = os.environ.get("DUNE_POLL_INTERVAL") or "10"
+            extra: dict[str, Any] = {}
+            _say(f"Using real Dune at {api_url} (key from DUNE_API_KEY, not shown); this uses credits.")
+            if not os.environ.get("DUNE_NIGHTLY_QUERY_ID"):
+                _say("  hint: set DUNE_NIGHTLY_QUERY_ID to one of your queries; 1001 is the emulator's demo query")
+        else:
+            api_key = "demo-" + secrets.token_hex(8)
+            api_url, pid = stack.enter_context(running_emulator(api_key, DEMO_DIR / "emulator.log"))
+            emulator = True
+            poll_interval = os.environ.get("DUNE_POLL_INTERVAL") or "1"
+            extra = {"timeout": 10}
+            _say(f"Started the Dune API emulator at {api_url} (pid {pid})")
+        conn_json = json.dumps({"conn_type": "dune", "host": api_url, "password": api_key, "extra": extra})
+        env = airflow_env(airflow_home, conn_json, poll_interval)
+
+        _say(f"Migrating a fresh Airflow metadata DB in {airflow_home.relative_to(REPO_ROOT)} ...")
+        migrate = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [*airflow_cmd, "db", "migrate"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+        if migrate.returncode != 0:
+            _say(migrate.stdout[-3000:] + migrate.stderr[-3000:])
+            _say("airflow db migrate failed")
+            return 2
+
+        log_path = DEMO_DIR / "dags_test.log"
+        _say(
+            f"Running `airflow dags test {DAG_ID} {logical_date}` (poll interval {poll_interval}s; "
+            f"output in {log_path.relative_to(REPO_ROOT)}) ..."
+        )
+        test_started = time.monotonic()
+        with log_path.open("w") as log:
+            try:
+                result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                    [*airflow_cmd, "dags", "test", DAG_ID, logical_date],
+                    env=env,
+                    cwd=REPO_ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=DAGS_TEST_TIMEOUT,
+                    check=False,
+                )
+                returncode = result.returncode
+            except subprocess.TimeoutExpired:
+                _say(f"`airflow dags test` did not finish within {DAGS_TEST_TIMEOUT:g}s")
+                returncode = 124
+        elapsed = time.monotonic() - test_started
+
+        run = read_run(airflow_home / "airflow.db")
+        print_summary(run, api_url, api_key, emulator, elapsed)
+    if emulator:
+        _say("Stopped the emulator.")
+    ok = returncode == 0 and run.get("run_state") == "success"
+    _say(f"Demo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s.")
+    if not ok:
+        _say(f"See {log_path} for the full Airflow output.")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nInterrupted; the emulator was stopped.", file=sys.stderr)
+        sys.exit(130)
