@@ -27,9 +27,26 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_dune.hooks.dune"],
             }
         ],
-        "operators": [{"integration-name": "Dune", "python-modules": ["airflow_provider_dune.operators.pipeline"]}],
+        "operators": [
+            {
+                "integration-name": "Dune",
+                "python-modules": [
+                    "airflow_provider_dune.operators.base",
+                    "airflow_provider_dune.operators.pipeline",
+                    "airflow_provider_dune.operators.query",
+                ],
+            }
+        ],
         "sensors": [{"integration-name": "Dune", "python-modules": ["airflow_provider_dune.sensors.pipeline"]}],
-        "triggers": [{"integration-name": "Dune", "python-modules": ["airflow_provider_dune.triggers.pipeline"]}],
+        "triggers": [
+            {
+                "integration-name": "Dune",
+                "python-modules": [
+                    "airflow_provider_dune.triggers.pipeline",
+                    "airflow_provider_dune.triggers.execution",
+                ],
+            }
+        ],
         "extra-links": ["airflow_provider_dune.links.DuneQueryLink"],
         "connection-types": [
             {

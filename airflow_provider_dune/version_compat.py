@@ -12,7 +12,7 @@ AIRFLOW_V_3_0_PLUS = Version("3.0.0") <= AIRFLOW_VERSION
 AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, Variable
+    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, Variable
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
     from airflow.sdk.log import mask_secret
 else:
@@ -30,6 +30,10 @@ else:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
     except ImportError:
         from airflow.exceptions import AirflowFailException, AirflowSensorTimeout
+    try:
+        from airflow.sdk import ObjectStoragePath
+    except ImportError:
+        from airflow.io.path import ObjectStoragePath
     try:
         from airflow.sdk import Variable
     except ImportError:
@@ -52,6 +56,7 @@ __all__ = [
     "BaseOperator",
     "BaseOperatorLink",
     "BaseSensorOperator",
+    "ObjectStoragePath",
     "Variable",
     "mask_secret",
 ]

@@ -384,6 +384,7 @@ class ExecutionStatus:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = self.state.value
+        data["outcome"] = self.outcome.value
         data["result_metadata"] = self.result_metadata.to_dict() if self.result_metadata else None
         return data
 

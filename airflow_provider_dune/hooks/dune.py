@@ -38,7 +38,7 @@ from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry
 from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook, mask_secret
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
 USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSION} python/{platform.python_version()}"
 
@@ -434,6 +434,25 @@ class DuneHook(BaseHook):
             execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
         )
         return parse_result_page(await self.arun(request))
+
+    def iter_execution_results(
+        self, execution_id: str, *, page_size: int = 10_000, allow_partial_results: bool = False
+    ) -> Iterator[ResultPage]:
+        """Every page of an execution's results, one request per page.
+
+        Pages are followed by ``next_offset`` on the configured base URL, never by the ``next_uri`` Dune
+        returns, so the API key is only ever sent to the host of the connection.
+        """
+        if page_size < 1:
+            raise DuneError(f"page_size must be at least 1, got {page_size}")
+        offset: int | None = 0
+        while offset is not None:
+            page = self.get_execution_results(
+                execution_id, limit=page_size, offset=offset, allow_partial_results=allow_partial_results
+            )
+            yield page
+            next_offset = page.next_offset
+            offset = next_offset if next_offset is not None and next_offset > offset and page.rows else None
 
     def cancel_execution(self, execution_id: str) -> bool:
         """Ask Dune to cancel a running execution; ``True`` if Dune accepted."""

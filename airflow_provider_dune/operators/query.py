@@ -1,0 +1,198 @@
+"""Operators that run one Dune query, or refresh one materialized view, and wait for the execution."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_dune.api.errors import DuneConfigurationError
+from airflow_provider_dune.api.states import RunState
+from airflow_provider_dune.api.validation import (
+    validate_performance,
+    validate_query_id,
+    validate_query_parameters,
+    validate_view_name,
+)
+from airflow_provider_dune.links import DuneQueryLink
+from airflow_provider_dune.operators.base import DuneRunOperator, is_template, validated
+from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
+from airflow_provider_dune.utils.results import output_format_for, write_pages
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.triggers.base import BaseTrigger
+
+    from airflow_provider_dune.api.models import ExecutionStatus
+    from airflow_provider_dune.hooks.dune import DuneHook
+
+DEFAULT_MAX_XCOM_ROWS = 1000
+
+
+class _DuneExecutionOperator(DuneRunOperator):
+    """A run that is one Dune execution: shared status, trigger and cancel logic."""
+
+    id_field = "execution_id"
+
+    def get_status(self, hook: DuneHook, run_id: str) -> ExecutionStatus:
+        return hook.get_execution_status(run_id)
+
+    def build_trigger(self, run_id: str, end_time: float | None) -> BaseTrigger:
+        return DuneExecutionTrigger(
+            execution_id=run_id,
+            dune_conn_id=self.dune_conn_id,
+            poll_interval=self.poll_interval,
+            end_time=end_time,
+            cancel_on_kill=self.cancel_on_kill,
+        )
+
+    def running_executions(
+        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None
+    ) -> list[tuple[str, str]]:
+        status = hook.get_execution_status(run_id)
+        return [] if status.is_terminal else [(self.run_label(run_id), run_id)]
+
+
+class DuneExecuteQueryOperator(_DuneExecutionOperator):
+    """Execute one Dune query and wait for it; optionally fetch its result rows.
+
+    The execution id is pushed to XCom under ``execution_id`` before waiting. The return value holds the final
+    execution status and result metadata, plus the rows (``fetch_results=True`` without ``output_path``) or
+    the path and row count of the written file.
+
+    :param query_id: Dune query id (templated).
+    :param query_parameters: parameters, e.g. ``{"date": "{{ ds }}"}`` (templated).
+    :param performance: ``medium`` or ``large`` (templated).
+    :param fetch_results: put the rows in the return value (XCom); meant for small results, refused above
+        ``max_xcom_rows`` rows (write them to ``output_path`` instead).
+    :param output_path: stream every row to this file or object-storage URL (``s3://bucket/key.csv``,
+        ``/data/out.jsonl``), page by page, without holding the result in memory (templated).
+    :param output_format: ``jsonl`` or ``csv``; inferred from the ``output_path`` suffix when omitted.
+    :param page_size: rows per results request.
+    :param max_xcom_rows: largest result ``fetch_results`` accepts.
+    :param allow_partial_results: accept ``QUERY_STATE_COMPLETED_PARTIAL`` (a result Dune truncated); by
+        default it fails the task.
+
+    Other parameters (``dune_conn_id``, ``deferrable``, ``poll_interval``, ``timeout``, ``wait_for_completion``,
+    ``reuse_existing_execution``, ``cancel_on_kill``) are those of
+    :class:`~airflow_provider_dune.operators.base.DuneRunOperator`.
+    """
+
+    template_fields: Sequence[str] = ("dune_conn_id", "query_id", "query_parameters", "performance", "output_path")
+    template_fields_renderers = {"query_parameters": "json"}
+    operator_extra_links = (DuneQueryLink(),)
+    ui_color = "#ffb199"
+
+    def __init__(
+        self,
+        *,
+        query_id: int | str,
+        query_parameters: Mapping[str, Any] | str | None = None,
+        performance: str = "medium",
+        fetch_results: bool = False,
+        output_path: str | None = None,
+        output_format: str | None = None,
+        page_size: int = 10_000,
+        max_xcom_rows: int = DEFAULT_MAX_XCOM_ROWS,
+        allow_partial_results: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.query_id = query_id
+        self.query_parameters = query_parameters
+        self.performance = performance
+        self.fetch_results = fetch_results
+        self.output_path = output_path
+        self.output_format = output_format
+        if page_size < 1 or max_xcom_rows < 0:
+            raise DuneConfigurationError("page_size must be >= 1 and max_xcom_rows >= 0")
+        if (fetch_results or output_path) and not self.wait_for_completion:
+            raise DuneConfigurationError("fetch_results/output_path need wait_for_completion=True")
+        self.page_size = page_size
+        self.max_xcom_rows = max_xcom_rows
+        self.allow_partial_results = allow_partial_results
+        self.build_request(allow_templates=True)
+
+    def run_label(self, run_id: str) -> str:
+        return f"Dune execution {run_id} of query {self.query_id}"
+
+    def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
+        if self.output_path is not None and not (allow_templates and is_template(self.output_path)):
+            output_format_for(self.output_path, self.output_format)
+        return {
+            "query_id": validated(self.query_id, validate_query_id, allow_templates=allow_templates),
+            "performance": validated(self.performance, validate_performance, allow_templates=allow_templates),
+            "query_parameters": validated(
+                self.query_parameters, validate_query_parameters, allow_templates=allow_templates
+            ),
+        }
+
+    def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
+        started = hook.execute_query(request["query_id"], request["performance"], request["query_parameters"])
+        self.log.info(
+            "Started Dune execution %s of query %s (%s)",
+            started.execution_id,
+            request["query_id"],
+            DuneQueryLink.url_for(request["query_id"]),
+        )
+        return started.execution_id
+
+    def accept_failure(self, details: Mapping[str, Any] | None) -> bool:
+        partial = bool(details) and (details or {}).get("state") == RunState.COMPLETED_PARTIAL.value
+        if partial and self.allow_partial_results:
+            self.log.warning("Accepting a partial result (allow_partial_results=True): Dune truncated it")
+        return partial and self.allow_partial_results
+
+    def on_success(self, context: Context, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None) -> Any:
+        summary: dict[str, Any] = dict(details or {"execution_id": run_id})
+        partial = summary.get("state") == RunState.COMPLETED_PARTIAL.value
+        pages = hook.iter_execution_results(run_id, page_size=self.page_size, allow_partial_results=partial)
+        if self.output_path:
+            fmt = output_format_for(self.output_path, self.output_format)
+            count = write_pages(pages, self.output_path, fmt)
+            self.log.info("Wrote %d row(s) of %s to %s", count, run_id, self.output_path)
+            summary.update(output_path=self.output_path, output_format=fmt, row_count=count)
+        elif self.fetch_results:
+            rows: list[dict[str, Any]] = []
+            for page in pages:
+                total = page.metadata.total_row_count if page.metadata else None
+                if (total or 0) > self.max_xcom_rows or len(rows) + len(page.rows) > self.max_xcom_rows:
+                    raise DuneConfigurationError(
+                        f"the result of {run_id} has more than max_xcom_rows={self.max_xcom_rows} rows; too big for "
+                        "XCom: set output_path to stream it to a file or object storage instead"
+                    )
+                rows.extend(page.rows)
+            summary.update(rows=rows, row_count=len(rows))
+        return summary
+
+
+class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
+    """Refresh one Dune materialized view and wait for the refresh execution.
+
+    :param view_name: full view name, e.g. ``dune.team.result_daily_volume`` (templated).
+    :param performance: ``medium`` or ``large`` (templated).
+
+    Other parameters are those of :class:`~airflow_provider_dune.operators.base.DuneRunOperator`.
+    """
+
+    template_fields: Sequence[str] = ("dune_conn_id", "view_name", "performance")
+    ui_color = "#ffd4c4"
+
+    def __init__(self, *, view_name: str, performance: str = "medium", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.view_name = view_name
+        self.performance = performance
+        self.build_request(allow_templates=True)
+
+    def run_label(self, run_id: str) -> str:
+        return f"Dune refresh {run_id} of materialized view {self.view_name}"
+
+    def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
+        return {
+            "view_name": validated(self.view_name, validate_view_name, allow_templates=allow_templates),
+            "performance": validated(self.performance, validate_performance, allow_templates=allow_templates),
+        }
+
+    def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
+        refresh = hook.refresh_materialized_view(request["view_name"], request["performance"])
+        self.log.info("Started refresh %s of materialized view %s", refresh.execution_id, request["view_name"])
+        return refresh.execution_id

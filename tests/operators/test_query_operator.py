@@ -1,0 +1,156 @@
+"""DuneExecuteQueryOperator and DuneRefreshMaterializedViewOperator against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.exceptions import AirflowException, TaskDeferred
+
+from airflow_provider_dune.api.errors import DuneConfigurationError, DuneCreditsExhaustedError, DuneNotFoundError
+from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
+from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
+from airflow_provider_dune.utils import run_registry
+from tests.operators.test_pipeline_operator import FakeTI, FakeVariables
+
+ROWS = [{"day": f"2026-01-{i + 1:02d}", "volume": i * 10.5, "tags": ["a", i]} for i in range(25)]
+
+
+@pytest.fixture
+def emulator(dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch) -> DuneEmulator:
+    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    dune_emulator.add_query(8001, duration=0.1, rows=ROWS, parameters=["date"])
+    dune_emulator.add_query(8002, duration=30)
+    dune_emulator.add_query(8003, duration=0.05, error="line 1:8: Column 'x' cannot be resolved")
+    return dune_emulator
+
+
+@pytest.fixture
+def context(emulator: DuneEmulator) -> dict[str, Any]:
+    return {"ti": FakeTI(emulator), "ds": "2026-01-01"}
+
+
+def query_op(**kwargs: Any) -> DuneExecuteQueryOperator:
+    kwargs.setdefault("task_id", "query")
+    kwargs.setdefault("query_id", 8001)
+    kwargs.setdefault("poll_interval", 0.05)
+    kwargs.setdefault("deferrable", False)
+    return DuneExecuteQueryOperator(**kwargs)
+
+
+def test_query_result_rows_to_xcom(emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    result = query_op(query_parameters={"date": "2026-01-01"}, fetch_results=True, page_size=10).execute(context)
+    assert result["state"] == "completed"
+    assert result["rows"] == ROWS
+    assert result["row_count"] == 25
+    assert context["ti"].xcom["execution_id"] == result["execution_id"]
+    assert emulator.counts["execution_results"] == 3  # 10 + 10 + 5 rows, followed by offset
+    json.dumps(result)
+
+
+def test_result_too_big_for_xcom_says_to_use_output_path(context: dict[str, Any]) -> None:
+    with pytest.raises(DuneConfigurationError, match="set output_path"):
+        query_op(fetch_results=True, max_xcom_rows=5).execute(context)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_results_stream_to_a_file(tmp_path: Path, context: dict[str, Any], suffix: str) -> None:
+    target = tmp_path / "out" / f"volume.{suffix}"
+    result = query_op(output_path=str(target), page_size=7).execute(context)
+    assert result["row_count"] == 25
+    assert result["output_format"] == suffix
+    text = target.read_text()
+    if suffix == "jsonl":
+        assert [json.loads(line) for line in text.splitlines()] == ROWS
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+        assert len(rows) == 25
+        assert rows[3]["day"] == "2026-01-04"
+        assert rows[3]["volume"] == "31.5"
+        assert json.loads(rows[3]["tags"]) == ["a", 3]
+
+
+def test_failed_query_fails_with_dunes_error(context: dict[str, Any]) -> None:
+    with pytest.raises(AirflowException, match="Column 'x' cannot be resolved"):
+        query_op(query_id=8003).execute(context)
+
+
+def test_unknown_query_and_bad_parameters(context: dict[str, Any]) -> None:
+    with pytest.raises(DuneNotFoundError):
+        query_op(query_id=999999).execute(context)
+    with pytest.raises(AirflowException, match="HTTP 400"):
+        query_op(query_parameters={"nope": 1}).execute(context)
+
+
+def test_credits_exhausted(emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    emulator.inject("execute_query", Fault.status(402))
+    with pytest.raises(DuneCreditsExhaustedError, match="retrying will not help"):
+        query_op().execute(context)
+    assert emulator.counts["execute_query"] == 1
+
+
+def test_timeout_cancels_the_execution(emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    with pytest.raises(AirflowException, match="did not finish before the timeout") as info:
+        query_op(query_id=8002, timeout=0.3).execute(context)
+    assert "Cancelled 1 still-running execution" in str(info.value)
+    with DuneHook() as hook:
+        assert hook.get_execution_status(context["ti"].xcom["execution_id"]).state.value == "cancelled"
+
+
+def test_deferrable_path_and_retry_reattach(emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    op = query_op(query_id=8001, deferrable=True, fetch_results=True)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(context)
+    trigger = info.value.trigger
+    assert isinstance(trigger, DuneExecutionTrigger)
+    assert info.value.timeout is None
+    # A retry while the execution is still running re-attaches instead of starting a second run.
+    with pytest.raises(TaskDeferred):
+        query_op(query_id=8001, deferrable=True, fetch_results=True).execute(context)
+    assert emulator.executions_started() == 1
+
+    async def first_event() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger fired no event")
+
+    result = op.execute_complete(context, asyncio.run(first_event()))
+    assert result["rows"] == ROWS
+
+
+def test_execute_complete_rejects_bad_events(context: dict[str, Any]) -> None:
+    op = query_op()
+    for event in (None, {"status": "maybe"}, {"status": "error", "message": "boom", "execution_id": "E"}):
+        op.run_id = "E"
+        with pytest.raises(AirflowException):
+            op.execute_complete(context, event)
+
+
+def test_construction_errors_say_what_to_fix() -> None:
+    with pytest.raises(DuneConfigurationError, match="positive integer Dune query id"):
+        query_op(query_id="abc")
+    with pytest.raises(DuneConfigurationError, match="cannot tell the output format"):
+        query_op(output_path="/tmp/out.parquet")
+    with pytest.raises(DuneConfigurationError, match="need wait_for_completion=True"):
+        query_op(fetch_results=True, wait_for_completion=False)
+    templated = query_op(query_id="{{ params.qid }}", query_parameters={"date": "{{ ds }}"})
+    assert templated.query_id == "{{ params.qid }}"
+
+
+def test_refresh_materialized_view(emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    view = "dune.demo.result_token_prices_hourly"
+    result = DuneRefreshMaterializedViewOperator(
+        task_id="refresh", view_name=view, poll_interval=0.05, deferrable=False
+    ).execute(context)
+    assert result["outcome"] == "success"
+    assert emulator.counts["refresh_materialized_view"] == 1
+    with pytest.raises(DuneNotFoundError):
+        DuneRefreshMaterializedViewOperator(task_id="r2", view_name="dune.nope.missing", deferrable=False).execute(
+            context
+        )
