@@ -46,7 +46,8 @@ def registry_key(context: Mapping[str, Any]) -> str:
 
 def remember(context: Mapping[str, Any], run_id: str, fingerprint: str) -> None:
     """Record the run this task instance started."""
-    value = {"run_id": run_id, "fingerprint": fingerprint, **_task_instance_fields(context)}
+    # The task instance fields are nested: their DAG ``run_id`` must not overwrite the Dune run id.
+    value = {"run_id": run_id, "fingerprint": fingerprint, "task_instance": _task_instance_fields(context)}
     try:
         Variable.set(
             registry_key(context),
