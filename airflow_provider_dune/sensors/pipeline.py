@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+def _skip_exception() -> type[Exception]:
+    try:
+        from airflow.sdk.exceptions import AirflowSkipException
+    except ImportError:  # Airflow 2
+        from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
+    return AirflowSkipException
+
+
 class DunePipelineSensor(BaseSensorOperator):
     """Wait until a Dune pipeline execution finishes; fail (with each failed node's error) if it did not succeed.
 
@@ -80,7 +88,14 @@ class DunePipelineSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        if self.poke(context):
+        try:
+            done = self.poke(context)
+        except AirflowFailException as err:
+            # BaseSensorOperator.execute applies soft_fail/never_fail; this path bypasses it, so do it here.
+            if self.soft_fail or getattr(self, "never_fail", False):
+                raise _skip_exception()(f"Skipping due to soft_fail/never_fail: {err}") from err
+            raise
+        if done:
             return None
         self.defer(
             trigger=DunePipelineTrigger(
