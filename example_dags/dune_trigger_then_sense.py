@@ -34,7 +34,7 @@ with DAG(
     dag_id="dune_trigger_then_sense",
     description="Start a Dune query pipeline, then wait for it with a deferrable sensor",
     schedule="0 6 * * 1",
-    start_date=datetime(2024, 6, 3),
+    start_date=datetime(2024, 6, 1),
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "data-platform"},

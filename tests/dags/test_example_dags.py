@@ -1,0 +1,272 @@
+"""The example DAGs: they parse, use the provider's operators sensibly, and really run (and defer) in Airflow."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
+from example_dags.demo import DAGS_FOLDER, airflow_env
+from tests.dags.conftest import DAG_TEST_API_KEY, DAG_TEST_POLL_INTERVAL, airflow_command
+
+EXPECTED_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
+DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in ("__init__.py", "demo.py"))
+LOGICAL_DATE = "2024-06-01"
+
+
+# -- parsing -------------------------------------------------------------------------------------------------
+
+
+def _dagbag() -> Any:
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 2
+        from airflow.models import DagBag
+    try:
+        return DagBag(dag_folder=str(DAGS_FOLDER), include_examples=False)
+    except TypeError:  # Airflow 3.1+: no example DAGs in the DagBag any more
+        return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+@pytest.fixture(scope="module")
+def dagbag(monkeypatch_module: pytest.MonkeyPatch) -> Any:
+    for name in ("DUNE_POLL_INTERVAL", "DUNE_NIGHTLY_QUERY_ID", "DUNE_CONN_ID", "DUNE_REFRESH_QUERY_IDS"):
+        monkeypatch_module.delenv(name, raising=False)
+    return _dagbag()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Any:
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _schedule(dag: Any) -> Any:
+    schedule = getattr(dag, "schedule", None)
+    return schedule if schedule is not None else getattr(dag, "schedule_interval", None)
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_expected_dag_ids(dagbag):
+    assert set(dagbag.dag_ids) == EXPECTED_DAG_IDS
+
+
+def test_every_dag_file_defines_a_dag(dagbag):
+    assert len(DAG_FILES) == len(EXPECTED_DAG_IDS)
+    files_with_dags = {Path(dag.fileloc).name for dag in dagbag.dags.values()}
+    assert files_with_dags == set(DAG_FILES)
+
+
+def test_demo_driver_is_not_parsed_as_a_dag_file():
+    ignore = (DAGS_FOLDER / ".airflowignore").read_text()
+    assert "demo" in ignore
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_dags_are_tagged_documented_and_not_catching_up(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert "dune" in dag.tags
+    assert dag.doc_md and len(dag.doc_md) > 200
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+def test_nightly_refresh(dagbag):
+    dag = dagbag.dags["dune_nightly_refresh"]
+    assert _schedule(dag) == "0 3 * * *"
+    (task,) = dag.tasks
+    assert isinstance(task, DuneExecutePipelineOperator)
+    assert task.query_id == 1001
+    assert task.nodes is None
+    assert task.query_parameters == {"date": "{{ ds }}"}
+    assert task.deferrable is True
+    assert task.wait_for_completion is True
+    assert task.poll_interval == 30.0
+    assert task.timeout is not None and task.timeout > task.poll_interval
+    assert task.dune_conn_id == "dune_default"
+    assert task.retries >= 1
+
+
+def test_explicit_pipeline(dagbag):
+    dag = dagbag.dags["dune_explicit_pipeline"]
+    (task,) = dag.tasks
+    assert isinstance(task, DuneExecutePipelineOperator)
+    assert task.query_id is None
+    assert task.deferrable is True
+    nodes = {node["id"]: node for node in task.nodes}
+    assert set(nodes) == {1, 2, 3}
+    assert nodes[1]["query_execution"]["query_id"] == 1000
+    assert nodes[2]["dependencies"] == [1]
+    assert nodes[2]["materialized_view_refresh"]["name"] == "dune.demo.result_dex_trades_daily"
+    assert nodes[3]["dependencies"] == [2]
+    assert nodes[3]["query_execution"]["query_id"] == 1001
+
+
+def test_trigger_then_sense(dagbag):
+    dag = dagbag.dags["dune_trigger_then_sense"]
+    start, wait = dag.get_task("start_pipeline"), dag.get_task("wait_for_pipeline")
+    assert isinstance(start, DuneExecutePipelineOperator)
+    assert isinstance(wait, DunePipelineSensor)
+    assert start.wait_for_completion is False
+    assert start.retries == 0
+    assert wait.deferrable is True
+    assert "start_pipeline" in wait.pipeline_execution_id
+    assert "pipeline_execution_id" in wait.pipeline_execution_id
+    assert wait.upstream_task_ids == {"start_pipeline"}
+
+
+def test_refresh_many_is_mapped(dagbag):
+    dag = dagbag.dags["dune_refresh_many"]
+    (task,) = dag.tasks
+    assert task.operator_class is DuneExecutePipelineOperator
+    assert task.partial_kwargs["deferrable"] is True
+    assert task.partial_kwargs["max_active_tis_per_dag"] == 4
+    expanded = task.expand_input.value
+    assert [item["query_id"] for item in expanded] == [1001, 1003, 1005]
+
+
+# -- running through `airflow dags test` ---------------------------------------------------------------------
+
+
+def _dags_test(home: Path, emulator: Any, dag_id: str) -> subprocess.CompletedProcess[str]:
+    conn = json.dumps(
+        {
+            "conn_type": "dune",
+            "host": emulator.url,
+            "password": DAG_TEST_API_KEY,
+            "extra": {"timeout": 5, "retry_min_wait": 0.05, "retry_max_wait": 0.2},
+        }
+    )
+    env = airflow_env(home, conn, DAG_TEST_POLL_INTERVAL)
+    return subprocess.run(
+        [*airflow_command(), "dags", "test", dag_id, LOGICAL_DATE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _run_record(home: Path, dag_id: str) -> dict[str, Any]:
+    with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+        run_id, state = db.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+        ).fetchone()
+        tasks = {
+            task_id: {"state": ti_state, "try_number": try_number}
+            for task_id, ti_state, try_number in db.execute(
+                "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                (dag_id, run_id),
+            )
+        }
+        for task_id, task in tasks.items():
+            task["events"] = [
+                row[0]
+                for row in db.execute(
+                    "SELECT event FROM log WHERE dag_id = ? AND run_id = ? AND task_id = ? ORDER BY id",
+                    (dag_id, run_id, task_id),
+                )
+            ]
+        xcoms = {
+            (task_id, key): json.loads(value)
+            for task_id, key, value in db.execute(
+                "SELECT task_id, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+            )
+        }
+        triggers = [row[0] for row in db.execute("SELECT classpath FROM trigger")]
+    return {"state": state, "tasks": tasks, "xcoms": xcoms, "triggers": triggers}
+
+
+def _status_polls_after_single_execute(emulator: Any) -> int:
+    requests = emulator.requests
+    executes = [r for r in requests if r.endpoint == "execute_query_pipeline"]
+    assert len(executes) == 1
+    polls = [r for r in requests if r.endpoint == "pipeline_status"]
+    assert all(p.at >= executes[0].at for p in polls)
+    assert all(p.status == 200 for p in polls)
+    return len(polls)
+
+
+def _output(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+@pytest.mark.dag
+def test_nightly_refresh_runs_and_defers(migrated_airflow_home, dag_test_emulator):
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_nightly_refresh")
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    record = _run_record(migrated_airflow_home, "dune_nightly_refresh")
+    assert record["state"] == "success", output[-6000:]
+
+    task = record["tasks"]["refresh_daily_dex_volume"]
+    assert task["state"] == "success"
+    assert task["try_number"] == 1
+    # The task went to the triggerer and came back: running -> deferred -> running -> success.
+    assert task["events"] == ["running", "deferred", "running", "success"]
+    assert "airflow_provider_dune.triggers.pipeline.DunePipelineTrigger" in record["triggers"]
+    assert "Pausing task as DEFERRED" in output
+    assert "running trigger in line" in output
+
+    counts = dag_test_emulator.counts
+    assert counts["execute_query_pipeline"] == 1
+    # One status call by the task before deferring, then several by the trigger while the pipeline ran.
+    assert _status_polls_after_single_execute(dag_test_emulator) >= 3
+    assert dag_test_emulator.executions_started(1001) == 1
+
+    execute = next(r for r in dag_test_emulator.requests if r.endpoint == "execute_query_pipeline")
+    assert execute.path.endswith("/v1/query/1001/pipeline/execute")
+    assert execute.json_body["query_parameters"] == {"date": LOGICAL_DATE}
+
+    summary = record["xcoms"][("refresh_daily_dex_volume", "return_value")]
+    pipeline_id = record["xcoms"][("refresh_daily_dex_volume", "pipeline_execution_id")]
+    assert summary["pipeline_execution_id"] == pipeline_id
+    assert summary["outcome"] == "success"
+    assert [(n["kind"], n["state"]) for n in summary["nodes"]] == [
+        ("materialized_view_refresh", "completed"),
+        ("query_execution", "completed"),
+    ]
+
+
+@pytest.mark.dag
+def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, dag_test_emulator):
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_trigger_then_sense")
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    record = _run_record(migrated_airflow_home, "dune_trigger_then_sense")
+    assert record["state"] == "success", output[-6000:]
+
+    start, wait = record["tasks"]["start_pipeline"], record["tasks"]["wait_for_pipeline"]
+    assert start["state"] == "success"
+    assert "deferred" not in start["events"], "wait_for_completion=False must not wait"
+    assert wait["state"] == "success"
+    assert wait["events"] == ["running", "deferred", "running", "success"]
+    assert "Pausing task as DEFERRED" in output
+
+    counts = dag_test_emulator.counts
+    assert counts["execute_query_pipeline"] == 1
+    assert _status_polls_after_single_execute(dag_test_emulator) >= 3
+    pipeline_id = record["xcoms"][("start_pipeline", "pipeline_execution_id")]
+    polled = {r.path.rsplit("/", 2)[-2] for r in dag_test_emulator.requests if r.endpoint == "pipeline_status"}
+    assert polled == {pipeline_id}
+    # Query 1005's lineage is a diamond of three views plus the query: four nodes, all completed.
+    request = urllib.request.Request(
+        f"{dag_test_emulator.url}/v1/pipelines/executions/{pipeline_id}/status",
+        headers={"X-Dune-Api-Key": DAG_TEST_API_KEY},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        status = json.loads(response.read())
+    assert status["status"] == "completed"
+    assert len(status["node_executions"]) == 4
