@@ -313,7 +313,12 @@ def test_retry_after_previous_run_ended_starts_new_run(
 ) -> None:
     first = defer(operator(query_id=QUICK, deferrable=True, poll_interval=0.05), context)
     assert len(variables.store) == 1
-    time.sleep(0.3)  # the first try's run finishes while nobody acts on it (e.g. the worker died)
+    # The first try's run finishes while nobody acts on it (e.g. the worker died).
+    deadline = time.monotonic() + 5
+    with DuneHook() as hook:
+        while not hook.get_pipeline_status(first.trigger.pipeline_execution_id).is_terminal:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
     result = operator(query_id=QUICK).execute(context)
     assert result["pipeline_execution_id"] != first.trigger.pipeline_execution_id
     assert emulator.executions_started() == 2

@@ -28,7 +28,7 @@ FAILING = 1099  # seed: "line 3:8: Column 'amount_usdd' cannot be resolved"
 
 @pytest.fixture
 def emulator(dune_emulator: DuneEmulator, dune_conn_id: str) -> DuneEmulator:
-    dune_emulator.add_query(QUICK, duration=0.2)
+    dune_emulator.add_query(QUICK, duration=0.4)
     dune_emulator.add_query(SLOW, duration=30)
     return dune_emulator
 
