@@ -232,7 +232,34 @@ def print_summary(run: dict[str, Any], api_url: str, api_key: str, emulator: boo
     _say("=" * 78)
 
 
+def run_child(argv: list[str], env: dict[str, str], log: Any) -> int:
+    """Run ``argv`` in its own process group; on timeout, Ctrl-C or SIGTERM stop that whole group."""
+    process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        return process.wait(timeout=DAGS_TEST_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _say(f"`{' '.join(argv[-4:])}` did not finish within {DAGS_TEST_TIMEOUT:g}s")
+        return 124
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     logical_date = os.environ.get("DUNE_DEMO_DATE") or "2024-06-01"
     real_key = os.environ.get("DUNE_API_KEY", "").strip()
     airflow_home = DEMO_DIR / "airflow_home"
@@ -276,20 +303,7 @@ def main() -> int:
         )
         test_started = time.monotonic()
         with log_path.open("w") as log:
-            try:
-                result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-                    [*airflow_cmd, "dags", "test", DAG_ID, logical_date],
-                    env=env,
-                    cwd=REPO_ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=DAGS_TEST_TIMEOUT,
-                    check=False,
-                )
-                returncode = result.returncode
-            except subprocess.TimeoutExpired:
-                _say(f"`airflow dags test` did not finish within {DAGS_TEST_TIMEOUT:g}s")
-                returncode = 124
+            returncode = run_child([*airflow_cmd, "dags", "test", DAG_ID, logical_date], env, log)
         elapsed = time.monotonic() - test_started
 
         run = read_run(airflow_home / "airflow.db")
