@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -63,6 +64,8 @@ def airflow_env(airflow_home: Path, conn_json: str, poll_interval: str) -> dict[
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW_CONN_DUNE_DEFAULT": conn_json,
             "DUNE_POLL_INTERVAL": poll_interval,
+            # Fail fast: the DAG's 5-minute retry delay would keep `airflow dags test` waiting.
+            "DUNE_RETRIES": os.environ.get("DUNE_RETRIES") or "0",
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         }
     )
@@ -206,9 +209,10 @@ def print_summary(run: dict[str, Any], api_url: str, api_key: str, emulator: boo
         with contextlib.suppress(OSError, ValueError):
             counts = _get_json(api_url.removesuffix("/api") + "/_emulator/counts")["counts"]
             polls = counts.get("pipeline_status", 0)
+            how = " (once by the task before deferring, then by the trigger)" if deferred and polls > 1 else ""
             _say(
                 f"Emulator  execute_query_pipeline called {counts.get('execute_query_pipeline', 0)}x; "
-                f"pipeline status read {polls}x (1 by the task before deferring, the rest by the trigger)"
+                f"pipeline status read {polls}x{how}"
             )
     result = (run.get("xcoms") or {}).get("return_value")
     if isinstance(result, dict):
@@ -252,6 +256,16 @@ def run_child(argv: list[str], env: dict[str, str], log: Any) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _error_lines(log_path: Path, limit: int = 5) -> list[str]:
+    """The exception lines of a failed run's output (e.g. ``DuneBadRequestError: ...``)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = [line.strip() for line in lines if re.match(r"^[\w.]+(Error|Exception|Timeout): ", line.strip())]
+    return [line[:400] for line in dict.fromkeys(found)][-limit:]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -313,6 +327,8 @@ def main() -> int:
     ok = returncode == 0 and run.get("run_state") == "success"
     _say(f"Demo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s.")
     if not ok:
+        for line in _error_lines(log_path):
+            _say(f"  {line}")
         _say(f"See {log_path} for the full Airflow output.")
     return 0 if ok else 1
 

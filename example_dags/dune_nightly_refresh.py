@@ -14,6 +14,10 @@ Point it at your own query with environment variables (read when the DAG file is
     DUNE_NIGHTLY_QUERY_ID=1234567   # your query (it needs a ``date`` parameter, or edit query_parameters)
     DUNE_CONN_ID=dune_default       # connection of type ``dune``, Password = API key
     DUNE_POLL_INTERVAL=30           # seconds between status calls (``make demo`` uses 1)
+    DUNE_RETRIES=1                  # task retries, 5 minutes apart (``make demo`` uses 0 to fail fast)
+
+A retry does not start a second billed pipeline while the first one still runs: the operator re-attaches
+to it (``reuse_existing_execution``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 QUERY_ID = int(os.environ.get("DUNE_NIGHTLY_QUERY_ID") or 1001)
 CONN_ID = os.environ.get("DUNE_CONN_ID") or "dune_default"
 POLL_INTERVAL = float(os.environ.get("DUNE_POLL_INTERVAL") or 30)
+RETRIES = int(os.environ.get("DUNE_RETRIES") or 1)
 
 with DAG(
     dag_id="dune_nightly_refresh",
@@ -39,7 +44,7 @@ with DAG(
     start_date=datetime(2024, 6, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "data-platform", "retries": 1, "retry_delay": timedelta(minutes=5)},
+    default_args={"owner": "data-platform", "retries": RETRIES, "retry_delay": timedelta(minutes=5)},
     tags=["dune", "example"],
     doc_md=__doc__,
 ) as dag:
