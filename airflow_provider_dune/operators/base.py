@@ -66,6 +66,8 @@ class DuneRunOperator(BaseOperator):
 
     #: XCom key (and trigger-event field) holding the id of the run.
     id_field: str = "execution_id"
+    #: What the cancelled things are called in failure messages.
+    cancelled_noun: str = "execution(s)"
 
     def __init__(
         self,
@@ -225,7 +227,7 @@ class DuneRunOperator(BaseOperator):
         """Act on the final event: success returns the summary; anything else cancels what still runs and fails."""
         run_id = self.run_id or (event or {}).get(self.id_field)
         if not isinstance(run_id, str) or not run_id:
-            raise AirflowException(f"received a trigger event without a {self.id_field}: {event!r}")
+            raise AirflowException(f"received a trigger event without a {self.id_field.replace('_', ' ')}: {event!r}")
         self.run_id = run_id
         status, message, details = validate_event(event, self.target(run_id))
         if status == SUCCESS or (status == "failed" and self.accept_failure(details)):
@@ -235,7 +237,7 @@ class DuneRunOperator(BaseOperator):
         cancelled = self.cancel_running(run_id, details)
         run_registry.forget(context)
         if cancelled:
-            message += f"\nCancelled {cancelled} still-running execution(s) so they use no more credits."
+            message += f"\nCancelled {cancelled} still-running {self.cancelled_noun} so they use no more credits."
         if status == TIMEOUT and self.timeout is not None:
             message += f"\nTimeout was {self.timeout:g} s; raise `timeout` if the run legitimately needs longer."
         raise AirflowException(message)
