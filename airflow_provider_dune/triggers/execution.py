@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
 from airflow_provider_dune.utils.polling import PollTarget, Snapshot
@@ -21,6 +19,8 @@ class DuneExecutionTrigger(DunePollingTrigger):
     :param cancel_on_kill: cancel the execution when a user kills the deferred task (Airflow 3.3+).
     """
 
+    id_field = "execution_id"
+
     def __init__(
         self,
         *,
@@ -30,25 +30,14 @@ class DuneExecutionTrigger(DunePollingTrigger):
         end_time: float | None = None,
         cancel_on_kill: bool = True,
     ) -> None:
-        super().__init__(dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time)
-        self.execution_id = execution_id
-        self.cancel_on_kill = cancel_on_kill
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "execution_id": self.execution_id,
-                "dune_conn_id": self.dune_conn_id,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "cancel_on_kill": self.cancel_on_kill,
-            },
+        super().__init__(
+            dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time, cancel_on_kill=cancel_on_kill
         )
+        self.execution_id = execution_id
 
     @property
     def target(self) -> PollTarget:
-        return PollTarget("execution_id", self.execution_id, f"Dune execution {self.execution_id}")
+        return PollTarget(self.id_field, self.execution_id, f"Dune execution {self.execution_id}")
 
     async def fetch(self, hook: DuneHook) -> Snapshot:
         return await hook.aget_execution_status(self.execution_id)

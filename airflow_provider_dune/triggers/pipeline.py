@@ -25,11 +25,30 @@ class DunePollingTrigger(BaseTrigger):
     :param end_time: deadline as seconds since the epoch; ``None`` waits without limit.
     """
 
-    def __init__(self, *, dune_conn_id: str, poll_interval: float, end_time: float | None) -> None:
+    #: Name of the run id argument, attribute and event field (``pipeline_execution_id``, ``execution_id``).
+    id_field: str = "execution_id"
+
+    def __init__(
+        self, *, dune_conn_id: str, poll_interval: float, end_time: float | None, cancel_on_kill: bool = True
+    ) -> None:
         super().__init__()
         self.dune_conn_id = dune_conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time) if end_time is not None else None
+        self.cancel_on_kill = cancel_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Ids and settings only: the API key is looked up from the connection in the triggerer."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                self.id_field: getattr(self, self.id_field),
+                "dune_conn_id": self.dune_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
 
     @property
     @abstractmethod
@@ -97,6 +116,8 @@ class DunePipelineTrigger(DunePollingTrigger):
         calls ``on_kill`` on the trigger), cancel the node executions still running.
     """
 
+    id_field = "pipeline_execution_id"
+
     def __init__(
         self,
         *,
@@ -106,21 +127,10 @@ class DunePipelineTrigger(DunePollingTrigger):
         end_time: float | None = None,
         cancel_on_kill: bool = True,
     ) -> None:
-        super().__init__(dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time)
-        self.pipeline_execution_id = pipeline_execution_id
-        self.cancel_on_kill = cancel_on_kill
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "pipeline_execution_id": self.pipeline_execution_id,
-                "dune_conn_id": self.dune_conn_id,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "cancel_on_kill": self.cancel_on_kill,
-            },
+        super().__init__(
+            dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time, cancel_on_kill=cancel_on_kill
         )
+        self.pipeline_execution_id = pipeline_execution_id
 
     @property
     def target(self) -> PollTarget:
