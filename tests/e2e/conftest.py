@@ -1,0 +1,313 @@
+"""A real Airflow 3 stack on loopback for the end-to-end tests: one per module, torn down by pid.
+
+The stack is ``airflow api-server`` (the Task Execution API), ``scheduler`` (LocalExecutor, parallelism 1, so a
+single worker slot), ``dag-processor`` and ``triggerer``, all with their own temporary ``AIRFLOW_HOME`` and
+SQLite database, plus the Dune API emulator as a subprocess. Every process runs in its own process group and is
+stopped with SIGTERM then SIGKILL in the fixture finalizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from airflow_provider_dune.testing.emulator import DuneEmulatorClient
+
+VENV_BIN = Path(sys.executable).parent
+AIRFLOW_BIN = str(VENV_BIN / "airflow")
+STARTUP_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM the process group of ``process``, then SIGKILL it if it has not ended within ``grace``."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    # children (task runners, log servers) may outlive their leader: always sweep the group
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+
+
+@dataclass
+class AirflowStack:
+    home: Path
+    env: dict[str, str]
+    api_port: int
+    emulator_url: str
+    emulator: DuneEmulatorClient
+    api_key: str
+    fernet_key: str
+    processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+    #: trigger kwargs seen while triggers were alive (the rows are deleted once triggers end)
+    trigger_kwargs_seen: list[str] = field(default_factory=list)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "airflow.db"
+
+    @property
+    def process_log_dir(self) -> Path:
+        return self.home / "process-logs"
+
+    # -- processes ------------------------------------------------------------------------------------
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[Any]:
+        self.process_log_dir.mkdir(exist_ok=True)
+        log = (self.process_log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [AIRFLOW_BIN, *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.home,
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is not None:
+            stop_process(process)
+
+    def airflow(self, *args: str, timeout: float = 60.0) -> str:
+        result = subprocess.run(
+            [AIRFLOW_BIN, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.home,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        return result.stdout
+
+    # -- metadata DB ----------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read the metadata DB (read-only; retries while Airflow holds a write lock)."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
+                try:
+                    return conn.execute(sql, params).fetchall()
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def decrypt_trigger_kwargs(self, kwargs: str) -> str:
+        """The plain JSON of a trigger's stored kwargs (Airflow encrypts them with the Fernet key)."""
+        if kwargs.startswith("{"):
+            return kwargs
+        return Fernet(self.fernet_key.encode()).decrypt(kwargs.encode()).decode()
+
+    def ti_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        rows = self.query("SELECT task_id, state FROM task_instance WHERE dag_id=? AND run_id=?", (dag_id, run_id))
+        return dict(rows)
+
+    def record_trigger_kwargs(self) -> None:
+        for (kwargs,) in self.query("SELECT kwargs FROM trigger"):
+            if kwargs not in self.trigger_kwargs_seen:
+                self.trigger_kwargs_seen.append(kwargs)
+
+    def wait_for(
+        self,
+        dag_id: str,
+        run_id: str,
+        done: Callable[[dict[str, str | None]], bool],
+        timeout: float,
+        on_sample: Callable[[dict[str, str | None]], None] | None = None,
+        interval: float = 0.25,
+    ) -> dict[str, str | None]:
+        """Sample the task states of a run until ``done(states)``; fail with the states after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        states: dict[str, str | None] = {}
+        while time.monotonic() < deadline:
+            states = self.ti_states(dag_id, run_id)
+            self.record_trigger_kwargs()
+            if on_sample is not None:
+                on_sample(states)
+            if states and done(states):
+                return states
+            for name, process in self.processes.items():
+                assert process.poll() is None, f"airflow {name} exited with {process.returncode}; see {self.home}"
+            time.sleep(interval)
+        raise AssertionError(f"{dag_id}/{run_id} not done after {timeout:.0f}s: {states}")
+
+    def trigger(self, dag_id: str, run_id: str) -> float:
+        """``airflow dags trigger``; returns the monotonic time just before the call."""
+        started = time.monotonic()
+        self.airflow("dags", "trigger", dag_id, "--run-id", run_id)
+        return started
+
+    def xcom_execution_id(self, dag_id: str, run_id: str, task_id: str) -> str:
+        rows = self.query(
+            "SELECT value FROM xcom WHERE dag_id=? AND run_id=? AND task_id=? AND key='pipeline_execution_id'",
+            (dag_id, run_id, task_id),
+        )
+        assert rows, f"no pipeline_execution_id XCom for {dag_id}/{run_id}/{task_id}"
+        value = rows[0][0]
+        return str(json.loads(value) if isinstance(value, (str, bytes)) else value)
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str) -> str:
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        return "\n".join(p.read_text(errors="replace") for p in sorted(folder.rglob("*.log")))
+
+    # -- REST API and Dune API ------------------------------------------------------------------------
+
+    def rest(self, method: str, path: str, body: Any = None) -> Any:
+        base = f"http://127.0.0.1:{self.api_port}"
+        with urllib.request.urlopen(f"{base}/auth/token", timeout=10) as response:
+            token = json.load(response)["access_token"]
+        request = urllib.request.Request(
+            base + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def dune(self, path: str) -> Any:
+        """GET a Dune API path on the emulator with the key (as the provider would)."""
+        request = urllib.request.Request(self.emulator_url + path, headers={"X-Dune-Api-Key": self.api_key})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+
+def _start_emulator(api_key: str, log_path: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_dune.testing.emulator", "--port", "0", "--no-seed"],
+        env={**os.environ, "DUNE_EMULATOR_API_KEY": api_key},  # not on the command line (visible in ps)
+        stdout=subprocess.PIPE,
+        stderr=log_path.open("w"),
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        stop_process(process)
+        raise AssertionError(f"the emulator did not start: {line!r}; see {log_path}")
+    return process, line.rsplit(" ", 1)[-1].strip()
+
+
+def _child_env(home: Path, api_port: int, conn_json: str, fernet_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DUNE_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "1",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__CORE__FERNET_KEY": fernet_key,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "6",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW_CONN_DUNE_DEFAULT": conn_json,
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def airflow_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[AirflowStack]:
+    dag_source: str = request.module.DAG_FILE_SOURCE
+    dag_ids: list[str] = request.module.DAG_IDS
+    home = tmp_path_factory.mktemp("airflow_home")
+    (home / "dags").mkdir()
+    (home / "dags" / "e2e_dags.py").write_text(dag_source)
+    api_key = f"e2e-secret-key-{secrets.token_hex(8)}"
+    started = time.monotonic()
+    emulator_process, emulator_url = _start_emulator(api_key, home / "emulator.log")
+    stack: AirflowStack | None = None
+    try:
+        emulator = DuneEmulatorClient(emulator_url)
+        emulator.wait_until_ready()
+        conn_json = json.dumps(
+            {
+                "conn_type": "dune",
+                "host": emulator_url,
+                "password": api_key,
+                "extra": {"timeout": 5, "retry_min_wait": 0.2, "retry_max_wait": 1},
+            }
+        )
+        api_port = free_port()
+        fernet_key = Fernet.generate_key().decode()
+        env = _child_env(home, api_port, conn_json, fernet_key)
+        stack = AirflowStack(home, env, api_port, emulator_url, emulator, api_key, fernet_key)
+        stack.airflow("db", "migrate", timeout=180)
+        stack.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1")
+        stack.start("scheduler", "scheduler", "--skip-serve-logs")
+        stack.start("dag-processor", "dag-processor")
+        stack.start("triggerer", "triggerer", "--skip-serve-logs")
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            for name, process in stack.processes.items():
+                assert process.poll() is None, f"airflow {name} exited at startup; see {stack.process_log_dir}"
+            try:
+                health = stack.rest("GET", "/api/v2/monitor/health")
+                parsed = {row[0] for row in stack.query("SELECT dag_id FROM dag")}
+            except (OSError, sqlite3.OperationalError):
+                health, parsed = {}, set()
+            ready = (
+                health.get("scheduler", {}).get("status") == "healthy"
+                and health.get("triggerer", {}).get("status") == "healthy"
+                and set(dag_ids) <= parsed
+            )
+            if ready:
+                break
+            assert time.monotonic() < deadline, f"stack not ready after {STARTUP_TIMEOUT}s: {health} {parsed}"
+            time.sleep(0.5)
+        print(f"\n[e2e] Airflow stack ready in {time.monotonic() - started:.1f}s (home {home})")
+        yield stack
+    finally:
+        if stack is not None:
+            for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+                stack.stop(name)
+        stop_process(emulator_process)
