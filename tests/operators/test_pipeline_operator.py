@@ -18,6 +18,7 @@ from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 from airflow_provider_dune.utils import run_registry
 from tests.conftest import TEST_API_KEY, dune_connection_json
+from tests.operators.fakes import FakeTI, FakeVariables
 
 QUICK = 2001
 SLOW = 2002
@@ -25,38 +26,6 @@ FAILING = 1099  # seed: "line 3:8: Column 'amount_usdd' cannot be resolved"
 LINEAGE = 1001  # seed: materialized view dune.demo.result_dex_trades_daily -> query 1001 (param "date")
 FAILING_VIEW_QUERY = 1007  # seed: lineage through dune.demo.result_wallet_balances, which fails
 VIEW = "dune.demo.result_token_prices_hourly"
-
-
-class FakeVariables:
-    """In-memory stand-in for Airflow Variables: the run registry's storage (not Dune)."""
-
-    def __init__(self) -> None:
-        self.store: dict[str, str] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.store.get(key, default)
-
-    def set(self, key: str, value: str, description: str | None = None) -> None:
-        self.store[key] = value
-
-    def delete(self, key: str) -> None:
-        self.store.pop(key, None)
-
-
-class FakeTI:
-    def __init__(self, emulator: DuneEmulator, run_id: str = "manual__2024-06-01") -> None:
-        self.dag_id = "dune_dag"
-        self.task_id = "run_pipeline"
-        self.run_id = run_id
-        self.map_index = -1
-        self.try_number = 1
-        self.xcom: dict[str, Any] = {}
-        self.status_calls_at_push: int | None = None
-        self._emulator = emulator
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
-        self.status_calls_at_push = self._emulator.counts.get("pipeline_status", 0)
 
 
 @pytest.fixture

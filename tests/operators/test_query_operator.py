@@ -17,7 +17,7 @@ from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, Dune
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
 from airflow_provider_dune.utils import run_registry
-from tests.operators.test_pipeline_operator import FakeTI, FakeVariables
+from tests.operators.fakes import FakeTI, FakeVariables
 
 ROWS = [{"day": f"2026-01-{i + 1:02d}", "volume": i * 10.5, "tags": ["a", i]} for i in range(25)]
 
