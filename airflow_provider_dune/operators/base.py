@@ -18,13 +18,13 @@ from airflow.exceptions import AirflowException
 
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
 from airflow_provider_dune.utils import run_registry
 from airflow_provider_dune.utils.polling import SUCCESS, TIMEOUT, PollTarget, Snapshot, decide, validate_event
 from airflow_provider_dune.version_compat import BaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.triggers.base import BaseTrigger
 
 DEFAULT_TIMEOUT = timedelta(hours=24)
 
@@ -66,6 +66,8 @@ class DuneRunOperator(BaseOperator):
 
     #: XCom key (and trigger-event field) holding the id of the run.
     id_field: str = "execution_id"
+    #: Trigger that waits for the run; takes ``id_field`` plus the polling settings as keyword arguments.
+    trigger_class: type[DunePollingTrigger]
     #: What the cancelled things are called in failure messages.
     cancelled_noun: str = "execution(s)"
 
@@ -105,9 +107,15 @@ class DuneRunOperator(BaseOperator):
     def get_status(self, hook: DuneHook, run_id: str) -> Snapshot:
         """Read the run's current status."""
 
-    @abstractmethod
-    def build_trigger(self, run_id: str, end_time: float | None) -> BaseTrigger:
-        """The trigger that waits for the run in the triggerer."""
+    def build_trigger(self, run_id: str, end_time: float | None) -> DunePollingTrigger:
+        """The trigger that waits for the run in the triggerer (:attr:`trigger_class`, keyed by :attr:`id_field`)."""
+        return self.trigger_class(
+            **{self.id_field: run_id},
+            dune_conn_id=self.dune_conn_id,
+            poll_interval=self.poll_interval,
+            end_time=end_time,
+            cancel_on_kill=self.cancel_on_kill,
+        )
 
     @abstractmethod
     def running_executions(

@@ -17,8 +17,6 @@ from airflow_provider_dune.operators.base import DEFAULT_TIMEOUT, DuneRunOperato
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 
 if TYPE_CHECKING:
-    from airflow.triggers.base import BaseTrigger
-
     from airflow_provider_dune.api.models import PipelineStatus
     from airflow_provider_dune.hooks.dune import DuneHook
 
@@ -49,6 +47,7 @@ class DuneExecutePipelineOperator(DuneRunOperator):
     """
 
     id_field = XCOM_PIPELINE_EXECUTION_ID
+    trigger_class = DunePipelineTrigger
     cancelled_noun = "node execution(s)"
     template_fields: Sequence[str] = ("dune_conn_id", "query_id", "query_parameters", "nodes", "performance")
     template_fields_renderers = {"query_parameters": "json", "nodes": "json"}
@@ -124,15 +123,6 @@ class DuneExecutePipelineOperator(DuneRunOperator):
 
     def get_status(self, hook: DuneHook, run_id: str) -> PipelineStatus:
         return hook.get_pipeline_status(run_id)
-
-    def build_trigger(self, run_id: str, end_time: float | None) -> BaseTrigger:
-        return DunePipelineTrigger(
-            pipeline_execution_id=run_id,
-            dune_conn_id=self.dune_conn_id,
-            poll_interval=self.poll_interval,
-            end_time=end_time,
-            cancel_on_kill=self.cancel_on_kill,
-        )
 
     def running_executions(
         self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None

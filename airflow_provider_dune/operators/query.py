@@ -20,7 +20,6 @@ from airflow_provider_dune.utils.results import output_format_for, write_pages
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.triggers.base import BaseTrigger
 
     from airflow_provider_dune.api.models import ExecutionStatus
     from airflow_provider_dune.hooks.dune import DuneHook
@@ -32,18 +31,10 @@ class _DuneExecutionOperator(DuneRunOperator):
     """A run that is one Dune execution: shared status, trigger and cancel logic."""
 
     id_field = "execution_id"
+    trigger_class = DuneExecutionTrigger
 
     def get_status(self, hook: DuneHook, run_id: str) -> ExecutionStatus:
         return hook.get_execution_status(run_id)
-
-    def build_trigger(self, run_id: str, end_time: float | None) -> BaseTrigger:
-        return DuneExecutionTrigger(
-            execution_id=run_id,
-            dune_conn_id=self.dune_conn_id,
-            poll_interval=self.poll_interval,
-            end_time=end_time,
-            cancel_on_kill=self.cancel_on_kill,
-        )
 
     def running_executions(
         self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None

@@ -18,6 +18,7 @@ from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 from airflow_provider_dune.utils import run_registry
 from tests.conftest import TEST_API_KEY, dune_connection_json
+from tests.helpers import execution_state, wait_running
 from tests.operators.fakes import FakeTI, FakeVariables
 
 QUICK = 2001
@@ -58,22 +59,6 @@ def operator(**kwargs: Any) -> DuneExecutePipelineOperator:
     kwargs.setdefault("timeout", 20)
     kwargs.setdefault("deferrable", False)
     return DuneExecutePipelineOperator(**kwargs)
-
-
-def execution_state(execution_id: str) -> RunState:
-    with DuneHook() as hook:
-        return hook.get_execution_status(execution_id).state
-
-
-def wait_running(pipeline_execution_id: str) -> list[str]:
-    deadline = time.monotonic() + 5
-    with DuneHook() as hook:
-        while True:
-            status = hook.get_pipeline_status(pipeline_execution_id)
-            running = [n.execution_id for n in status.running_nodes if n.execution_id]
-            if running or time.monotonic() > deadline:
-                return running
-            time.sleep(0.02)
 
 
 def defer(op: DuneExecutePipelineOperator, context: Any) -> TaskDeferred:

@@ -14,6 +14,7 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 from tests.conftest import TEST_API_KEY, dune_connection_json
+from tests.helpers import execution_state, wait_running
 
 QUICK = 2001
 SLOW = 2002
@@ -41,22 +42,6 @@ def trigger_for(pipeline_execution_id: str, **kwargs: Any) -> DunePipelineTrigge
 
 async def events_of(trigger: DunePipelineTrigger) -> list[dict[str, Any]]:
     return [event.payload async for event in trigger.run()]
-
-
-def running_execution_ids(pipeline_execution_id: str) -> list[str]:
-    deadline = time.monotonic() + 5
-    with DuneHook() as hook:
-        while True:
-            status = hook.get_pipeline_status(pipeline_execution_id)
-            running = [n.execution_id for n in status.running_nodes if n.execution_id]
-            if running or time.monotonic() > deadline:
-                return running
-            time.sleep(0.02)
-
-
-def execution_state(execution_id: str) -> RunState:
-    with DuneHook() as hook:
-        return hook.get_execution_status(execution_id).state
 
 
 # -- serialisation ------------------------------------------------------------------------------------------------
@@ -122,7 +107,7 @@ async def test_failed_event_names_node_and_error(emulator: DuneEmulator) -> None
 
 async def test_cancelled_event(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(SLOW)
-    (execution_id,) = running_execution_ids(pipeline_execution_id)
+    (execution_id,) = wait_running(pipeline_execution_id)
     with DuneHook() as hook:
         assert hook.cancel_execution(execution_id)
     events = await events_of(trigger_for(pipeline_execution_id))
@@ -214,7 +199,7 @@ async def test_progress_logged_only_when_it_changes(emulator: DuneEmulator, caps
 
 async def test_on_kill_cancels_running_nodes(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(SLOW)
-    (execution_id,) = running_execution_ids(pipeline_execution_id)
+    (execution_id,) = wait_running(pipeline_execution_id)
     await trigger_for(pipeline_execution_id).on_kill()
     assert emulator.counts["cancel_execution"] == 1
     assert execution_state(execution_id) is RunState.CANCELLED
@@ -222,7 +207,7 @@ async def test_on_kill_cancels_running_nodes(emulator: DuneEmulator) -> None:
 
 async def test_on_kill_without_cancel_on_kill_leaves_run_alone(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(SLOW)
-    (execution_id,) = running_execution_ids(pipeline_execution_id)
+    (execution_id,) = wait_running(pipeline_execution_id)
     await trigger_for(pipeline_execution_id, cancel_on_kill=False).on_kill()
     assert emulator.counts.get("cancel_execution", 0) == 0
     assert execution_state(execution_id) in (RunState.PENDING, RunState.EXECUTING)
