@@ -13,7 +13,7 @@ AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, Variable
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
     from airflow.sdk.log import mask_secret
 else:
     try:
@@ -27,9 +27,9 @@ else:
         from airflow.models.baseoperatorlink import BaseOperatorLink
         from airflow.sensors.base import BaseSensorOperator
     try:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
     except ImportError:
-        from airflow.exceptions import AirflowFailException, AirflowSensorTimeout
+        from airflow.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
     try:
         from airflow.sdk import ObjectStoragePath
     except ImportError:
@@ -52,6 +52,7 @@ __all__ = [
     "AIRFLOW_V_3_1_PLUS",
     "AirflowFailException",
     "AirflowSensorTimeout",
+    "AirflowSkipException",
     "BaseHook",
     "BaseOperator",
     "BaseOperatorLink",

@@ -16,18 +16,15 @@ from airflow_provider_dune.api.validation import validate_execution_id
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 from airflow_provider_dune.utils.polling import SUCCESS, TIMEOUT, PollTarget, validate_event
-from airflow_provider_dune.version_compat import AirflowFailException, AirflowSensorTimeout, BaseSensorOperator
+from airflow_provider_dune.version_compat import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    BaseSensorOperator,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def _skip_exception() -> type[Exception]:
-    try:
-        from airflow.sdk.exceptions import AirflowSkipException
-    except ImportError:  # Airflow 2
-        from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
-    return AirflowSkipException
 
 
 class DunePipelineSensor(BaseSensorOperator):
@@ -93,7 +90,7 @@ class DunePipelineSensor(BaseSensorOperator):
         except AirflowFailException as err:
             # BaseSensorOperator.execute applies soft_fail/never_fail; this path bypasses it, so do it here.
             if self.soft_fail or getattr(self, "never_fail", False):
-                raise _skip_exception()(f"Skipping due to soft_fail/never_fail: {err}") from err
+                raise AirflowSkipException(f"Skipping due to soft_fail/never_fail: {err}") from err
             raise
         if done:
             return None

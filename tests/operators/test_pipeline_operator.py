@@ -201,29 +201,27 @@ def test_timeout_cancels_running_node(emulator: DuneEmulator, context: Any) -> N
 
 
 def test_on_kill_cancels_while_waiting_in_worker(emulator: DuneEmulator, context: Any) -> None:
+    # execute() stays on the main thread, as in a real task; the kill arrives from another thread.
     op = operator(query_id=SLOW)
-    errors: list[BaseException] = []
+    killed: list[str] = []
 
-    def run() -> None:
-        try:
-            op.execute(context)
-        except BaseException as err:
-            errors.append(err)
+    def kill_once_running() -> None:
+        deadline = time.monotonic() + 5
+        while op.pipeline_execution_id is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if op.pipeline_execution_id is not None:
+            killed.extend(wait_running(op.pipeline_execution_id))
+        op.on_kill()
 
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    deadline = time.monotonic() + 5
-    while op.pipeline_execution_id is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert op.pipeline_execution_id is not None
-    (execution_id,) = wait_running(op.pipeline_execution_id)
-    op.on_kill()
+    killer = threading.Thread(target=kill_once_running, daemon=True)
+    killer.start()
+    with pytest.raises(AirflowException, match="cancelled"):
+        op.execute(context)
+    killer.join(10)
+    assert not killer.is_alive()
+    assert len(killed) == 1
     assert emulator.counts["cancel_execution"] == 1
-    assert execution_state(execution_id) is RunState.CANCELLED
-    worker.join(10)
-    assert not worker.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], AirflowException)
-    assert "cancelled" in str(errors[0])
+    assert execution_state(killed[0]) is RunState.CANCELLED
 
 
 def test_on_kill_without_cancel_on_kill_leaves_run(emulator: DuneEmulator, context: Any) -> None:

@@ -7,18 +7,13 @@ import time
 from typing import Any
 
 import pytest
-from airflow.exceptions import TaskDeferred
-from airflow.sdk.exceptions import (
-    AirflowException,
-    AirflowFailException,
-    AirflowSensorTimeout,
-    AirflowSkipException,
-)
+from airflow.exceptions import AirflowException, TaskDeferred
 
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
+from airflow_provider_dune.version_compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 from tests.conftest import TEST_API_KEY
 
 QUICK = 2001
