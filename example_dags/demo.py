@@ -31,13 +31,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from airflow_provider_dune.testing.process import emulator_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = REPO_ROOT / "example_dags"
@@ -45,7 +45,6 @@ DEMO_DIR = REPO_ROOT / ".demo"
 DAG_ID = "dune_nightly_refresh"
 TASK_ID = "refresh_daily_dex_volume"
 DUNE_API_URL = "https://api.dune.com/api"
-EMULATOR_START_TIMEOUT = 20.0
 DAGS_TEST_TIMEOUT = 300.0
 
 
@@ -70,54 +69,6 @@ def airflow_env(airflow_home: Path, conn_json: str, poll_interval: str) -> dict[
         }
     )
     return env
-
-
-@contextlib.contextmanager
-def running_emulator(api_key: str, log_path: Path) -> Iterator[tuple[str, int]]:
-    """Start the emulator on a free loopback port; yield ``(api_url, pid)``; always stop it by pid."""
-    log = log_path.open("w")
-    process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        [sys.executable, "-m", "airflow_provider_dune.testing.emulator", "--port", "0", "--api-key", api_key],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        cwd=REPO_ROOT,
-        start_new_session=True,  # Ctrl-C in the terminal reaches us; we stop the emulator ourselves
-    )
-    try:
-        url = _read_start_line(process)
-        yield url, process.pid
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-        log.close()
-
-
-def _read_start_line(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    found: list[str] = []
-
-    def read() -> None:
-        line = process.stdout.readline() if process.stdout else ""
-        found.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(EMULATOR_START_TIMEOUT)
-    line = found[0] if found else ""
-    marker = "listening on "
-    if marker not in line:
-        raise RuntimeError(f"the Dune API emulator did not start (exit code {process.poll()}): {line.strip()!r}")
-    # Keep draining stdout so the emulator never blocks on a full pipe.
-    threading.Thread(target=lambda: process.stdout and process.stdout.read(), daemon=True).start()
-    return line.split(marker, 1)[1].strip()
 
 
 def _get_json(url: str, api_key: str | None = None, timeout: float = 10.0) -> Any:
@@ -293,7 +244,8 @@ def main() -> int:
                 _say("  hint: set DUNE_NIGHTLY_QUERY_ID to one of your queries; 1001 is the emulator's demo query")
         else:
             api_key = "demo-" + secrets.token_hex(8)
-            api_url, pid = stack.enter_context(running_emulator(api_key, DEMO_DIR / "emulator.log"))
+            child = stack.enter_context(emulator_process(api_key, log_path=DEMO_DIR / "emulator.log"))
+            api_url, pid = child.url, child.pid
             emulator = True
             poll_interval = os.environ.get("DUNE_POLL_INTERVAL") or "1"
             extra = {"timeout": 10}

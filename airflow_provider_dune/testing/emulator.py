@@ -61,7 +61,7 @@ Control API (no key needed; served when ``control_api=True``), for driving an em
                                          "faults": [{"kind": "status", "code": 429, "retry_after": 1, "times": 3},
                                                     {"kind": "slow", "seconds": 2}, {"kind": "drop"}, ...]}
     GET  /_emulator/counts              {"counts": {...}, "executions_started": {"<query_id>": n},
-                                         "executions_started_total": n}
+                                         "executions_started_total": n, "connections_opened": n}
     GET  /_emulator/requests            {"requests": [...]}  (keys masked)
     POST /_emulator/reset               forget runs, counts, requests and faults
     POST /_emulator/rate-limit          {"read_per_minute": n | null, "write_per_minute": n | null}
@@ -415,11 +415,13 @@ class _Server(ThreadingHTTPServer):
         self.emulator = emulator
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.connections_opened = 0
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
+            self.connections_opened += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -933,6 +935,12 @@ class DuneEmulator:
         with self._state.lock:
             return list(self._state.requests)
 
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections accepted since start (or the last :meth:`reset`): shows whether clients reuse them."""
+        server = self._server
+        return server.connections_opened if server is not None else 0
+
     def executions_started(self, query_id: int | None = None) -> int:
         """How many execute / pipeline execute / refresh calls really started a run.
 
@@ -942,8 +950,12 @@ class DuneEmulator:
         return self._state.executions_started(query_id)
 
     def reset(self) -> None:
-        """Forget runs, counts, requests and faults; keep queries, views, keys and settings."""
+        """Forget runs, counts, requests, faults and the connection count; keep queries, views, keys and settings."""
         self._state.reset()
+        server = self._server
+        if server is not None:
+            with server._connections_lock:
+                server.connections_opened = 0
 
     # ------------------------------------------------------------------------------------- control API
 
@@ -962,6 +974,7 @@ class DuneEmulator:
                     "counts": self.counts,
                     "executions_started": self._state.executions_started_by_query(),
                     "executions_started_total": self.executions_started(),
+                    "connections_opened": self.connections_opened,
                 }
             if action == ("GET", "/requests"):
                 return 200, {"requests": [_request_dict(r) for r in self.requests]}
@@ -1113,6 +1126,10 @@ class DuneEmulatorClient:
         if query_id is None:
             return int(data["executions_started_total"])
         return int(data["executions_started"].get(str(query_id), 0))
+
+    def connections_opened(self) -> int:
+        """Same as :attr:`DuneEmulator.connections_opened`."""
+        return int(self._call("GET", "/counts")["connections_opened"])
 
     def requests(self) -> list[dict[str, Any]]:
         """The recorded requests, as dictionaries (see :class:`RecordedRequest`)."""

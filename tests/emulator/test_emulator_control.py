@@ -24,7 +24,7 @@ from airflow_provider_dune.testing.emulator import (
     Fault,
     main,
 )
-from tests.emulator.conftest import Api, FakeClock
+from tests.emulator.conftest import WRITE_KEY, Api, FakeClock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"^Dune API emulator listening on (http://127\.0\.0\.1:(\d+)/api)$")
@@ -76,6 +76,23 @@ def test_client_drives_the_emulator(emu: DuneEmulator, api: Api) -> None:
     assert client.counts() == {}
     assert client.executions_started() == 0
     assert api.get("/v1/query/5002").status_code == 200  # queries survive a reset
+
+
+def test_connections_opened_counts_tcp_connections_not_requests(emu: DuneEmulator) -> None:
+    client = DuneEmulatorClient(emu.url)  # urllib: one connection per control call
+    client.reset()
+    assert emu.connections_opened == 0
+    headers = {"X-Dune-Api-Key": WRITE_KEY}
+    with requests.Session() as session:
+        for _ in range(5):
+            assert session.get(emu.url + "/v1/query/1001", headers=headers).status_code in (200, 404)
+    assert emu.connections_opened == 1  # keep-alive: five requests on one connection
+    for _ in range(3):
+        requests.get(emu.url + "/v1/query/1001", headers=headers, timeout=5)
+    assert emu.connections_opened == 4
+    assert client.connections_opened() == 5  # the control call itself is connection number 5
+    emu.reset()
+    assert emu.connections_opened == 0
 
 
 def test_client_reports_errors(emu: DuneEmulator) -> None:
@@ -318,3 +335,17 @@ def test_main_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["--seed", str(tmp_path / "missing.json"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "non-loopback" in err and "invalid seed" in err and "missing.json" in err
+
+
+def test_emulator_process_starts_a_child_and_always_stops_it(tmp_path: Path) -> None:
+    from airflow_provider_dune.testing.process import emulator_process
+
+    with emulator_process("child-key", log_path=tmp_path / "emu.log", seed=False) as child:
+        assert LISTENING.match(f"Dune API emulator listening on {child.url}")
+        assert child.client.health()
+        response = requests.get(child.url + "/v1/query/1001", headers={"X-Dune-Api-Key": "child-key"}, timeout=5)
+        assert response.status_code == 404  # --no-seed: no demo catalog
+        assert requests.get(child.url + "/v1/query/1001", timeout=5).status_code == 401
+        assert "child-key" not in Path(f"/proc/{child.pid}/cmdline").read_text()  # key via env, not argv
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)
