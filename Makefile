@@ -22,6 +22,7 @@ help:
 	@echo "make test-airflow2  only the Airflow 2.11 run (virtualenv $(VENV2))"
 	@echo "make emulator start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
 	@echo "make lint     ruff + mypy only;  make format  apply ruff's formatting"
+	@echo "make bench    run the benchmarks in bench/ (several minutes; BENCH_ARGS=--quick for a smoke run)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required (set PYTHON=python3.x)")'
@@ -40,6 +41,11 @@ $(STAMP2): pyproject.toml $(AIRFLOW2_CONSTRAINTS)
 	@touch $@
 
 install-airflow2: $(STAMP2)
+
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]" "apache-airflow==$(AIRFLOW_VERSION)"
+	@touch $@
 
 lint: install
 	$(BIN)/ruff check .
@@ -67,6 +73,10 @@ demo: install
 
 emulator: install
 	$(BIN)/dune-emulator --port 8765
+
+# Benchmarks are run by hand (minutes, and they want a quiet machine); results go to bench/results/.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV2) .airflow_home .demo build *.egg-info .mypy_cache .ruff_cache .pytest_cache
