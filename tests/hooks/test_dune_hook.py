@@ -334,12 +334,14 @@ def test_hook_overrides_take_precedence(emulator: DuneEmulator, dune_conn_id: st
 
 
 def test_sync_session_reuses_connections(emulator: DuneEmulator, dune_conn_id: str) -> None:
+    emulator.reset()
     with DuneHook(dune_conn_id) as hook:
         session = hook.get_conn()
         for _ in range(3):
             hook.get_materialized_view(VIEW)
         assert hook.get_conn() is session
     assert hook._session is None
+    assert emulator.connections_opened == 1
 
 
 async def test_async_client_is_reused_and_lookup_runs_in_the_loop(emulator: DuneEmulator, dune_conn_id: str) -> None:
@@ -349,3 +351,23 @@ async def test_async_client_is_reused_and_lookup_runs_in_the_loop(emulator: Dune
         assert await hook.aget_client() is client
     assert client.is_closed
     assert emulator.counts["get_materialized_view"] == 5
+
+
+async def test_async_clients_share_one_verifying_tls_context(dune_conn_id: str, mocker: Any) -> None:
+    # Loading the CA bundle per client cost ~50 ms and ~0.8 MB: one per trigger does not scale in a triggerer.
+    import ssl
+
+    import httpx
+
+    from airflow_provider_dune.hooks.dune import _shared_ssl_context
+
+    created = mocker.spy(httpx, "AsyncClient")
+    async with DuneHook(dune_conn_id) as first, DuneHook(dune_conn_id) as second:
+        await first.aget_client()
+        await second.aget_client()
+    first_context, second_context = (call.kwargs["verify"] for call in created.call_args_list)
+    context = _shared_ssl_context()
+    assert first_context is second_context is context
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0
