@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import platform
-import ssl
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -37,22 +35,14 @@ from airflow_provider_dune.api.models import (
 )
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry
+from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
 from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook, mask_secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
 USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSION} python/{platform.python_version()}"
-
-
-@functools.cache
-def _shared_ssl_context() -> ssl.SSLContext:
-    """One TLS context (CA bundle loaded once) for every async client in the process.
-
-    Building it costs about 50 ms of CPU and 0.8 MB; a triggerer runs one hook per trigger, so without sharing,
-    1,000 triggers would block the event loop for ~50 s and hold ~800 MB (see ``bench/triggerer_scale.py``).
-    """
-    return httpx.create_ssl_context()
+API_KEY_HEADER = "X-Dune-Api-Key"
 
 
 class DuneHook(BaseHook):
@@ -168,7 +158,7 @@ class DuneHook(BaseHook):
     @staticmethod
     def _headers(settings: DuneConnectionSettings) -> dict[str, str]:
         return {
-            "X-Dune-Api-Key": settings.api_key,
+            API_KEY_HEADER: settings.api_key,
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
         }
@@ -186,16 +176,14 @@ class DuneHook(BaseHook):
         return self._session
 
     async def aget_client(self) -> httpx.AsyncClient:
-        """The ``httpx.AsyncClient`` reused by every async call of this hook."""
+        """The ``httpx.AsyncClient`` this hook's async calls use: shared with the other hooks in the same event
+        loop that have the same timeouts (the API key is sent per request), released by :meth:`aclose`."""
         if self._async_client is None or self._async_client.is_closed:
             settings = await self.aget_settings()
-            self._async_client = httpx.AsyncClient(
-                verify=_shared_ssl_context(),
-                headers=self._headers(settings),
-                timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
-                limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
-                follow_redirects=False,
+            options = ClientOptions(
+                timeout=settings.timeout, connect_timeout=settings.connect_timeout, user_agent=USER_AGENT
             )
+            self._async_client = ASYNC_CLIENTS.acquire(options)
         return self._async_client
 
     def close(self) -> None:
@@ -205,10 +193,10 @@ class DuneHook(BaseHook):
             self._session = None
 
     async def aclose(self) -> None:
-        """Close the async client."""
+        """Release the async client (the last hook using a shared client closes it)."""
         if self._async_client is not None:
-            await self._async_client.aclose()
-            self._async_client = None
+            client, self._async_client = self._async_client, None
+            await ASYNC_CLIENTS.release(client)
 
     def __enter__(self) -> DuneHook:
         return self
@@ -312,6 +300,7 @@ class DuneHook(BaseHook):
                 settings.base_url + request.path,
                 params=dict(request.params) if request.params else None,
                 json=request.json_body,
+                headers={API_KEY_HEADER: settings.api_key},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
             raise _connect_failure(request, f"could not connect to {settings.base_url}") from None

@@ -25,6 +25,7 @@ from airflow_provider_dune.api.models import PipelineOutcome, PipelineStatus
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.hooks.dune import USER_AGENT, DuneHook
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.utils.async_clients import MAX_CONNECTIONS
 from tests.conftest import dune_connection_json
 
 Call = Callable[..., Any]
@@ -353,21 +354,45 @@ async def test_async_client_is_reused_and_lookup_runs_in_the_loop(emulator: Dune
     assert emulator.counts["get_materialized_view"] == 5
 
 
-async def test_async_clients_share_one_verifying_tls_context(dune_conn_id: str, mocker: Any) -> None:
-    # Loading the CA bundle per client cost ~50 ms and ~0.8 MB: one per trigger does not scale in a triggerer.
+async def test_hooks_in_one_loop_share_a_client_and_its_warm_connections(
+    emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A triggerer runs one hook per trigger; a client each meant a new TCP/TLS connection for most polls.
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_BAD_KEY", dune_connection_json(emulator.url, api_key="wrong-key"))
+    async with DuneHook(dune_conn_id) as first, DuneHook(dune_conn_id) as second, DuneHook("dune_bad_key") as bad:
+        client = await first.aget_client()
+        assert await second.aget_client() is client
+        assert await bad.aget_client() is client  # same timeouts: shared, the key goes with each request
+        assert "X-Dune-Api-Key" not in client.headers
+        emulator.reset()
+        await asyncio.gather(*(hook.aget_materialized_view(VIEW) for hook in (first, second) for _ in range(20)))
+        warm = emulator.connections_opened
+        assert 1 <= warm <= MAX_CONNECTIONS  # a too-small keep-alive limit opened one per request here (40)
+        await asyncio.gather(*(hook.aget_materialized_view(VIEW) for hook in (first, second) for _ in range(20)))
+        assert emulator.connections_opened == warm  # all reused
+        with pytest.raises(DuneAuthError):
+            await bad.aget_materialized_view(VIEW)
+        await first.aclose()
+        assert not client.is_closed  # still used by the others
+    assert client.is_closed
+    assert emulator.counts["get_materialized_view"] == 81
+
+
+async def test_hooks_with_other_timeouts_get_their_own_client(emulator: DuneEmulator, dune_conn_id: str) -> None:
+    async with DuneHook(dune_conn_id) as default, DuneHook(dune_conn_id, timeout=3) as short:
+        assert await default.aget_client() is not await short.aget_client()
+
+
+async def test_shared_tls_context_verifies_certificates(dune_conn_id: str) -> None:
+    # Loading the CA bundle cost ~50 ms and ~0.8 MB per client: it is loaded once per process.
     import ssl
 
-    import httpx
+    from airflow_provider_dune.utils.async_clients import shared_ssl_context
 
-    from airflow_provider_dune.hooks.dune import _shared_ssl_context
-
-    created = mocker.spy(httpx, "AsyncClient")
-    async with DuneHook(dune_conn_id) as first, DuneHook(dune_conn_id) as second:
-        await first.aget_client()
-        await second.aget_client()
-    first_context, second_context = (call.kwargs["verify"] for call in created.call_args_list)
-    context = _shared_ssl_context()
-    assert first_context is second_context is context
+    async with DuneHook(dune_conn_id) as hook:
+        client = await hook.aget_client()
+        assert client._transport._pool._ssl_context is shared_ssl_context()  # type: ignore[attr-defined]
+    context = shared_ssl_context()
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
     assert context.cert_store_stats()["x509_ca"] > 0
