@@ -108,13 +108,17 @@ class DuneRunOperator(BaseOperator):
         """Read the run's current status."""
 
     def build_trigger(self, run_id: str, end_time: float | None) -> DunePollingTrigger:
-        """The trigger that waits for the run in the triggerer (:attr:`trigger_class`, keyed by :attr:`id_field`)."""
+        """The trigger that waits for the run in the triggerer (:attr:`trigger_class`, keyed by :attr:`id_field`).
+
+        Called right after a status read, so the trigger's first read waits one poll interval.
+        """
         return self.trigger_class(
             **{self.id_field: run_id},
             dune_conn_id=self.dune_conn_id,
             poll_interval=self.poll_interval,
             end_time=end_time,
             cancel_on_kill=self.cancel_on_kill,
+            first_poll_at=time.time() + self.poll_interval,
         )
 
     @abstractmethod

@@ -101,6 +101,7 @@ class DunePipelineSensor(BaseSensorOperator):
                 poll_interval=float(self.poke_interval),
                 end_time=time.time() + float(self.timeout),
                 cancel_on_kill=False,
+                first_poll_at=time.time() + float(self.poke_interval),  # poke() just read the status
             ),
             method_name="execute_complete",
             timeout=None,

@@ -29,9 +29,14 @@ class DuneExecutionTrigger(DunePollingTrigger):
         poll_interval: float = 30.0,
         end_time: float | None = None,
         cancel_on_kill: bool = True,
+        first_poll_at: float | None = None,
     ) -> None:
         super().__init__(
-            dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time, cancel_on_kill=cancel_on_kill
+            dune_conn_id=dune_conn_id,
+            poll_interval=poll_interval,
+            end_time=end_time,
+            cancel_on_kill=cancel_on_kill,
+            first_poll_at=first_poll_at,
         )
         self.execution_id = execution_id
 

@@ -23,19 +23,29 @@ class DunePollingTrigger(BaseTrigger):
     :param dune_conn_id: Airflow connection of type ``dune``.
     :param poll_interval: seconds between status calls.
     :param end_time: deadline as seconds since the epoch; ``None`` waits without limit.
+    :param first_poll_at: no status call before this time (seconds since the epoch). The operator just read the
+        status before deferring, so reading again as soon as the triggerer starts the trigger would only spend
+        API budget; after a triggerer restart this time has passed and the trigger reads at once.
     """
 
     #: Name of the run id argument, attribute and event field (``pipeline_execution_id``, ``execution_id``).
     id_field: str = "execution_id"
 
     def __init__(
-        self, *, dune_conn_id: str, poll_interval: float, end_time: float | None, cancel_on_kill: bool = True
+        self,
+        *,
+        dune_conn_id: str,
+        poll_interval: float,
+        end_time: float | None,
+        cancel_on_kill: bool = True,
+        first_poll_at: float | None = None,
     ) -> None:
         super().__init__()
         self.dune_conn_id = dune_conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time) if end_time is not None else None
         self.cancel_on_kill = cancel_on_kill
+        self.first_poll_at = float(first_poll_at) if first_poll_at is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Ids and settings only: the API key is looked up from the connection in the triggerer."""
@@ -47,6 +57,7 @@ class DunePollingTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
                 "cancel_on_kill": self.cancel_on_kill,
+                "first_poll_at": self.first_poll_at,
             },
         )
 
@@ -62,8 +73,20 @@ class DunePollingTrigger(BaseTrigger):
     def _hook(self) -> DuneHook:
         return DuneHook(self.dune_conn_id)
 
+    def _initial_wait(self, now: float) -> float:
+        """Seconds to wait before the first status call (never past the deadline)."""
+        if self.first_poll_at is None:
+            return 0.0
+        wait = self.first_poll_at - now
+        if self.end_time is not None:
+            wait = min(wait, self.end_time - now)
+        return max(0.0, wait)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         target = self.target
+        initial_wait = self._initial_wait(time.time())
+        if initial_wait:
+            await asyncio.sleep(initial_wait)
         consecutive_errors = 0
         last_snapshot: Snapshot | None = None
         last_summary = None
@@ -126,9 +149,14 @@ class DunePipelineTrigger(DunePollingTrigger):
         poll_interval: float = 30.0,
         end_time: float | None = None,
         cancel_on_kill: bool = True,
+        first_poll_at: float | None = None,
     ) -> None:
         super().__init__(
-            dune_conn_id=dune_conn_id, poll_interval=poll_interval, end_time=end_time, cancel_on_kill=cancel_on_kill
+            dune_conn_id=dune_conn_id,
+            poll_interval=poll_interval,
+            end_time=end_time,
+            cancel_on_kill=cancel_on_kill,
+            first_poll_at=first_poll_at,
         )
         self.pipeline_execution_id = pipeline_execution_id
 

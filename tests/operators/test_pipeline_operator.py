@@ -303,6 +303,8 @@ async def test_deferrable_round_trip(emulator: DuneEmulator, context: Any, ti: F
     assert kwargs["poll_interval"] == 0.05
     assert began + 29 < kwargs["end_time"] < time.time() + 31
     assert kwargs["cancel_on_kill"] is True
+    # execute() just read the status, so the trigger's first read waits one poll interval.
+    assert began + 0.05 <= kwargs["first_poll_at"] <= time.time() + 0.05
 
     recreated = DunePipelineTrigger(**json.loads(encoded))
     events = [event.payload async for event in recreated.run()]

@@ -156,6 +156,7 @@ def test_deferrable_defers_with_trigger(emulator: DuneEmulator) -> None:
     assert kwargs["poll_interval"] == 5
     assert kwargs["cancel_on_kill"] is False  # the sensor only watches someone else's run
     assert before + 59 < kwargs["end_time"] < time.time() + 61
+    assert before + 5 <= kwargs["first_poll_at"] <= time.time() + 5  # poke() just read the status
     assert TEST_API_KEY not in json.dumps(kwargs)
 
 

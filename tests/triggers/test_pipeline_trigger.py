@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import time
@@ -54,6 +55,7 @@ def test_serialize_round_trip_without_api_key(dune_conn_id: str) -> None:
         poll_interval=12,
         end_time=1_700_000_000.5,
         cancel_on_kill=False,
+        first_poll_at=1_699_999_990.0,
     )
     classpath, kwargs = trigger.serialize()
     module_name, _, class_name = classpath.rpartition(".")
@@ -65,6 +67,7 @@ def test_serialize_round_trip_without_api_key(dune_conn_id: str) -> None:
         "poll_interval": 12.0,
         "end_time": 1_700_000_000.5,
         "cancel_on_kill": False,
+        "first_poll_at": 1_699_999_990.0,
     }
     encoded = json.dumps(kwargs)
     assert TEST_API_KEY not in encoded and TEST_API_KEY not in repr(kwargs) and TEST_API_KEY not in repr(trigger)
@@ -77,6 +80,28 @@ def test_serialize_defaults_have_no_deadline() -> None:
     assert kwargs["end_time"] is None
     assert kwargs["cancel_on_kill"] is True
     assert kwargs["dune_conn_id"] == "dune_default"
+    assert kwargs["first_poll_at"] is None
+
+
+async def test_first_poll_waits_until_first_poll_at(emulator: DuneEmulator) -> None:
+    # The operator read the status just before deferring: the trigger does not read it again at once.
+    pipeline_execution_id = start(LINEAGE, date="2024-06-01")
+    before = emulator.counts.get("pipeline_status", 0)
+    trigger = trigger_for(pipeline_execution_id, poll_interval=0.05, first_poll_at=time.time() + 0.6)
+    run = asyncio.ensure_future(events_of(trigger))
+    await asyncio.sleep(0.4)
+    assert emulator.counts.get("pipeline_status", 0) == before
+    (event,) = await asyncio.wait_for(run, 30)
+    assert event["status"] == "success"
+    assert emulator.counts["pipeline_status"] > before
+
+
+async def test_first_poll_at_in_the_past_reads_at_once_and_never_waits_past_the_deadline() -> None:
+    now = time.time()
+    assert trigger_for("x", first_poll_at=now - 30)._initial_wait(now) == 0.0  # e.g. after a triggerer restart
+    assert trigger_for("x", first_poll_at=now + 30, end_time=now + 5)._initial_wait(now) == 5.0
+    assert trigger_for("x", first_poll_at=now + 30, end_time=None)._initial_wait(now) == 30.0
+    assert trigger_for("x")._initial_wait(now) == 0.0
 
 
 # -- exactly one event per outcome --------------------------------------------------------------------------------
