@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -14,7 +16,7 @@ from airflow_provider_dune import __version__
 from airflow_provider_dune.api import endpoints
 from airflow_provider_dune.api.connection import DuneConnectionSettings, settings_from_connection
 from airflow_provider_dune.api.endpoints import DuneRequest
-from airflow_provider_dune.api.errors import DuneAPIError, DuneConnectionError, DuneError
+from airflow_provider_dune.api.errors import DuneAPIError, DuneConnectionError, DuneError, DuneRateLimitError
 from airflow_provider_dune.api.models import (
     CreditUsage,
     ExecutionStarted,
@@ -33,6 +35,7 @@ from airflow_provider_dune.api.models import (
     parse_usage,
     resolve_unknown_nodes,
 )
+from airflow_provider_dune.api.rate_limit import COOLDOWN
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
@@ -258,7 +261,30 @@ class DuneHook(BaseHook):
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
+    @staticmethod
+    def _decode(
+        request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
+    ) -> Any:
+        """Decode a response, and tell the per-key 429 cooldown shared by all hooks how it went."""
+        budget = COOLDOWN.key_for(settings.base_url, settings.api_key)
+        try:
+            body = decode_response(request, status, content, headers)
+        except DuneRateLimitError as error:
+            COOLDOWN.record_rate_limited(
+                budget, error.retry_after, base_wait=2 * settings.retry.min_wait, max_wait=settings.retry.max_wait
+            )
+            raise
+        COOLDOWN.record_success(budget)
+        return body
+
+    @staticmethod
+    def _cooldown(settings: DuneConnectionSettings) -> float:
+        """Seconds to hold a request back because another one with the same key was just rate limited."""
+        return COOLDOWN.delay(COOLDOWN.key_for(settings.base_url, settings.api_key))
+
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
+        if pause := self._cooldown(settings):
+            time.sleep(pause)
         session = self.get_conn()
         try:
             response = session.request(
@@ -277,7 +303,7 @@ class DuneHook(BaseHook):
             if _is_connect_phase(err):
                 raise _connect_failure(request, f"could not connect to {settings.base_url}") from None
             raise _ambiguous_failure(request, "the connection was closed before a response arrived") from None
-        return decode_response(request, response.status_code, response.content, response.headers)
+        return self._decode(request, settings, response.status_code, response.content, response.headers)
 
     async def arun(self, request: DuneRequest, *, retry: RetryPolicy | None = None) -> Any:
         """Async :meth:`run`: same retries and errors, on the shared ``httpx.AsyncClient``."""
@@ -293,6 +319,8 @@ class DuneHook(BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
+        if pause := self._cooldown(settings):
+            await asyncio.sleep(pause)
         client = await self.aget_client()
         try:
             response = await client.request(
@@ -310,7 +338,7 @@ class DuneHook(BaseHook):
             raise _ambiguous_failure(
                 request, f"the connection failed before a response arrived ({type(err).__name__})"
             ) from None
-        return decode_response(request, response.status_code, response.content, response.headers)
+        return self._decode(request, settings, response.status_code, response.content, response.headers)
 
     # -- pipelines ----------------------------------------------------------------------------------------
 

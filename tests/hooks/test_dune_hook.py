@@ -234,6 +234,35 @@ def test_rate_limit_storm_gives_up_with_rate_limit_error(call: Call, emulator: D
     assert emulator.counts["pipeline_status"] == 5  # the default max_attempts
 
 
+async def test_a_429_holds_back_other_hooks_with_the_same_key(
+    emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dune's budget is per key: when one trigger's poll is rate limited, the others wait too (no 429 storm).
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DUNE_SLOW_RETRY", dune_connection_json(emulator.url, retry_min_wait=0.2, retry_max_wait=2)
+    )
+    emulator.add_query(9101, duration=0)
+    with DuneHook("dune_slow_retry") as hook:
+        pipeline_id = hook.execute_query_pipeline(9101)
+    emulator.inject("pipeline_status", Fault.status(429))
+    first, *others = [DuneHook("dune_slow_retry") for _ in range(5)]
+    limited_poll = asyncio.ensure_future(first.aget_pipeline_status(pipeline_id))
+    for _ in range(1000):  # until the emulator has answered the first poll with the 429
+        if any(r.status == 429 for r in emulator.requests):
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # the 429 has been read by the first hook
+    await asyncio.gather(limited_poll, *(hook.aget_pipeline_status(pipeline_id) for hook in others))
+    await asyncio.gather(first.aclose(), *(hook.aclose() for hook in others))
+
+    reads = [r for r in emulator.requests if r.endpoint == "pipeline_status"]
+    (limited,) = [r for r in reads if r.status == 429]
+    later = [r for r in reads if r.at > limited.at]
+    assert len(later) == 5 and all(r.status == 200 for r in later)
+    # The cooldown (2 x retry_min_wait = 0.4 s) applies to every hook with this key, not just the one limited.
+    assert min(r.at for r in later) - limited.at >= 0.39
+
+
 def test_server_errors_on_reads_are_retried(call: Call, emulator: DuneEmulator) -> None:
     pipeline_id = call("execute_query_pipeline", QUERY)
     emulator.inject("pipeline_status", Fault.status(500), Fault.status(503, times=2), Fault.malformed())
