@@ -55,7 +55,9 @@ class DuneRunOperator(BaseOperator):
     :param dune_conn_id: Airflow connection of type ``dune`` (templated).
     :param wait_for_completion: wait for the run to finish; with ``False`` the task ends once Dune accepted it.
     :param deferrable: wait in the triggerer; defaults to Airflow's ``[operators] default_deferrable``.
-    :param poll_interval: seconds between status calls (keep >= 10 s on Dune's Free plan: 40 reads/minute).
+    :param poll_interval: seconds between status calls. Each waiting run reads ``60 / poll_interval`` times a
+        minute, and all runs with one API key share its budget (Dune's Free plan: 40 reads a minute, so about
+        6 runs at once at 10 s). Beyond it, requests with that key back off together: slower, but no failures.
     :param timeout: longest wait (seconds or timedelta, ``None`` for no limit); then a final status check, the
         still-running executions are cancelled and the task fails.
     :param reuse_existing_execution: a retry of this task instance re-attaches to the run a previous try
