@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -51,6 +52,7 @@ def bench_emulator(log_name: str, *extra_args: str) -> Iterator[Any]:
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
+    airflow_version: str | None
     try:
         from airflow import __version__ as airflow_version
     except ImportError:  # pragma: no cover - the bench always runs in the project venv
@@ -84,7 +86,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
     return ordered[rank - 1]
 
 

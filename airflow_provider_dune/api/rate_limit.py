@@ -18,11 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
+#: Dune's budgets are per minute: a cooldown shortens one step per minute without a 429.
+RECOVERY_WINDOW = 60.0
+
+
 @dataclass
 class _KeyState:
     not_before: float = 0.0
     cooldown: float = 0.0
     strikes: int = 0
+    last_change: float = 0.0
 
 
 class RateLimitCooldown:
@@ -65,23 +70,32 @@ class RateLimitCooldown:
         """
         with self._lock:
             state = self._keys.setdefault(key, _KeyState())
+            now = self._clock()
+            if now < state.not_before and retry_after is None:
+                # Sent before the current cooldown began (the same burst): that 429 is already accounted for.
+                return state.cooldown
             state.strikes += 1
             if retry_after is not None:
                 cooldown = min(float(retry_after), max_wait)
             else:
                 cooldown = min(max_wait, base_wait * 2 ** (state.strikes - 1))
             state.cooldown = cooldown
-            state.not_before = max(state.not_before, self._clock() + cooldown)
+            state.not_before = max(state.not_before, now + cooldown)
+            state.last_change = now
             return cooldown
 
     def record_success(self, key: str) -> None:
-        """A request with ``key`` went through: the next 429 starts from a shorter cooldown."""
+        """A request with ``key`` went through; after a minute without 429s the next cooldown is halved."""
         with self._lock:
             state = self._keys.get(key)
-            if state is not None:
+            if state is None:
+                return
+            now = self._clock()
+            if now - state.last_change >= RECOVERY_WINDOW:
                 state.strikes = max(0, state.strikes - 1)
-                if state.strikes == 0 and state.not_before <= self._clock():
-                    del self._keys[key]
+                state.last_change = now
+            if state.strikes == 0 and state.not_before <= now:
+                del self._keys[key]
 
 
 #: The cooldown shared by every :class:`~airflow_provider_dune.hooks.dune.DuneHook` in the process.

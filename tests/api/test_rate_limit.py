@@ -42,20 +42,43 @@ def test_a_429_holds_back_every_request_with_that_key_only(clock: Clock) -> None
     assert limits.delay("k") == 0.0
 
 
-def test_repeated_429s_double_the_cooldown_up_to_the_cap_and_successes_shrink_it(clock: Clock) -> None:
+def test_429s_after_each_cooldown_double_it_up_to_the_cap_and_successes_shrink_it(clock: Clock) -> None:
     limits = cooldown(clock)
-    waits = [limits.record_rate_limited("k", None, base_wait=2.0, max_wait=10.0) for _ in range(5)]
+    waits = []
+    for _ in range(5):
+        waits.append(limits.record_rate_limited("k", None, base_wait=2.0, max_wait=10.0))
+        clock.now += waits[-1]  # the next request went out once the cooldown was over, and was limited again
     assert waits == [2.0, 4.0, 8.0, 10.0, 10.0]
-    for _ in range(3):
+    for _ in range(3):  # successes within a minute of the last 429 do not shorten the next cooldown
         limits.record_success("k")
+    assert limits.record_rate_limited("k", None, base_wait=2.0, max_wait=10.0) == 10.0
+    for _ in range(4):  # each minute without a 429 halves it
+        clock.now += 60
+        limits.record_success("k")
+    assert limits.record_rate_limited("k", None, base_wait=2.0, max_wait=10.0) == 8.0  # 6 - 4 = 2 strikes, then a 3rd
+
+
+def test_a_key_is_forgotten_once_it_recovered(clock: Clock) -> None:
+    limits = cooldown(clock)
+    limits.record_rate_limited("k", None, base_wait=2.0, max_wait=10.0)
     clock.now += 60
-    assert limits.record_rate_limited("k", None, base_wait=2.0, max_wait=10.0) == 8.0  # 2 strikes left -> 3rd
+    limits.record_success("k")
+    assert limits._keys == {}
+    assert limits.record_rate_limited("k", None, base_wait=2.0, max_wait=10.0) == 2.0
+
+
+def test_429s_of_one_burst_count_once(clock: Clock) -> None:
+    # Twenty polls in flight together, seven of them limited: one cooldown, not 2 x 2^6 s.
+    limits = cooldown(clock)
+    waits = [limits.record_rate_limited("k", None, base_wait=2.0, max_wait=60.0) for _ in range(7)]
+    assert waits == [2.0] * 7
+    assert limits.delay("k") == 2.0
 
 
 def test_retry_after_sets_the_cooldown(clock: Clock) -> None:
     limits = cooldown(clock)
     assert limits.record_rate_limited("k", 7.0, base_wait=2.0, max_wait=60.0) == 7.0
-    assert limits.record_rate_limited("k", 600.0, base_wait=2.0, max_wait=60.0) == 60.0
+    assert limits.record_rate_limited("k", 600.0, base_wait=2.0, max_wait=60.0) == 60.0  # the server said so
     assert limits.delay("k") == 60.0
 
 
