@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 #: Dune's budgets are per minute: a cooldown shortens one step per minute without a 429.
 RECOVERY_WINDOW = 60.0
 
