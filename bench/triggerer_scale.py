@@ -44,6 +44,36 @@ class _SlowCallbacks(logging.Handler):
             self.messages.append(message)
 
 
+class _GcPauses:
+    """Times every garbage collection while installed (a full collection of Airflow's heap stalls the loop)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((int(info.get("generation", 0)), time.perf_counter() - self._started))
+
+    def __enter__(self) -> _GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self)
+
+    def summary(self) -> dict[str, Any]:
+        full = [seconds for generation, seconds in self.pauses if generation == 2]
+        return {
+            "collections": len(self.pauses),
+            "full_collections": len(full),
+            "longest_ms": max((seconds for _, seconds in self.pauses), default=0.0) * 1000,
+            "longest_full_ms": max(full, default=0.0) * 1000,
+        }
+
+
 def _parse_ts(value: str | None) -> float | None:
     if not value:
         return None
@@ -106,9 +136,10 @@ async def _run_triggers(ids: Sequence[str], poll_interval: float, *, debug: bool
     tasks = [asyncio.create_task(_run_one(t, rng.uniform(0, poll_interval), events)) for t in triggers]
 
     rss_peak = rss_before
-    while not all(task.done() for task in tasks):
-        await asyncio.sleep(0.5)
-        rss_peak = max(rss_peak, common.rss_bytes())
+    with _GcPauses() as gc_pauses:
+        while not all(task.done() for task in tasks):
+            await asyncio.sleep(0.5)
+            rss_peak = max(rss_peak, common.rss_bytes())
     elapsed = time.monotonic() - began
     cpu_used = common.cpu_seconds() - cpu_before
     stop.set()
@@ -125,6 +156,7 @@ async def _run_triggers(ids: Sequence[str], poll_interval: float, *, debug: bool
         "lags_ms": [lag * 1000 for lag in lags],
         "errors": [repr(e) for e in errors],
         "slow_callbacks": slow.messages,
+        "gc": gc_pauses.summary(),
     }
 
 
@@ -179,6 +211,7 @@ def _measure(child: Any, count: int, args: Any, *, debug: bool) -> dict[str, Any
         "detection_latency_s": common.summarize(latencies),
         "slow_callbacks": len(run["slow_callbacks"]),
         "slow_callback_examples": run["slow_callbacks"][:5],
+        "gc_pauses": run["gc"],
     }
 
 
@@ -222,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["TCP connections opened", main_pass["tcp_connections_opened"], "", ""],
             ["event-loop lag p99 (ms)", lag.get("p99", 0.0), TARGET_P99_LAG_MS, met_lag],
             ["event-loop lag max (ms)", lag.get("max", 0.0), "", ""],
+            ["longest garbage collection (ms)", main_pass["gc_pauses"]["longest_ms"], "", ""],
             ["detection latency median (s)", latency.get("median", 0.0), f"<= {args.poll_interval:g}", ""],
             ["detection latency p99 (s)", latency.get("p99", 0.0), f"<= {args.poll_interval:g}", ""],
             [
@@ -234,6 +268,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     for example in debug_pass["slow_callback_examples"]:
         print(f"  slow callback: {example[:200]}")
+    gc_debug = debug_pass["gc_pauses"]
+    print(
+        f"  garbage collections during the debug pass: {gc_debug['collections']} "
+        f"({gc_debug['full_collections']} full), longest {gc_debug['longest_ms']:.0f} ms"
+    )
     results = {
         "settings": vars(args),
         "main": main_pass,
