@@ -107,7 +107,15 @@ def _api_calls(data: dict[str, Any]) -> list[Row]:
         ]
     ]
     limited = data["rate_limited"]
-    for label, key in (("provider", "provider"), ("SDK", "sdk"), ("provider, over budget", "provider_over_budget")):
+    styles = (
+        ("provider", "provider"),
+        ("SDK", "sdk"),
+        ("provider, over budget", "provider_over_budget"),
+        ("provider, over budget, no shared cooldown", "provider_over_budget_no_shared_cooldown"),
+    )
+    for label, key in styles:
+        if key not in limited:
+            continue
         entry = limited[key]
         rows.append(
             [

@@ -18,7 +18,9 @@ each the 1 s loop above with the SDK's own urllib3 retries (5 retries on 429, ba
 requests, 429s, pipelines whose completion was detected (or the error that ended the client), detection
 latency (pipeline end -> client saw the terminal state), and how bunched the requests were (most requests in
 any 1-second window, and the gap between a 429 and the same client's next request). A third row runs the
-provider with 4N pipelines, which at 6 reads/min each ask for three times the budget, to show its backoff.
+provider with 4N pipelines, which at 6 reads/min each ask for three times the budget, to show its backoff; a
+fourth runs the same with the shared per-key 429 cooldown switched off for its key (each request then only
+follows its own retry schedule), for comparison.
 
     python -m bench.api_calls [--quick]
 """
@@ -46,6 +48,8 @@ OVER_QUERY_BASE = 6400
 OVER_FACTOR = 4  # 4N pipelines x 6 reads/min each is three times the Free budget
 LIMITED_CONN_ID = "dune_free_plan"
 OVER_CONN_ID = "dune_free_plan_over"
+UNSHARED_QUERY_BASE = 6500
+UNSHARED_CONN_ID = "dune_free_plan_over_unshared"
 
 
 def _provider_job(
@@ -176,6 +180,20 @@ def _limited(
     }
 
 
+def _bypass_cooldown(api_url: str) -> None:
+    """Switch the provider's shared per-key 429 cooldown off for the bench key at ``api_url`` only."""
+    from airflow_provider_dune.api.rate_limit import COOLDOWN
+
+    bypassed = COOLDOWN.key_for(api_url, common.BENCH_API_KEY)
+    record, delay = COOLDOWN.record_rate_limited, COOLDOWN.delay
+
+    def record_unless_bypassed(key: str, retry_after: float | None, *, base_wait: float, max_wait: float) -> float:
+        return 0.0 if key == bypassed else record(key, retry_after, base_wait=base_wait, max_wait=max_wait)
+
+    COOLDOWN.record_rate_limited = record_unless_bypassed  # type: ignore[method-assign]
+    COOLDOWN.delay = lambda key: 0.0 if key == bypassed else delay(key)  # type: ignore[method-assign]
+
+
 def _short_error(error: str | None) -> str:
     """An error message without the parts that differ per pipeline (host, port, ids), so equal errors group."""
     text = re.sub(r"HTTPConnectionPool\(host='[^']*', port=\d+\): ", "", error or "")
@@ -217,12 +235,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         provider_emu = stack.enter_context(common.bench_emulator(f"{NAME}.limited_provider"))
         sdk_emu = stack.enter_context(common.bench_emulator(f"{NAME}.limited_sdk"))
         over_emu = stack.enter_context(common.bench_emulator(f"{NAME}.limited_provider_over"))
+        unshared_emu = stack.enter_context(common.bench_emulator(f"{NAME}.limited_provider_unshared"))
+        _bypass_cooldown(unshared_emu.url)
         single_triggers = stack.enter_context(harness.TriggerLoop())
         limited_triggers = stack.enter_context(harness.TriggerLoop())
         common.set_dune_connection(single.url)
         common.set_dune_connection(provider_emu.url, conn_id=LIMITED_CONN_ID)
         common.set_dune_connection(over_emu.url, conn_id=OVER_CONN_ID)
-        for emulator in (provider_emu, sdk_emu, over_emu):
+        common.set_dune_connection(unshared_emu.url, conn_id=UNSHARED_CONN_ID)
+        for emulator in (provider_emu, sdk_emu, over_emu, unshared_emu):
             emulator.client.set_rate_limit(FREE_READS_PER_MINUTE, FREE_WRITES_PER_MINUTE)
 
         jobs: list[Callable[[], Any]] = []
@@ -244,6 +265,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for query_id in over_ids:
             over_emu.client.add_query(query_id, duration=limited_d)
             jobs.append(_provider_job(query_id, LIMITED_POLL_INTERVAL, OVER_CONN_ID, timeout, limited_triggers))
+        unshared_ids = [UNSHARED_QUERY_BASE + i for i in range(OVER_FACTOR * n)]
+        for query_id in unshared_ids:
+            unshared_emu.client.add_query(query_id, duration=limited_d)
+            jobs.append(_provider_job(query_id, LIMITED_POLL_INTERVAL, UNSHARED_CONN_ID, timeout, limited_triggers))
 
         started = time.time()
         runs = harness.run_in_threads(jobs)
@@ -252,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         provider_requests = provider_emu.client.requests()
         sdk_requests = sdk_emu.client.requests()
         over_requests = over_emu.client.requests()
+        unshared_requests = unshared_emu.client.requests()
 
     crashed = [r for r in runs if isinstance(r, BaseException)]
     if crashed:
@@ -259,7 +285,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     single_runs = {label: runs[i] for i, (label, _, _) in enumerate(SINGLE_STYLES)}
     provider_runs = runs[len(SINGLE_STYLES) : len(SINGLE_STYLES) + n]
     sdk_runs = runs[len(SINGLE_STYLES) + n : len(SINGLE_STYLES) + 2 * n]
-    over_runs = runs[len(SINGLE_STYLES) + 2 * n :]
+    over_start = len(SINGLE_STYLES) + 2 * n
+    over_runs = runs[over_start : over_start + OVER_FACTOR * n]
+    unshared_runs = runs[over_start + OVER_FACTOR * n :]
 
     single_out, single_rows = _single(single_runs, single_requests, single_d)
     results["single"].update(single_out)
@@ -267,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "provider": _limited(provider_runs, provider_ids, provider_requests, limited_d, started),
         "sdk": _limited(sdk_runs, sdk_ids, sdk_requests, limited_d, started),
         "provider_over_budget": _limited(over_runs, over_ids, over_requests, limited_d, started),
+        "provider_over_budget_no_shared_cooldown": _limited(
+            unshared_runs, unshared_ids, unshared_requests, limited_d, started
+        ),
     }
     results["rate_limited"].update(limited)
 
@@ -288,6 +319,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (f"provider deferrable, 10 s, {n} pipelines", limited["provider"]),
         (f"SDK 1 s loop, {n} pipelines", limited["sdk"]),
         (f"provider deferrable, 10 s, {OVER_FACTOR * n} pipelines (over budget)", limited["provider_over_budget"]),
+        (
+            f"same, {OVER_FACTOR * n} pipelines, shared 429 cooldown off",
+            limited["provider_over_budget_no_shared_cooldown"],
+        ),
     )
     for label, entry in styles:
         latency = entry["detection_latency_seconds"]
