@@ -102,6 +102,24 @@ class TriggerLoop:
         return asyncio.run_coroutine_threadsafe(drain(), self.loop)
 
 
+def pipeline_operator_factory(
+    query_id: int, *, deferrable: bool, poll_interval: float, timeout: float, conn_id: str = "dune_default"
+) -> Callable[[], DuneExecutePipelineOperator]:
+    """Builds a fresh pipeline operator per call (as Airflow does for each try and for the resumed task)."""
+
+    def make() -> DuneExecutePipelineOperator:
+        return DuneExecutePipelineOperator(
+            task_id=f"pipeline_{query_id}",
+            query_id=query_id,
+            dune_conn_id=conn_id,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            timeout=timeout,
+        )
+
+    return make
+
+
 def rebuild_trigger(trigger: Any) -> Any:
     """Serialise and re-create a trigger, as Airflow does when it hands it to the triggerer."""
     classpath, kwargs = trigger.serialize()

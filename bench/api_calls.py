@@ -55,19 +55,11 @@ UNSHARED_CONN_ID = "dune_free_plan_over_unshared"
 def _provider_job(
     query_id: int, poll_interval: float, conn_id: str, timeout: float, triggers: Any
 ) -> Callable[[], Any]:
-    from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
     from bench import _operator_harness as harness
 
-    def make() -> DuneExecutePipelineOperator:
-        return DuneExecutePipelineOperator(
-            task_id=f"pipeline_{query_id}",
-            query_id=query_id,
-            dune_conn_id=conn_id,
-            deferrable=True,
-            poll_interval=poll_interval,
-            timeout=timeout,
-        )
-
+    make = harness.pipeline_operator_factory(
+        query_id, deferrable=True, poll_interval=poll_interval, timeout=timeout, conn_id=conn_id
+    )
     return lambda: harness.run_deferrable(make, triggers, f"pipeline_{query_id}")
 
 

@@ -36,18 +36,11 @@ WARMUP_QUERY_ID = 8999
 
 
 def _operator_factory(query_id: int, deferrable: bool, timeout: float, poll_interval: float) -> Callable[[], Any]:
-    from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+    from bench import _operator_harness as harness
 
-    def make() -> DuneExecutePipelineOperator:
-        return DuneExecutePipelineOperator(
-            task_id=f"pipeline_{query_id}",
-            query_id=query_id,
-            deferrable=deferrable,
-            poll_interval=poll_interval,
-            timeout=timeout,
-        )
-
-    return make
+    return harness.pipeline_operator_factory(
+        query_id, deferrable=deferrable, poll_interval=poll_interval, timeout=timeout
+    )
 
 
 def _sdk_python_operator(base_url: str, query_id: int, timeout: float) -> Any:
