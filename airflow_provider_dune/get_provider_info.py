@@ -37,7 +37,12 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        "sensors": [{"integration-name": "Dune", "python-modules": ["airflow_provider_dune.sensors.pipeline"]}],
+        "sensors": [
+            {
+                "integration-name": "Dune",
+                "python-modules": ["airflow_provider_dune.sensors.pipeline", "airflow_provider_dune.sensors.execution"],
+            }
+        ],
         "triggers": [
             {
                 "integration-name": "Dune",

@@ -389,6 +389,11 @@ class ExecutionStatus:
         return data
 
 
+def is_partial_result(details: Mapping[str, Any] | None) -> bool:
+    """Whether an execution summary (``ExecutionStatus.to_dict()``, an event's details) is a truncated result."""
+    return bool(details) and (details or {}).get("state") == RunState.COMPLETED_PARTIAL.value
+
+
 def parse_execution_status(body: Any) -> ExecutionStatus:
     """Build an :class:`ExecutionStatus` from ``GET /v1/execution/{id}/status``."""
     data = _require_mapping(body, "execution status")

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError
+from airflow_provider_dune.api.models import is_partial_result
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.api.validation import (
     validate_performance,
@@ -128,7 +129,7 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
         return started.execution_id
 
     def accept_failure(self, details: Mapping[str, Any] | None) -> bool:
-        partial = bool(details) and (details or {}).get("state") == RunState.COMPLETED_PARTIAL.value
+        partial = is_partial_result(details)
         if partial and self.allow_partial_results:
             self.log.warning("Accepting a partial result (allow_partial_results=True): Dune truncated it")
         return partial and self.allow_partial_results

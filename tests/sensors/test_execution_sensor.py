@@ -1,0 +1,149 @@
+"""DuneExecutionSensor against the Dune API emulator over real HTTP (poke, reschedule-free execute, deferred)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from airflow.exceptions import AirflowException, TaskDeferred
+
+from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.sensors.execution import DuneExecutionSensor
+from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
+from airflow_provider_dune.version_compat import AirflowFailException, AirflowSkipException
+from tests.conftest import TEST_API_KEY
+
+QUICK = 3001
+SLOW = 3002
+FAILING = 3003
+CONTEXT: Any = {}
+
+
+@pytest.fixture
+def emulator(dune_emulator: DuneEmulator, dune_conn_id: str) -> DuneEmulator:
+    dune_emulator.add_query(QUICK, duration=0.4)
+    dune_emulator.add_query(SLOW, duration=30)
+    dune_emulator.add_query(FAILING, duration=0.05, error="line 1:8: Table 'dex.tradez' does not exist")
+    return dune_emulator
+
+
+def start(query_id: int) -> str:
+    with DuneHook() as hook:
+        return hook.execute_query(query_id).execution_id
+
+
+def finished(execution_id: str) -> str:
+    deadline = time.monotonic() + 5
+    with DuneHook() as hook:
+        while not hook.get_execution_status(execution_id).is_terminal and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return execution_id
+
+
+def sensor(execution_id: str, **kwargs: Any) -> DuneExecutionSensor:
+    kwargs.setdefault("task_id", "wait_for_query")
+    kwargs.setdefault("poke_interval", 0.05)
+    kwargs.setdefault("timeout", 10)
+    kwargs.setdefault("mode", "poke")
+    kwargs.setdefault("deferrable", False)
+    return DuneExecutionSensor(execution_id=execution_id, **kwargs)
+
+
+def test_poke_running_then_success(emulator: DuneEmulator) -> None:
+    execution_id = start(QUICK)
+    task = sensor(execution_id)
+    assert task.poke(CONTEXT) is False
+    finished(execution_id)
+    assert task.poke(CONTEXT) is True
+    assert emulator.counts["execution_status"] >= 2
+
+
+def test_failed_query_fails_with_dunes_error_and_is_never_cancelled(emulator: DuneEmulator) -> None:
+    execution_id = finished(start(FAILING))
+    with pytest.raises(AirflowFailException) as info:
+        sensor(execution_id).execute(CONTEXT)
+    assert "Table 'dex.tradez' does not exist" in str(info.value)
+    assert "cancel_execution" not in emulator.counts
+
+
+def test_execute_waits_through_transient_errors(emulator: DuneEmulator) -> None:
+    execution_id = start(QUICK)
+    emulator.inject("execution_status", Fault.status(429), Fault.status(502))
+    assert sensor(execution_id).execute(CONTEXT) is None
+
+
+def test_soft_fail_skips(emulator: DuneEmulator) -> None:
+    execution_id = finished(start(FAILING))
+    with pytest.raises(AirflowSkipException):
+        sensor(execution_id, soft_fail=True).execute(CONTEXT)
+
+
+@pytest.mark.parametrize("bad_id", ["", "abc/../x"])
+def test_invalid_id_says_where_the_id_comes_from(emulator: DuneEmulator, bad_id: str) -> None:
+    with pytest.raises(AirflowFailException) as info:
+        sensor(bad_id).poke(CONTEXT)
+    assert "key='execution_id'" in str(info.value)
+    assert "DuneExecuteQueryOperator" in str(info.value)
+    assert "execution_status" not in emulator.counts
+
+
+def test_unknown_execution_fails(emulator: DuneEmulator) -> None:
+    with pytest.raises(AirflowException, match="404"):
+        sensor("01NOSUCHEXECUTION").poke(CONTEXT)
+
+
+async def test_deferred_round_trip_uses_the_execution_trigger(emulator: DuneEmulator) -> None:
+    execution_id = start(QUICK)
+    task = sensor(execution_id, deferrable=True, timeout=60, poke_interval=0.05)
+    before = time.time()
+    with pytest.raises(TaskDeferred) as info:
+        task.execute(CONTEXT)
+    trigger = info.value.trigger
+    assert isinstance(trigger, DuneExecutionTrigger)
+    _, kwargs = trigger.serialize()
+    assert kwargs["execution_id"] == execution_id
+    assert kwargs["cancel_on_kill"] is False
+    assert before + 59 < kwargs["end_time"] < time.time() + 61
+    assert kwargs["first_poll_at"] >= before + 0.05
+    assert TEST_API_KEY not in json.dumps(kwargs)
+    events = [event.payload async for event in DuneExecutionTrigger(**kwargs).run()]
+    assert [e["status"] for e in events] == ["success"]
+    task.execute_complete(CONTEXT, events[0])
+
+
+def partial_event(execution_id: str = "E1") -> dict[str, Any]:
+    # The emulator never truncates results; this is the event the trigger sends for a partial result.
+    details = {"execution_id": execution_id, "state": "completed_partial", "outcome": "failed"}
+    return {"status": "failed", "message": "completed only partially", "execution_id": execution_id, "details": details}
+
+
+def test_partial_result_fails_unless_allowed() -> None:
+    with pytest.raises(AirflowFailException, match="partially"):
+        sensor("E1").execute_complete(CONTEXT, partial_event())
+    sensor("E1", allow_partial_results=True).execute_complete(CONTEXT, partial_event())  # accepted
+
+
+def test_allow_partial_results_does_not_accept_real_failures() -> None:
+    failed = {**partial_event(), "details": {"execution_id": "E1", "state": "failed", "outcome": "failed"}}
+    with pytest.raises(AirflowFailException):
+        sensor("E1", allow_partial_results=True).execute_complete(CONTEXT, failed)
+
+
+def test_pairs_with_a_query_operator_that_does_not_wait(
+    emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
+    from airflow_provider_dune.utils import run_registry
+    from tests.operators.fakes import FakeTI, FakeVariables
+
+    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    ti = FakeTI(emulator)
+    start_task = DuneExecuteQueryOperator(task_id="run_query", query_id=QUICK, wait_for_completion=False)
+    started = start_task.execute({"ti": ti})
+    assert started["state"] in ("pending", "executing")
+    assert sensor(ti.xcom["execution_id"]).execute(CONTEXT) is None
+    assert finished(ti.xcom["execution_id"]) == started["execution_id"]
+    assert emulator.executions_started(QUICK) == 1
