@@ -45,9 +45,10 @@ class RateLimitCooldown:
         self._keys: dict[str, _KeyState] = {}
 
     @staticmethod
-    def key_for(base_url: str, api_key: str) -> str:
-        """Identify a budget without keeping the API key itself in another structure."""
-        return hashlib.sha256(f"{base_url}\0{api_key}".encode()).hexdigest()
+    def key_for(base_url: str, api_key: str, bucket: str = "read") -> str:
+        """Identify one budget (Dune counts ``write``: execute/refresh, and ``read``: everything else, apart)
+        without keeping the API key itself in another structure."""
+        return hashlib.sha256(f"{base_url}\0{api_key}\0{bucket}".encode()).hexdigest()
 
     def delay(self, key: str) -> float:
         """Seconds a request with ``key`` should wait before it is sent (0.0 outside a cooldown)."""

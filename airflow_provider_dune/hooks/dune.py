@@ -262,11 +262,15 @@ class DuneHook(BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     @staticmethod
+    def _budget(request: DuneRequest, settings: DuneConnectionSettings) -> str:
+        """The rate-limit budget ``request`` draws on: Dune counts runs started and everything else apart."""
+        return COOLDOWN.key_for(settings.base_url, settings.api_key, "write" if request.starts_run else "read")
+
     def _decode(
-        request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
+        self, request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
     ) -> Any:
         """Decode a response, and tell the per-key 429 cooldown shared by all hooks how it went."""
-        budget = COOLDOWN.key_for(settings.base_url, settings.api_key)
+        budget = self._budget(request, settings)
         try:
             body = decode_response(request, status, content, headers)
         except DuneRateLimitError as error:
@@ -277,13 +281,12 @@ class DuneHook(BaseHook):
         COOLDOWN.record_success(budget)
         return body
 
-    @staticmethod
-    def _cooldown(settings: DuneConnectionSettings) -> float:
-        """Seconds to hold a request back because another one with the same key was just rate limited."""
-        return COOLDOWN.delay(COOLDOWN.key_for(settings.base_url, settings.api_key))
+    def _cooldown(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
+        """Seconds to hold a request back because another one on the same budget was just rate limited."""
+        return COOLDOWN.delay(self._budget(request, settings))
 
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._cooldown(settings):
+        if pause := self._cooldown(request, settings):
             time.sleep(pause)
         session = self.get_conn()
         try:
@@ -319,7 +322,7 @@ class DuneHook(BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._cooldown(settings):
+        if pause := self._cooldown(request, settings):
             await asyncio.sleep(pause)
         client = await self.aget_client()
         try:

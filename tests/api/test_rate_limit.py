@@ -93,3 +93,18 @@ def test_keys_do_not_contain_the_api_key() -> None:
     assert "secret-api-key" not in key
     assert key != RateLimitCooldown.key_for("https://api.dune.com/api", "another-key")
     assert key != RateLimitCooldown.key_for("http://127.0.0.1:1/api", "secret-api-key")
+    assert key != RateLimitCooldown.key_for("https://api.dune.com/api", "secret-api-key", "write")
+
+
+def test_runs_started_and_reads_draw_on_separate_budgets() -> None:
+    # Dune limits execute-like and read-like calls in two buckets: a 429 on one must not hold back the other.
+    from airflow_provider_dune.api import endpoints
+    from airflow_provider_dune.api.connection import settings_from_connection
+    from airflow_provider_dune.hooks.dune import DuneHook
+
+    settings = settings_from_connection("dune_default", host=None, password="k", port=None, extra={})
+    execute = DuneHook._budget(endpoints.execute_query_pipeline(1, "medium", None), settings)
+    refresh = DuneHook._budget(endpoints.refresh_materialized_view("dune.team.result_x", "medium"), settings)
+    status = DuneHook._budget(endpoints.get_pipeline_status("01ABC"), settings)
+    cancel = DuneHook._budget(endpoints.cancel_execution("01ABC"), settings)
+    assert execute == refresh != status == cancel
