@@ -77,6 +77,7 @@ class QuerySpec:
     rows: tuple[dict[str, Any], ...] | None
     parameters: tuple[str, ...]
     implicit: bool = False
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class _Node:
     rows: tuple[dict[str, Any], ...]
     execution_id: str
     cancel_at: float | None = None
+    partial: bool = False
 
     @property
     def label(self) -> str:
@@ -185,6 +187,15 @@ _QUERY_STATES = {
     "failed": "QUERY_STATE_FAILED",
     "cancelled": "QUERY_STATE_CANCELLED",
 }
+PARTIAL_RESULT_MESSAGE = (
+    "The result is larger than the allowed size and only a partial result is available; "
+    "request it with allow_partial_results=true"
+)
+
+
+def _is_partial(view: _NodeView) -> bool:
+    """A query run set up with ``partial=True`` that completed: Dune truncated its result."""
+    return view.state == "completed" and view.node.partial
 
 
 def _timelines(pipeline: _Pipeline) -> dict[int, _Timeline]:
@@ -347,6 +358,7 @@ class EmulatorState:
         rows: Sequence[Mapping[str, Any]] | None = None,
         parameters: Sequence[str] = (),
         implicit: bool = False,
+        partial: bool = False,
     ) -> None:
         """Register (or replace) a query."""
         if not _is_int(query_id) or query_id <= 0:
@@ -364,6 +376,7 @@ class EmulatorState:
             rows=None if rows is None else tuple(dict(row) for row in rows),
             parameters=_unique(parameters),
             implicit=implicit,
+            partial=bool(partial),
         )
         with self.lock:
             self.queries[query_id] = spec
@@ -546,6 +559,7 @@ class EmulatorState:
                 error=query.error,
                 rows=query.rows if query.rows is not None else generated_rows(query.query_id),
                 execution_id=self.new_id(),
+                partial=query.partial,
             )
         mv = spec["materialized_view_refresh"]
         view = self.views.get(mv["name"])
@@ -712,7 +726,7 @@ class EmulatorState:
         body: dict[str, Any] = {
             "execution_id": node.execution_id,
             "query_id": node.query_id,
-            "state": _QUERY_STATES[view.state],
+            "state": "QUERY_STATE_COMPLETED_PARTIAL" if _is_partial(view) else _QUERY_STATES[view.state],
             "is_execution_finished": view.finished,
             "submitted_at": self.iso(tl.runnable_at if tl.runnable_at is not None else tl.end),
         }
@@ -745,15 +759,30 @@ class EmulatorState:
             body["execution_cost_credits"] = self._cost(view, now)
             return body
 
-    def execution_results(self, execution_id: str, limit: int | None, offset: int, base_url: str) -> dict[str, Any]:
+    def execution_results(
+        self, execution_id: str, limit: int | None, offset: int, base_url: str, allow_partial: bool = False
+    ) -> dict[str, Any]:
         """The ``GET /v1/execution/{id}/results`` body (``limit``/``offset`` paginated)."""
         with self.lock:
             now = self.clock()
-            return self._results(self._execution(execution_id, now), now, limit, offset, base_url)
+            return self._results(self._execution(execution_id, now), now, limit, offset, base_url, allow_partial)
 
-    def _results(self, view: _NodeView, now: float, limit: int | None, offset: int, base_url: str) -> dict[str, Any]:
+    def _results(
+        self,
+        view: _NodeView,
+        now: float,
+        limit: int | None,
+        offset: int,
+        base_url: str,
+        allow_partial: bool = False,
+    ) -> dict[str, Any]:
         body = self._status_fields(view, now)
         body.pop("queue_position", None)
+        if _is_partial(view) and not allow_partial:
+            # Dune's spec: without allow_partial_results a truncated result is answered with a failed state.
+            body["state"] = "QUERY_STATE_FAILED"
+            body["error"] = {"type": "FAILED_TYPE_EXECUTION_FAILED", "message": PARTIAL_RESULT_MESSAGE}
+            return body
         if view.state != "completed":
             return body
         all_rows = view.node.rows
@@ -765,7 +794,9 @@ class EmulatorState:
             body["next_uri"] = f"{base_url}/v1/execution/{view.node.execution_id}/results?limit={limit}&offset={end}"
         return body
 
-    def query_results(self, query_id: int, limit: int | None, offset: int, base_url: str) -> dict[str, Any]:
+    def query_results(
+        self, query_id: int, limit: int | None, offset: int, base_url: str, allow_partial: bool = False
+    ) -> dict[str, Any]:
         """The ``GET /v1/query/{id}/results`` body: the latest finished run of the query.
 
         A query that was never run through the API answers with a run that finished when the emulator
@@ -785,7 +816,7 @@ class EmulatorState:
                         latest = view
             if latest is None:
                 latest = self._historical_run(query)
-            return self._results(latest, now, limit, offset, base_url)
+            return self._results(latest, now, limit, offset, base_url, allow_partial)
 
     def _historical_run(self, query: QuerySpec) -> _NodeView:
         node = _Node(

@@ -46,6 +46,9 @@ Behaviour worth knowing:
   ``{"success": false}`` (HTTP 200) and changes nothing.
 * ``GET /v1/query/{id}/results`` answers with the latest finished run of the query; for a query never run
   through the API, with a run that finished before the emulator started (as if run from Dune's web app).
+* A query added with ``partial=True`` ends ``QUERY_STATE_COMPLETED_PARTIAL`` (a result Dune truncated); its
+  results are answered with ``QUERY_STATE_FAILED`` unless requested with ``allow_partial_results=true``, as
+  Dune's spec says.
 * Timestamps are RFC 3339 UTC with nanoseconds (``2024-12-20T11:04:18.724658237Z``), as Dune sends them.
 * Rate limits (off by default, :meth:`DuneEmulator.set_rate_limit`): per-key token buckets, ``write`` for
   the execute/refresh endpoints and ``read`` for everything else; 429 ``Too many requests`` without a
@@ -203,6 +206,7 @@ _QUERY_SCHEMA: dict[str, Any] = {
         "depends_on": _NAMES,
         "rows": {"type": ["array", "null"], "items": {"type": "object"}},
         "parameters": _NAMES,
+        "partial": {"type": "boolean"},
     },
 }
 _VIEW_SCHEMA: dict[str, Any] = {
@@ -286,6 +290,14 @@ class _Request:
         message = _spec.first_error(validator, instance)
         if message is not None:
             raise ApiError(400, message)
+
+    def bool_arg(self, name: str) -> bool:
+        raw = (self.query.get(name) or "").lower()
+        if raw in ("", "false", "0"):
+            return False
+        if raw in ("true", "1"):
+            return True
+        raise ApiError(400, f"invalid {name} {raw!r}: must be true or false")
 
     def int_arg(self, name: str, minimum: int) -> int | None:
         raw = self.query.get(name)
@@ -377,12 +389,14 @@ class _Api:
     def execution_results(self, request: _Request) -> dict[str, Any]:
         limit, offset = request.int_arg("limit", 1), request.int_arg("offset", 0) or 0
         execution_id = request.path_params["execution_id"]
-        return self.state.execution_results(execution_id, limit, offset, request.base_url)
+        allow = request.bool_arg("allow_partial_results")
+        return self.state.execution_results(execution_id, limit, offset, request.base_url, allow)
 
     def query_results(self, request: _Request) -> dict[str, Any]:
         query_id = request.query_id()
         limit, offset = request.int_arg("limit", 1), request.int_arg("offset", 0) or 0
-        return self.state.query_results(query_id, limit, offset, request.base_url)
+        allow = request.bool_arg("allow_partial_results")
+        return self.state.query_results(query_id, limit, offset, request.base_url, allow)
 
     def cancel_execution(self, request: _Request) -> dict[str, Any]:
         return {"success": self.state.cancel(request.path_params["execution_id"])}
@@ -827,6 +841,7 @@ class DuneEmulator:
         depends_on: Sequence[str] = (),
         rows: list[dict[str, Any]] | None = None,
         parameters: Sequence[str] = (),
+        partial: bool = False,
     ) -> None:
         """Register (or replace) a query.
 
@@ -838,6 +853,8 @@ class DuneEmulator:
         :param depends_on: names of the materialized views the query reads (its lineage).
         :param rows: result rows (default: a few generated rows).
         :param parameters: allowed parameter names; others in a request are answered with 400.
+        :param partial: runs end ``QUERY_STATE_COMPLETED_PARTIAL`` (a result Dune truncated); their results are
+            answered with a failed state unless asked for with ``allow_partial_results=true``.
         """
         self._state.add_query(
             query_id,
@@ -848,6 +865,7 @@ class DuneEmulator:
             depends_on=depends_on,
             rows=rows,
             parameters=parameters,
+            partial=partial,
         )
 
     def add_materialized_view(

@@ -192,6 +192,30 @@ def test_failed_execution_reports_dunes_error(clocked: DuneEmulator, capi: Api, 
     assert results["error"]["message"].startswith("line 3:8")
 
 
+def test_partial_result_is_failed_unless_asked_for(clocked: DuneEmulator, capi: Api, clock: FakeClock) -> None:
+    rows = [{"n": i} for i in range(4)]
+    clocked.add_query(18, duration=0.5, rows=rows, partial=True)
+    execution_id = capi.post("/v1/query/18/execute").json()["execution_id"]
+    assert capi.execution(execution_id)["state"] == "QUERY_STATE_EXECUTING"  # partial only once it ended
+    clock.advance(1)
+    status = capi.execution(execution_id)
+    assert status["state"] == "QUERY_STATE_COMPLETED_PARTIAL"
+    assert status["is_execution_finished"] is True
+    assert status["result_metadata"]["row_count"] == 4
+
+    # Dune's spec: "By default allow_partial_results is set to false and a failed state is returned."
+    refused = capi.get(f"/v1/execution/{execution_id}/results").json()
+    assert refused["state"] == "QUERY_STATE_FAILED" and "result" not in refused
+    assert "allow_partial_results" in refused["error"]["message"]
+    allowed = capi.get(f"/v1/execution/{execution_id}/results", params={"allow_partial_results": "true"}).json()
+    assert allowed["state"] == "QUERY_STATE_COMPLETED_PARTIAL"
+    assert allowed["result"]["rows"] == rows
+    latest = capi.get("/v1/query/18/results", params={"allow_partial_results": "true"}).json()
+    assert latest["execution_id"] == execution_id and latest["result"]["rows"] == rows
+    bad = capi.get(f"/v1/execution/{execution_id}/results", params={"allow_partial_results": "maybe"})
+    assert bad.status_code == 400
+
+
 def test_results_pagination_follows_next_uri(clocked: DuneEmulator, capi: Api, clock: FakeClock) -> None:
     rows = [{"n": i, "label": f"row-{i}"} for i in range(7)]
     clocked.add_query(9, duration=0.1, rows=rows)

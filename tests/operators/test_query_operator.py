@@ -28,6 +28,7 @@ def emulator(dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest
     dune_emulator.add_query(8001, duration=0.1, rows=ROWS, parameters=["date"])
     dune_emulator.add_query(8002, duration=30)
     dune_emulator.add_query(8003, duration=0.05, error="line 1:8: Column 'x' cannot be resolved")
+    dune_emulator.add_query(8004, duration=0.3, rows=ROWS[:3], partial=True)
     return dune_emulator
 
 
@@ -74,6 +75,33 @@ def test_results_stream_to_a_file(tmp_path: Path, context: dict[str, Any], suffi
         assert rows[3]["day"] == "2026-01-04"
         assert rows[3]["volume"] == "31.5"
         assert json.loads(rows[3]["tags"]) == ["a", 3]
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+async def test_partial_result_is_surfaced_not_accepted(
+    emulator: DuneEmulator, context: dict[str, Any], deferrable: bool
+) -> None:
+    op = query_op(query_id=8004, fetch_results=True, deferrable=deferrable)
+
+    async def run() -> None:
+        try:
+            op.execute(context)
+        except TaskDeferred as deferred:
+            (event,) = [e.payload async for e in deferred.trigger.run()]
+            op.execute_complete(context, event)
+
+    with pytest.raises(AirflowException, match="completed only partially") as info:
+        await run()
+    assert "allow_partial_results=True" in str(info.value)
+    assert "execution_results" not in emulator.counts
+
+
+def test_allowed_partial_result_is_fetched_with_the_flag(emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    result = query_op(query_id=8004, fetch_results=True, allow_partial_results=True).execute(context)
+    assert result["state"] == "completed_partial"
+    assert result["rows"] == ROWS[:3]
+    results_calls = [r for r in emulator.requests if r.endpoint == "execution_results"]
+    assert results_calls and all(r.query.get("allow_partial_results") == "true" for r in results_calls)
 
 
 def test_failed_query_fails_with_dunes_error(context: dict[str, Any]) -> None:

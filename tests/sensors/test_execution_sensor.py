@@ -19,6 +19,7 @@ from tests.conftest import TEST_API_KEY
 QUICK = 3001
 SLOW = 3002
 FAILING = 3003
+PARTIAL = 3004
 CONTEXT: Any = {}
 
 
@@ -27,6 +28,7 @@ def emulator(dune_emulator: DuneEmulator, dune_conn_id: str) -> DuneEmulator:
     dune_emulator.add_query(QUICK, duration=0.4)
     dune_emulator.add_query(SLOW, duration=30)
     dune_emulator.add_query(FAILING, duration=0.05, error="line 1:8: Table 'dex.tradez' does not exist")
+    dune_emulator.add_query(PARTIAL, duration=0.3, partial=True)
     return dune_emulator
 
 
@@ -114,22 +116,23 @@ async def test_deferred_round_trip_uses_the_execution_trigger(emulator: DuneEmul
     task.execute_complete(CONTEXT, events[0])
 
 
-def partial_event(execution_id: str = "E1") -> dict[str, Any]:
-    # The emulator never truncates results; this is the event the trigger sends for a partial result.
-    details = {"execution_id": execution_id, "state": "completed_partial", "outcome": "failed"}
-    return {"status": "failed", "message": "completed only partially", "execution_id": execution_id, "details": details}
+@pytest.mark.parametrize("deferrable", [False, True])
+async def test_partial_result_fails_unless_allowed(emulator: DuneEmulator, deferrable: bool) -> None:
+    async def wait(task: DuneExecutionSensor) -> None:
+        try:
+            task.execute(CONTEXT)
+        except TaskDeferred as deferred:
+            (event,) = [e.payload async for e in deferred.trigger.run()]
+            task.execute_complete(CONTEXT, event)
+
+    with pytest.raises(AirflowFailException, match="completed only partially"):
+        await wait(sensor(start(PARTIAL), deferrable=deferrable))
+    await wait(sensor(start(PARTIAL), deferrable=deferrable, allow_partial_results=True))  # accepted
 
 
-def test_partial_result_fails_unless_allowed() -> None:
-    with pytest.raises(AirflowFailException, match="partially"):
-        sensor("E1").execute_complete(CONTEXT, partial_event())
-    sensor("E1", allow_partial_results=True).execute_complete(CONTEXT, partial_event())  # accepted
-
-
-def test_allow_partial_results_does_not_accept_real_failures() -> None:
-    failed = {**partial_event(), "details": {"execution_id": "E1", "state": "failed", "outcome": "failed"}}
-    with pytest.raises(AirflowFailException):
-        sensor("E1", allow_partial_results=True).execute_complete(CONTEXT, failed)
+async def test_allow_partial_results_does_not_accept_real_failures(emulator: DuneEmulator) -> None:
+    with pytest.raises(AirflowFailException, match="does not exist"):
+        sensor(finished(start(FAILING)), allow_partial_results=True).execute(CONTEXT)
 
 
 def test_pairs_with_a_query_operator_that_does_not_wait(
