@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process, then print the headline numbers side by side.
 
-    python -m bench [--quick] [--only worker_slots,triggerer_scale,api_calls,hook_overhead]
+    python -m bench [--quick] [--only worker_slots,triggerer_scale,api_calls,hook_overhead] [--summary-only]
 
 Each benchmark prints its own tables and writes ``bench/results/<name>.json``; this writes
 ``bench/results/summary.json`` with the headline numbers below. Run on a quiet machine: the numbers are CPU
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, to check the scripts work")
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks to run")
+    p.add_argument("--summary-only", action="store_true", help="only summarise the results already in bench/results")
     args = p.parse_args(argv)
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(selected) - set(BENCHMARKS))
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
 
     failed, durations = [], {}
-    for name in selected:
+    for name in [] if args.summary_only else selected:
         print(f"\n=== bench.{name} ===", flush=True)
         began = time.monotonic()
         command = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else [])]
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     summary = {"quick": args.quick, "seconds": durations, "failed": failed, "headlines": rows}
+    if args.summary_only:
+        summary["from"] = {name: data.get("machine", {}).get("measured_at") for name, data in results.items()}
     common.write_results("summary", summary)
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
