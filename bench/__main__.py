@@ -138,7 +138,7 @@ def _hook_overhead(data: dict[str, Any]) -> list[Row]:
             [
                 f"hook vs bare client, {comparison['mode']} C={comparison['concurrency']}",
                 f"CPU x{comparison['cpu_ratio_hook_over_bare']:.2f} "
-                f"(+{comparison['cpu_us_per_request_hook_minus_bare']:.0f} us/request)",
+                f"({comparison['cpu_us_per_request_hook_minus_bare']:+.0f} us/request)",
                 f"req/s x{comparison['rps_ratio_hook_over_bare']:.2f}",
                 f"connections {hook['connections_max']} vs {bare['connections_max']}",
                 "",
