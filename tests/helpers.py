@@ -23,3 +23,13 @@ def wait_running(pipeline_execution_id: str, timeout: float = 5) -> list[str]:
             if running or time.monotonic() > deadline:
                 return running
             time.sleep(0.02)
+
+
+def wait_finished(run_id: str, *, pipeline: bool, timeout: float = 5) -> str:
+    """Wait up to ``timeout`` for a pipeline (or a single execution) to reach a final state; return its id."""
+    deadline = time.monotonic() + timeout
+    with DuneHook() as hook:
+        read = hook.get_pipeline_status if pipeline else hook.get_execution_status
+        while not read(run_id).is_terminal and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return run_id

@@ -15,6 +15,7 @@ from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
 from airflow_provider_dune.version_compat import AirflowFailException, AirflowSkipException
 from tests.conftest import TEST_API_KEY
+from tests.helpers import wait_finished
 
 QUICK = 3001
 SLOW = 3002
@@ -38,11 +39,7 @@ def start(query_id: int) -> str:
 
 
 def finished(execution_id: str) -> str:
-    deadline = time.monotonic() + 5
-    with DuneHook() as hook:
-        while not hook.get_execution_status(execution_id).is_terminal and time.monotonic() < deadline:
-            time.sleep(0.02)
-    return execution_id
+    return wait_finished(execution_id, pipeline=False)
 
 
 def sensor(execution_id: str, **kwargs: Any) -> DuneExecutionSensor:

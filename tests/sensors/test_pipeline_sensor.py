@@ -15,6 +15,7 @@ from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 from airflow_provider_dune.version_compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 from tests.conftest import TEST_API_KEY
+from tests.helpers import wait_finished
 
 QUICK = 2001
 SLOW = 2002
@@ -37,11 +38,7 @@ def start(query_id: int) -> str:
 
 
 def finished(pipeline_execution_id: str) -> str:
-    deadline = time.monotonic() + 5
-    with DuneHook() as hook:
-        while not hook.get_pipeline_status(pipeline_execution_id).is_terminal and time.monotonic() < deadline:
-            time.sleep(0.02)
-    return pipeline_execution_id
+    return wait_finished(pipeline_execution_id, pipeline=True)
 
 
 def sensor(pipeline_execution_id: str, **kwargs: Any) -> DunePipelineSensor:
