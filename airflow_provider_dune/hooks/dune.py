@@ -52,7 +52,8 @@ class DuneHook(BaseHook):
     """Talk to the Dune API (https://api.dune.com/api) with the key stored in an Airflow connection.
 
     Sync methods (for workers) use a pooled ``requests.Session``; methods prefixed with ``a`` are async (for
-    triggers) and share one ``httpx.AsyncClient`` per hook: close it with :meth:`aclose`.
+    triggers) and use an ``httpx.AsyncClient`` shared by all hooks in the same event loop (a triggerer polls for
+    many tasks): release it with :meth:`aclose` or ``async with hook:``.
 
     :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field, an optional
         Host overrides the base URL. Extra fields: ``timeout``, ``connect_timeout``, ``max_retries``,
