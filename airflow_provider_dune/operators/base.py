@@ -17,6 +17,7 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
+from airflow_provider_dune.api.validation import validate_performance, validate_query_id, validate_query_parameters
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
 from airflow_provider_dune.utils import run_registry
@@ -37,6 +38,17 @@ def is_template(value: Any) -> bool:
 def validated(value: Any, validator: Callable[[Any], Any], *, allow_templates: bool) -> Any:
     """``validator(value)``, except for an unrendered template at parse time (checked again at execute)."""
     return value if allow_templates and is_template(value) else validator(value)
+
+
+def query_run_request(
+    query_id: Any, performance: Any, query_parameters: Any, *, allow_templates: bool
+) -> dict[str, Any]:
+    """The validated arguments of a run of one saved query (a query execution or a query's pipeline)."""
+    return {
+        "query_id": validated(query_id, validate_query_id, allow_templates=allow_templates),
+        "performance": validated(performance, validate_performance, allow_templates=allow_templates),
+        "query_parameters": validated(query_parameters, validate_query_parameters, allow_templates=allow_templates),
+    }
 
 
 def positive_seconds(value: timedelta | float | int | None, name: str) -> float | None:

@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.api.validation import (
-    validate_performance,
     validate_pipeline_nodes,
-    validate_query_id,
-    validate_query_parameters,
 )
 from airflow_provider_dune.links import DuneQueryLink
-from airflow_provider_dune.operators.base import DEFAULT_TIMEOUT, DuneRunOperator, is_template, validated
+from airflow_provider_dune.operators.base import (
+    DEFAULT_TIMEOUT,
+    DuneRunOperator,
+    is_template,
+    query_run_request,
+)
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 
 if TYPE_CHECKING:
@@ -97,13 +99,9 @@ class DuneExecutePipelineOperator(DuneRunOperator):
             if allow_templates and (is_template(self.nodes) or "{{" in repr(self.nodes)):
                 return {"nodes": self.nodes}
             return {"nodes": validate_pipeline_nodes(self.nodes)}
-        return {
-            "query_id": validated(self.query_id, validate_query_id, allow_templates=allow_templates),
-            "performance": validated(self.performance, validate_performance, allow_templates=allow_templates),
-            "query_parameters": validated(
-                self.query_parameters, validate_query_parameters, allow_templates=allow_templates
-            ),
-        }
+        return query_run_request(
+            self.query_id, self.performance, self.query_parameters, allow_templates=allow_templates
+        )
 
     def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         if "nodes" in request:

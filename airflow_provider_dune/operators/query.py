@@ -10,12 +10,10 @@ from airflow_provider_dune.api.models import is_partial_result
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.api.validation import (
     validate_performance,
-    validate_query_id,
-    validate_query_parameters,
     validate_view_name,
 )
 from airflow_provider_dune.links import DuneQueryLink
-from airflow_provider_dune.operators.base import DuneRunOperator, is_template, validated
+from airflow_provider_dune.operators.base import DuneRunOperator, is_template, query_run_request, validated
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
 from airflow_provider_dune.utils.results import output_format_for, write_pages
 
@@ -110,13 +108,9 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         if self.output_path is not None and not (allow_templates and is_template(self.output_path)):
             output_format_for(self.output_path, self.output_format)
-        return {
-            "query_id": validated(self.query_id, validate_query_id, allow_templates=allow_templates),
-            "performance": validated(self.performance, validate_performance, allow_templates=allow_templates),
-            "query_parameters": validated(
-                self.query_parameters, validate_query_parameters, allow_templates=allow_templates
-            ),
-        }
+        return query_run_request(
+            self.query_id, self.performance, self.query_parameters, allow_templates=allow_templates
+        )
 
     def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         started = hook.execute_query(request["query_id"], request["performance"], request["query_parameters"])
