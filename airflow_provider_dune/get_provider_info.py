@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_dune import __version__
+from airflow_provider_dune.hooks.connection_form import provider_info_connection_fields
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -12,7 +13,8 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-dune",
         "name": "Dune",
-        "description": "`Dune <https://dune.com/>`__: run query pipelines, queries and materialized views.",
+        "description": "Run Dune (https://dune.com) query pipelines, queries and materialized-view refreshes, and "
+        "wait for them in the triggerer.",
         "versions": [__version__],
         "integrations": [
             {
@@ -58,6 +60,7 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "dune",
                 "hook-class-name": "airflow_provider_dune.hooks.dune.DuneHook",
                 "hook-name": "Dune",
+                **provider_info_connection_fields(),
             }
         ],
     }

@@ -20,12 +20,13 @@ Environment overrides: ``DUNE_PIPELINE_SOURCE_QUERY_ID``, ``DUNE_PIPELINE_VIEW_N
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
+from dune_example_schedules import RUN_DATE, cron_schedule
 
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 
@@ -44,7 +45,7 @@ NODES = [
         "query_execution": {
             "query_id": REPORT_QUERY_ID,
             "performance": "medium",
-            "query_parameters": {"date": "{{ ds }}"},
+            "query_parameters": {"date": RUN_DATE},
         },
     },
 ]
@@ -52,8 +53,7 @@ NODES = [
 with DAG(
     dag_id="dune_explicit_pipeline",
     description="Run an explicit Dune pipeline: query, then materialized view refresh, then query",
-    schedule="30 3 * * *",
-    start_date=datetime(2024, 6, 1),
+    **cron_schedule("30 3 * * *"),  # unpausing starts no run for a past time
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "data-platform", "retries": 1, "retry_delay": timedelta(minutes=5)},

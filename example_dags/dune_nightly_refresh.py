@@ -3,7 +3,8 @@
 ``DuneExecutePipelineOperator(query_id=...)`` asks Dune for the query's *query pipeline*: Dune walks the
 query's materialized-view lineage, refreshes the upstream views first and then runs the query, all as one
 pipeline execution. Here that is query 1001 ``daily_dex_volume`` of the emulator's demo catalog, which reads
-``dune.demo.result_dex_trades_daily``; the ``date`` parameter is the run's logical date.
+``dune.demo.result_dex_trades_daily``; the ``date`` parameter is the run's date: its logical date for a
+scheduled or backfilled run, the day it was triggered for a manual run without one.
 
 The task is deferrable: after Dune accepted the pipeline, the wait happens in the triggerer, so no worker
 slot is held while Dune works. The pipeline execution id is pushed to XCom (``pipeline_execution_id``) and
@@ -17,18 +18,21 @@ Point it at your own query with environment variables (read when the DAG file is
     DUNE_RETRIES=1                  # task retries, 5 minutes apart (``make demo`` uses 0 to fail fast)
 
 A retry does not start a second billed pipeline while the first one still runs: the operator re-attaches
-to it (``reuse_existing_execution``).
+to it (``reuse_existing_execution``). Unpausing the DAG (also the trigger dialog's "Unpause on trigger") does
+not run last night's refresh on top of the manual run on Airflow 3 (see ``dune_example_schedules``); on
+Airflow 2.11 it does, so try the DAG once with ``airflow dags test dune_nightly_refresh`` there.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
+from dune_example_schedules import RUN_DATE, cron_schedule
 
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 
@@ -40,8 +44,7 @@ RETRIES = int(os.environ.get("DUNE_RETRIES") or 1)
 with DAG(
     dag_id="dune_nightly_refresh",
     description="Refresh a Dune query and its materialized-view lineage every night",
-    schedule="0 3 * * *",
-    start_date=datetime(2024, 6, 1),
+    **cron_schedule("0 3 * * *"),  # unpausing starts no run for a past time
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "data-platform", "retries": RETRIES, "retry_delay": timedelta(minutes=5)},
@@ -52,7 +55,7 @@ with DAG(
         task_id="refresh_daily_dex_volume",
         dune_conn_id=CONN_ID,
         query_id=QUERY_ID,
-        query_parameters={"date": "{{ ds }}"},
+        query_parameters={"date": RUN_DATE},
         performance="medium",
         deferrable=True,
         poll_interval=POLL_INTERVAL,

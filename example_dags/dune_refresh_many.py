@@ -15,12 +15,13 @@ the ``query_parameters`` mapping is expanded together with the ids. Other overri
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
+from dune_example_schedules import RUN_DATE, cron_schedule
 
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 
@@ -30,16 +31,15 @@ POLL_INTERVAL = float(os.environ.get("DUNE_POLL_INTERVAL") or 30)
 
 #: Parameters of the demo catalog's queries; a query not listed here runs with its saved defaults.
 QUERY_PARAMETERS: dict[int, dict[str, str]] = {
-    1001: {"date": "{{ ds }}"},
+    1001: {"date": RUN_DATE},
     1003: {"symbol": "WETH"},
-    1005: {"week_start": "{{ ds }}"},
+    1005: {"week_start": RUN_DATE},
 }
 
 with DAG(
     dag_id="dune_refresh_many",
     description="Refresh several independent Dune queries in parallel with dynamic task mapping",
-    schedule="0 4 * * *",
-    start_date=datetime(2024, 6, 1),
+    **cron_schedule("0 4 * * *"),  # unpausing starts no run for a past time
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "data-platform", "retries": 1, "retry_delay": timedelta(minutes=5)},

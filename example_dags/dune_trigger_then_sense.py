@@ -16,12 +16,13 @@ With the emulator's demo catalog the query is 1005 ``weekly_dex_summary``, whose
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
+from dune_example_schedules import RUN_DATE, cron_schedule
 
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
@@ -33,8 +34,7 @@ POLL_INTERVAL = float(os.environ.get("DUNE_POLL_INTERVAL") or 30)
 with DAG(
     dag_id="dune_trigger_then_sense",
     description="Start a Dune query pipeline, then wait for it with a deferrable sensor",
-    schedule="0 6 * * 1",
-    start_date=datetime(2024, 6, 1),
+    **cron_schedule("0 6 * * 1"),  # unpausing starts no run for a past time
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "data-platform"},
@@ -45,7 +45,7 @@ with DAG(
         task_id="start_pipeline",
         dune_conn_id=CONN_ID,
         query_id=QUERY_ID,
-        query_parameters={"week_start": "{{ data_interval_start | ds }}"},
+        query_parameters={"week_start": RUN_DATE},
         wait_for_completion=False,
         # A retry would start a second billed pipeline; the sensor is the part that may retry.
         retries=0,

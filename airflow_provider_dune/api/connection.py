@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_dune.api.connection_fields import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    EXTRA_SETTINGS,
+)
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.retry import RetryPolicy
-
-DEFAULT_BASE_URL = "https://api.dune.com/api"
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -67,22 +70,51 @@ def normalize_base_url(host: str | None, port: int | None = None, *, allow_insec
     return f"{scheme}://{netloc}{path}"
 
 
-def _number(extra: Mapping[str, Any], key: str, default: float, *, minimum: float) -> float:
-    value = extra.get(key, default)
+_EXTRA_PREFIX = "extra__dune__"
+
+
+def _extra_value(extra: Mapping[str, Any], key: str) -> Any:
+    """The extra's value for ``key`` (also under the ``extra__dune__`` prefix older forms used); ``None`` when
+    unset or blank, as a form leaves an empty field."""
+    for name in (key, _EXTRA_PREFIX + key):
+        value = extra.get(name)
+        if isinstance(value, str):
+            value = value.strip()
+        if value is not None and value != "":
+            return value
+    return None
+
+
+_SETTINGS_BY_NAME = {setting.name: setting for setting in EXTRA_SETTINGS}
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def read_extra_setting(extra: Mapping[str, Any], name: str) -> Any:
+    """The validated value of one :data:`EXTRA_SETTINGS` entry, or its default when the extra leaves it unset."""
+    setting = _SETTINGS_BY_NAME[name]
+    value = _extra_value(extra, name)
+    if value is None:
+        return setting.default
+    if setting.kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return str(value).lower() in _TRUE_WORDS
+        raise DuneConfigurationError(f"connection extra '{name}' must be true or false, got {value!r}")
     try:
+        if isinstance(value, bool):
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
-        raise DuneConfigurationError(f"connection extra '{key}' must be a number, got {value!r}") from None
-    if number < minimum:
-        raise DuneConfigurationError(f"connection extra '{key}' must be >= {minimum}, got {value!r}")
-    return number
-
-
-def _flag(extra: Mapping[str, Any], key: str) -> bool:
-    value = extra.get(key, False)
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+        raise DuneConfigurationError(f"connection extra '{name}' must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise DuneConfigurationError(f"connection extra '{name}' must be a finite number, got {value!r}")
+    if setting.kind == "integer" and not number.is_integer():
+        raise DuneConfigurationError(f"connection extra '{name}' must be a whole number, got {value!r}")
+    if setting.minimum is not None and number < setting.minimum:
+        raise DuneConfigurationError(f"connection extra '{name}' must be >= {setting.minimum:g}, got {value!r}")
+    return int(number) if setting.kind == "integer" else number
 
 
 @dataclass(frozen=True)
@@ -116,28 +148,27 @@ def settings_from_connection(
     extra = dict(extra or {})
     key_from_extra = False
     api_key = (password or "").strip()
-    if not api_key and extra.get("api_key"):
-        api_key = str(extra["api_key"]).strip()
+    if not api_key and _extra_value(extra, "api_key") is not None:
+        api_key = str(_extra_value(extra, "api_key"))
         key_from_extra = True
     if not api_key:
         raise DuneConfigurationError(
             f"the Airflow connection {conn_id!r} has no Dune API key: put the key in its Password field "
             "(create one at dune.com > Settings > API)"
         )
-    defaults = RetryPolicy()
     try:
         retry = RetryPolicy(
-            max_attempts=int(_number(extra, "max_retries", defaults.max_attempts, minimum=1)),
-            min_wait=_number(extra, "retry_min_wait", defaults.min_wait, minimum=0),
-            max_wait=_number(extra, "retry_max_wait", defaults.max_wait, minimum=0),
+            max_attempts=read_extra_setting(extra, "max_retries"),
+            min_wait=read_extra_setting(extra, "retry_min_wait"),
+            max_wait=read_extra_setting(extra, "retry_max_wait"),
         )
     except ValueError as err:
         raise DuneConfigurationError(f"invalid retry settings in connection {conn_id!r}: {err}") from None
     return DuneConnectionSettings(
-        base_url=normalize_base_url(host, port, allow_insecure_http=_flag(extra, "allow_insecure_http")),
+        base_url=normalize_base_url(host, port, allow_insecure_http=read_extra_setting(extra, "allow_insecure_http")),
         api_key=api_key,
-        timeout=_number(extra, "timeout", DEFAULT_TIMEOUT, minimum=0.1),
-        connect_timeout=_number(extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=0.1),
+        timeout=read_extra_setting(extra, "timeout"),
+        connect_timeout=read_extra_setting(extra, "connect_timeout"),
         retry=retry,
         key_from_extra=key_from_extra,
     )

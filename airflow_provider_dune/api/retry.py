@@ -12,6 +12,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from airflow_provider_dune.api.connection_fields import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_MAX_WAIT,
+    DEFAULT_RETRY_MIN_WAIT,
+)
 from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import (
     DuneAPIError,
@@ -34,9 +39,9 @@ class RetryPolicy:
     :param max_retry_after: cap for a server-requested ``Retry-After`` wait in seconds.
     """
 
-    max_attempts: int = 5
-    min_wait: float = 1.0
-    max_wait: float = 60.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    min_wait: float = DEFAULT_RETRY_MIN_WAIT
+    max_wait: float = DEFAULT_RETRY_MAX_WAIT
     max_retry_after: float = 300.0
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ from airflow_provider_dune.api.models import (
 from airflow_provider_dune.api.rate_limit import COOLDOWN
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry
+from airflow_provider_dune.hooks import connection_form
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
 from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook, mask_secret
 
@@ -97,16 +98,14 @@ class DuneHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Relabel the connection form: the API key goes in Password, Host is an optional base URL."""
-        return {
-            "hidden_fields": ["schema", "login", "port"],
-            "relabeling": {"password": "API Key", "host": "API base URL (optional)"},
-            "placeholders": {
-                "password": "Dune API key (Read/Write to execute pipelines)",
-                "host": "https://api.dune.com/api",
-                "extra": '{"timeout": 30, "max_retries": 5}',
-            },
-        }
+        """The connection form on Airflow 2.11-3.1 (3.2+ reads it from the provider info): the API key goes in
+        Password, Host is an optional base URL, unused fields are hidden."""
+        return connection_form.ui_field_behaviour()
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra settings as form fields on Airflow 2.11-3.1 (3.2+ reads them from the provider info)."""
+        return connection_form.connection_form_widgets()
 
     # -- connection ---------------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ import json
 import sqlite3
 import subprocess
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,10 +18,12 @@ from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
 from airflow_provider_dune.version_compat import AIRFLOW_V_3_0_PLUS
 from example_dags.demo import DAGS_FOLDER, airflow_env
+from example_dags.dune_example_schedules import RUN_DATE
 from tests.dags.conftest import DAG_TEST_API_KEY, DAG_TEST_POLL_INTERVAL, airflow_command
 
 EXPECTED_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
-DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in ("__init__.py", "demo.py"))
+NOT_DAG_FILES = ("__init__.py", "demo.py", "dune_example_schedules.py")
+DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in NOT_DAG_FILES)
 LOGICAL_DATE = "2024-06-01"
 PIPELINE_TRIGGER = "airflow_provider_dune.triggers.pipeline.DunePipelineTrigger"
 
@@ -42,6 +46,8 @@ def _dagbag() -> Any:
 def dagbag(monkeypatch_module: pytest.MonkeyPatch) -> Any:
     for name in ("DUNE_POLL_INTERVAL", "DUNE_NIGHTLY_QUERY_ID", "DUNE_CONN_ID", "DUNE_REFRESH_QUERY_IDS"):
         monkeypatch_module.delenv(name, raising=False)
+    # Airflow's processes put the DAGs folder on sys.path (the DAG files import a helper module from it).
+    monkeypatch_module.syspath_prepend(str(DAGS_FOLDER))
     return _dagbag()
 
 
@@ -51,9 +57,9 @@ def monkeypatch_module() -> Any:
         yield mp
 
 
-def _schedule(dag: Any) -> Any:
-    schedule = getattr(dag, "schedule", None)
-    return schedule if schedule is not None else getattr(dag, "schedule_interval", None)
+def _cron_expression(dag: Any) -> str:
+    timetable = dag.timetable  # the task SDK's timetables are attrs classes, the core ones keep _expression
+    return str(getattr(timetable, "expression", None) or timetable._expression)
 
 
 def test_no_import_errors(dagbag):
@@ -70,9 +76,10 @@ def test_every_dag_file_defines_a_dag(dagbag):
     assert files_with_dags == set(DAG_FILES)
 
 
-def test_demo_driver_is_not_parsed_as_a_dag_file():
+def test_demo_driver_and_helpers_are_not_parsed_as_dag_files():
     ignore = (DAGS_FOLDER / ".airflowignore").read_text()
     assert "demo" in ignore
+    assert "dune_example_schedules" in ignore
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
@@ -86,12 +93,12 @@ def test_dags_are_tagged_documented_and_not_catching_up(dagbag, dag_id):
 
 def test_nightly_refresh(dagbag):
     dag = dagbag.dags["dune_nightly_refresh"]
-    assert _schedule(dag) == "0 3 * * *"
+    assert _cron_expression(dag) == "0 3 * * *"
     (task,) = dag.tasks
     assert isinstance(task, DuneExecutePipelineOperator)
     assert task.query_id == 1001
     assert task.nodes is None
-    assert task.query_parameters == {"date": "{{ ds }}"}
+    assert task.query_parameters == {"date": RUN_DATE}
     assert task.deferrable is True
     assert task.wait_for_completion is True
     assert task.poll_interval == 30.0
@@ -136,6 +143,54 @@ def test_refresh_many_is_mapped(dagbag):
     assert task.partial_kwargs["max_active_tis_per_dag"] == 4
     expanded = task.expand_input.value
     assert [item["query_id"] for item in expanded] == [1001, 1003, 1005]
+
+
+@pytest.mark.parametrize(
+    ("logical_date", "run_after", "expected"),
+    [
+        (datetime(2024, 6, 1, 3, tzinfo=timezone.utc), datetime(2024, 6, 2, 3, tzinfo=timezone.utc), "2024-06-01"),
+        (None, datetime(2026, 11, 25, 14, 7, tzinfo=timezone.utc), "2026-11-25"),
+    ],
+    ids=["scheduled-or-backfilled", "manual-without-logical-date"],
+)
+def test_run_date_renders_with_and_without_a_logical_date(dagbag, logical_date, run_after, expected):
+    """Airflow 3 leaves ``ds``/``logical_date`` out of the context of a manual run without a logical date."""
+    task = dagbag.dags["dune_nightly_refresh"].tasks[0]
+    dag_run = SimpleNamespace(logical_date=logical_date, run_after=run_after)
+    context = {"dag_run": dag_run} if logical_date is None else {"dag_run": dag_run, "ds": "unused"}
+    rendered = task.render_template(task.query_parameters, context)
+    assert rendered == {"date": expected}
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_every_example_template_avoids_keys_a_manual_run_may_lack(dag_id, dagbag):
+    templated = json.dumps(
+        [getattr(t, "query_parameters", None) or getattr(t, "nodes", None) for t in dagbag.dags[dag_id].tasks]
+        + [getattr(t, "partial_kwargs", {}).get("query_parameters") for t in dagbag.dags[dag_id].tasks]
+        + [
+            json.dumps(getattr(getattr(t, "expand_input", None), "value", None), default=str)
+            for t in dagbag.dags[dag_id].tasks
+        ]
+    )
+    for key in ("ds", "ds_nodash", "ts", "logical_date", "data_interval_start", "data_interval_end", "execution_date"):
+        assert f"{{{{ {key}" not in templated and f"{{{{{key}" not in templated, (dag_id, key)
+
+
+@pytest.mark.skipif(not AIRFLOW_V_3_0_PLUS, reason="Airflow 2.11's timetables always run the latest interval")
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_unpausing_starts_no_run_for_a_past_schedule_time(dag_id, dagbag, monkeypatch):
+    """The trigger dialog unpauses by default: that must not add a second, scheduled (billed) run."""
+    import airflow.timetables.trigger as trigger_timetables
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dagbag.dags[dag_id]))))
+    timetable = dag.timetable
+    # just after a scheduled time: the moment a "run the latest one" rule would fire
+    now = timetable._get_next(timetable._align_to_prev(datetime(2026, 11, 25, 12, tzinfo=timezone.utc)))
+    now = now + timedelta(minutes=1)
+    monkeypatch.setattr(trigger_timetables, "utcnow", lambda: now)
+    info = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=dag._time_restriction)
+    assert info is not None and info.run_after > now, f"{dag_id} would run {info} right after being unpaused"
 
 
 # -- running through `airflow dags test` ---------------------------------------------------------------------

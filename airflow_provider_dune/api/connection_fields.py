@@ -1,0 +1,90 @@
+"""The settings a Dune connection holds, described once for the connection parser and the connection form.
+
+Kept free of Airflow imports: Airflow reads the provider info (and so this module) while it is itself being
+imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_BASE_URL = "https://api.dune.com/api"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_MIN_WAIT = 1.0
+DEFAULT_RETRY_MAX_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class ExtraSetting:
+    """One setting read from the connection's extra, described once for the parser and the connection form.
+
+    :param name: key in the extra JSON (the form stores it under this name).
+    :param label: label of the form field.
+    :param kind: ``number``, ``integer`` or ``boolean``.
+    :param default: value used when the extra does not set it.
+    :param minimum: smallest accepted value (numbers only).
+    :param description: help text under the form field.
+    """
+
+    name: str
+    label: str
+    kind: str
+    default: float | bool
+    description: str
+    minimum: float | None = None
+
+
+#: Every setting the connection's extra may hold, in form order. The API key is not here: it is the Password.
+EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
+    ExtraSetting(
+        "timeout",
+        "Read timeout (seconds)",
+        "number",
+        DEFAULT_TIMEOUT,
+        f"How long to wait for Dune's answer to one request (default {DEFAULT_TIMEOUT:g}).",
+        minimum=0.1,
+    ),
+    ExtraSetting(
+        "connect_timeout",
+        "Connect timeout (seconds)",
+        "number",
+        DEFAULT_CONNECT_TIMEOUT,
+        f"How long to wait for the TCP/TLS connection (default {DEFAULT_CONNECT_TIMEOUT:g}).",
+        minimum=0.1,
+    ),
+    ExtraSetting(
+        "max_retries",
+        "Tries per request",
+        "integer",
+        DEFAULT_MAX_ATTEMPTS,
+        "Total tries for a request that failed with a 429, a 5xx or a network error, the first included "
+        f"(default {DEFAULT_MAX_ATTEMPTS}). Requests that start a billed run are only retried when "
+        "Dune certainly did not start it.",
+        minimum=1,
+    ),
+    ExtraSetting(
+        "retry_min_wait",
+        "First retry wait (seconds)",
+        "number",
+        DEFAULT_RETRY_MIN_WAIT,
+        f"First backoff step; it doubles on every retry (default {DEFAULT_RETRY_MIN_WAIT:g}).",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "retry_max_wait",
+        "Longest retry wait (seconds)",
+        "number",
+        DEFAULT_RETRY_MAX_WAIT,
+        f"Cap on one backoff step (default {DEFAULT_RETRY_MAX_WAIT:g}).",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "allow_insecure_http",
+        "Allow plain http",
+        "boolean",
+        False,
+        "Send the API key over plain http:// to a host that is not loopback (a trusted private network only).",
+    ),
+)
