@@ -14,7 +14,7 @@ VENV2 ?= .venv-airflow2
 AIRFLOW2_CONSTRAINTS := constraints/airflow-2.11.txt
 STAMP2 := $(VENV2)/.installed
 
-.PHONY: help install install-airflow2 lint format test test-airflow3 test-airflow2 test-unit demo emulator bench clean
+.PHONY: help install install-airflow2 lint format test test-airflow3 test-airflow2 test-unit demo emulator bench screenshots clean
 
 help:
 	@echo "make demo     run the nightly-refresh example DAG against the local Dune API emulator"
@@ -23,6 +23,8 @@ help:
 	@echo "make emulator start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
 	@echo "make lint     ruff + mypy only;  make format  apply ruff's formatting"
 	@echo "make bench    run the benchmarks in bench/ (several minutes; BENCH_ARGS=--quick for a smoke run)"
+	@echo "make screenshots  refresh the web UI screenshots in docs/images/ (needs Debian's chromium)"
+	@echo "make clean    remove the virtualenvs, build output and caches"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required (set PYTHON=python3.x)")'
@@ -77,6 +79,10 @@ emulator: install
 # Benchmarks are run by hand (minutes, and they want a quiet machine); results go to bench/results/.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The browser test saves its screenshots here instead of build/screenshots/; commit the ones the README shows.
+screenshots: install
+	DUNE_SCREENSHOT_DIR=docs/images DUNE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/e2e/test_first_hour.py -m e2e -k "browser or hook_meta or form"
 
 clean:
 	rm -rf $(VENV) $(VENV2) .airflow_home .demo build *.egg-info .mypy_cache .ruff_cache .pytest_cache

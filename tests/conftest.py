@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,3 +35,14 @@ def dune_conn_id(dune_emulator, monkeypatch: pytest.MonkeyPatch) -> str:
     """``dune_default`` pointing at a fresh emulator with the test key."""
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url))
     return "dune_default"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say plainly when the browser test did not run, and why (it is easy to miss among the skips)."""
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "browser test skipped" in reason:
+            terminalreporter.write_line("")
+            terminalreporter.write_line(
+                f"NOTE: the web UI browser test did not run: {reason.split(': ', 1)[-1]}", yellow=True
+            )

@@ -33,6 +33,7 @@ class DuneRequest:
     :param params: query-string parameters.
     :param json_body: JSON body, if any.
     :param starts_run: the call starts billed work on Dune (execute/refresh).
+    :param target: what the call is about, for messages: ``query 1234``, ``execution 01H...``.
     """
 
     method: str
@@ -41,6 +42,12 @@ class DuneRequest:
     params: Mapping[str, str] | None = None
     json_body: Any = None
     starts_run: bool = False
+    target: str | None = None
+
+    @property
+    def description(self) -> str:
+        """The endpoint and what it was called for: ``POST /v1/query/{query_id}/execute for query 1234``."""
+        return f"{self.name} for {self.target}" if self.target else self.name
 
 
 def _segment(value: str) -> str:
@@ -53,12 +60,14 @@ def execute_query_pipeline(query_id: Any, performance: Any = "medium", query_par
     parameters = validate_query_parameters(query_parameters)
     if parameters:
         body["query_parameters"] = parameters
+    qid = validate_query_id(query_id)
     return DuneRequest(
         "POST",
-        f"/v1/query/{validate_query_id(query_id)}/pipeline/execute",
+        f"/v1/query/{qid}/pipeline/execute",
         "POST /v1/query/{query_id}/pipeline/execute",
         json_body=body,
         starts_run=True,
+        target=f"query {qid}",
     )
 
 
@@ -79,11 +88,9 @@ def get_query_pipeline(query_id: Any, performance: Any = "medium", query_paramet
     parameters = validate_query_parameters(query_parameters)
     if parameters:
         params["query_parameters"] = json.dumps(parameters, separators=(",", ":"))
+    qid = validate_query_id(query_id)
     return DuneRequest(
-        "GET",
-        f"/v1/query/{validate_query_id(query_id)}/pipeline",
-        "GET /v1/query/{query_id}/pipeline",
-        params=params,
+        "GET", f"/v1/query/{qid}/pipeline", "GET /v1/query/{query_id}/pipeline", params=params, target=f"query {qid}"
     )
 
 
@@ -94,6 +101,7 @@ def get_pipeline_status(pipeline_execution_id: Any) -> DuneRequest:
         "GET",
         f"/v1/pipelines/executions/{_segment(pid)}/status",
         "GET /v1/pipelines/executions/{pipeline_execution_id}/status",
+        target=f"pipeline execution {pid}",
     )
 
 
@@ -103,19 +111,26 @@ def execute_query(query_id: Any, performance: Any = "medium", query_parameters: 
     parameters = validate_query_parameters(query_parameters)
     if parameters:
         body["query_parameters"] = parameters
+    qid = validate_query_id(query_id)
     return DuneRequest(
         "POST",
-        f"/v1/query/{validate_query_id(query_id)}/execute",
+        f"/v1/query/{qid}/execute",
         "POST /v1/query/{query_id}/execute",
         json_body=body,
         starts_run=True,
+        target=f"query {qid}",
     )
 
 
 def get_execution_status(execution_id: Any) -> DuneRequest:
     """``GET /v1/execution/{execution_id}/status``."""
     eid = validate_execution_id(execution_id)
-    return DuneRequest("GET", f"/v1/execution/{_segment(eid)}/status", "GET /v1/execution/{execution_id}/status")
+    return DuneRequest(
+        "GET",
+        f"/v1/execution/{_segment(eid)}/status",
+        "GET /v1/execution/{execution_id}/status",
+        target=f"execution {eid}",
+    )
 
 
 def get_execution_results(
@@ -139,13 +154,19 @@ def get_execution_results(
         f"/v1/execution/{_segment(eid)}/results",
         "GET /v1/execution/{execution_id}/results",
         params=params or None,
+        target=f"execution {eid}",
     )
 
 
 def cancel_execution(execution_id: Any) -> DuneRequest:
     """``POST /v1/execution/{execution_id}/cancel``: idempotent, so safe to retry."""
     eid = validate_execution_id(execution_id)
-    return DuneRequest("POST", f"/v1/execution/{_segment(eid)}/cancel", "POST /v1/execution/{execution_id}/cancel")
+    return DuneRequest(
+        "POST",
+        f"/v1/execution/{_segment(eid)}/cancel",
+        "POST /v1/execution/{execution_id}/cancel",
+        target=f"execution {eid}",
+    )
 
 
 def refresh_materialized_view(name: Any, performance: Any = "medium") -> DuneRequest:
@@ -157,13 +178,19 @@ def refresh_materialized_view(name: Any, performance: Any = "medium") -> DuneReq
         "POST /v1/materialized-views/{name}/refresh",
         json_body={"performance": validate_performance(performance)},
         starts_run=True,
+        target=f"materialized view {view}",
     )
 
 
 def get_materialized_view(name: Any) -> DuneRequest:
     """``GET /v1/materialized-views/{name}``."""
     view = validate_view_name(name)
-    return DuneRequest("GET", f"/v1/materialized-views/{_segment(view)}", "GET /v1/materialized-views/{name}")
+    return DuneRequest(
+        "GET",
+        f"/v1/materialized-views/{_segment(view)}",
+        "GET /v1/materialized-views/{name}",
+        target=f"materialized view {view}",
+    )
 
 
 def get_usage() -> DuneRequest:

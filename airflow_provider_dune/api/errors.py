@@ -23,7 +23,8 @@ class DuneAPIError(DuneError):
 
     :param message: Dune's own ``{"error": ...}`` message (or a description when the body had none).
     :param http_status: HTTP status code, ``None`` when no response was received.
-    :param endpoint: short description of the request, e.g. ``GET /v1/pipelines/executions/{id}/status``.
+    :param endpoint: the request, e.g. ``GET /v1/pipelines/executions/{pipeline_execution_id}/status for
+        pipeline execution 01H...``.
     """
 
     def __init__(
@@ -87,6 +88,11 @@ class DuneAuthError(DuneAPIError):
 
 class DuneNotFoundError(DuneAPIError):
     """The query, materialized view or execution does not exist or is private (404)."""
+
+    hint = (
+        "Check the id or name, and that the API key belongs to a team that can see it: Dune answers 404 for "
+        "another team's private queries and views too."
+    )
 
 
 class DuneCreditsExhaustedError(DuneAPIError):

@@ -213,24 +213,20 @@ class PipelineStatus:
         return self.outcome is PipelineOutcome.SUCCESS
 
     def progress_summary(self) -> str:
-        """One line such as ``3/5 nodes done, 1 running``."""
+        """One line such as ``3/5 nodes done, 1 running (query 1234), 1 pending (materialized view dune.t.v)``."""
         total = len(self.nodes)
         done = sum(1 for n in self.nodes if n.state is RunState.COMPLETED)
         parts = [f"{done}/{total} nodes done"]
-        running = sum(1 for n in self.nodes if n.state is RunState.EXECUTING)
-        pending = sum(1 for n in self.nodes if n.state is RunState.PENDING)
-        failed = len(self.failed_nodes)
-        cancelled = sum(1 for n in self.nodes if n.state is RunState.CANCELLED)
-        unknown = len(self.unknown_nodes)
-        for count, word in (
-            (running, "running"),
-            (pending, "pending"),
-            (failed, "failed"),
-            (cancelled, "cancelled"),
-            (unknown, "in an unrecognised state"),
-        ):
-            if count:
-                parts.append(f"{count} {word}")
+        groups = (
+            ("running", [n for n in self.nodes if n.state is RunState.EXECUTING]),
+            ("pending", [n for n in self.nodes if n.state is RunState.PENDING]),
+            ("failed", list(self.failed_nodes)),
+            ("cancelled", [n for n in self.nodes if n.state is RunState.CANCELLED]),
+            ("in an unrecognised state", list(self.unknown_nodes)),
+        )
+        for word, nodes in groups:
+            if nodes:
+                parts.append(f"{len(nodes)} {word} ({_name_nodes(nodes)})")
         return ", ".join(parts)
 
     def failure_message(self) -> str:
@@ -256,6 +252,14 @@ class PipelineStatus:
             "summary": self.progress_summary(),
             "nodes": [n.to_dict() for n in self.nodes],
         }
+
+
+def _name_nodes(nodes: Sequence[PipelineNodeStatus], limit: int = 3) -> str:
+    """``query 1, materialized view dune.t.v`` for up to ``limit`` nodes, then ``+N more``."""
+    names = [n.label for n in nodes[:limit]]
+    if len(nodes) > limit:
+        names.append(f"+{len(nodes) - limit} more")
+    return ", ".join(names)
 
 
 def parse_pipeline_status(body: Any, pipeline_execution_id: str) -> PipelineStatus:

@@ -13,7 +13,7 @@ from airflow_provider_dune.api.errors import DuneResponseError, error_from_respo
 def decode_response(request: DuneRequest, status_code: int, content: bytes, headers: Mapping[str, str]) -> Any:
     """Return the JSON body of a 2xx answer; raise the mapped :class:`DuneAPIError` otherwise."""
     if not 200 <= status_code < 300:
-        raise error_from_response(status_code, content, headers, endpoint=request.name)
+        raise error_from_response(status_code, content, headers, endpoint=request.description)
     try:
         return json.loads(content) if content else {}
     except ValueError:
@@ -21,5 +21,5 @@ def decode_response(request: DuneRequest, status_code: int, content: bytes, head
         raise DuneResponseError(
             f"the response is not valid JSON (starts with {preview!r})",
             http_status=status_code,
-            endpoint=request.name,
+            endpoint=request.description,
         ) from None

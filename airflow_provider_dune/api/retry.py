@@ -74,6 +74,6 @@ class RetryPolicy:
 def describe_unsafe_retry(request: DuneRequest) -> str:
     """Why an execute call was not retried, for the error message."""
     return (
-        f"{request.name} may have reached Dune and started a run, so it was not retried to avoid a second "
+        f"{request.description} may have reached Dune and started a run, so it was not retried to avoid a second "
         "billed run. Check the query's executions on dune.com before re-running the task."
     )

@@ -17,7 +17,7 @@ from airflow_provider_dune.api.connection_fields import DEFAULT_BASE_URL, EXTRA_
 HIDDEN_FIELDS = ("schema", "login", "port")
 RELABELING = {"password": "API Key", "host": "API base URL (optional)"}
 PLACEHOLDERS = {
-    "password": "Dune API key (dune.com > Settings > API; Read/Write to run pipelines)",
+    "password": "Dune API key (dune.com > Settings > API)",
     "host": DEFAULT_BASE_URL,
 }
 

@@ -221,7 +221,7 @@ class DuneHook(BaseHook):
             wait = state.next_action.sleep if state.next_action else 0.0
             self.log.warning(
                 "Dune request %s failed (%s); retry %d/%d in %.1f s",
-                request.name,
+                request.description,
                 error,
                 state.attempt_number,
                 policy.max_attempts - 1,
@@ -540,11 +540,11 @@ def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:
 
 
 def _connect_failure(request: DuneRequest, message: str) -> DuneConnectionError:
-    return DuneConnectionError(message, endpoint=request.name, request_sent=False)
+    return DuneConnectionError(message, endpoint=request.description, request_sent=False)
 
 
 def _ambiguous_failure(request: DuneRequest, message: str) -> DuneConnectionError:
-    return DuneConnectionError(message, endpoint=request.name, request_sent=True)
+    return DuneConnectionError(message, endpoint=request.description, request_sent=True)
 
 
 def _is_connect_phase(error: requests.exceptions.ConnectionError) -> bool:

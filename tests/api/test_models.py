@@ -64,17 +64,25 @@ def test_running_pipeline_reports_progress_and_running_nodes() -> None:
         status(
             "executing",
             view_node(1, "completed", execution_id="E1"),
-            view_node(2, "executing", execution_id="E2"),
-            query_node(3, "pending"),
-            query_node(4, "pending"),
+            view_node(2, "executing", name="dune.team.result_daily", execution_id="E2"),
+            query_node(3, "pending", query_id=301),
+            query_node(4, "pending", query_id=401),
             query_node(5, "completed", execution_id="E5"),
         ),
         "P1",
     )
     assert parsed.outcome is PipelineOutcome.RUNNING
     assert not parsed.is_terminal
-    assert parsed.progress_summary() == "2/5 nodes done, 1 running, 2 pending"
+    assert parsed.progress_summary() == (
+        "2/5 nodes done, 1 running (materialized view dune.team.result_daily), 2 pending (query 301, query 401)"
+    )
     assert [n.execution_id for n in parsed.running_nodes] == ["E2"]
+
+
+def test_progress_names_at_most_three_nodes_per_state() -> None:
+    nodes = [query_node(i, "pending", query_id=1000 + i) for i in range(1, 6)]
+    parsed = parse_pipeline_status(status("executing", *nodes), "P1")
+    assert parsed.progress_summary() == "0/5 nodes done, 5 pending (query 1001, query 1002, query 1003, +2 more)"
 
 
 def test_node_error_means_failure_even_if_status_says_completed() -> None:

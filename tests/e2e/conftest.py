@@ -1,9 +1,10 @@
 """A real Airflow 3 stack on loopback for the end-to-end tests: one per module, torn down by pid.
 
-The stack is ``airflow api-server`` (the Task Execution API), ``scheduler`` (LocalExecutor, parallelism 1, so a
-single worker slot), ``dag-processor`` and ``triggerer``, all with their own temporary ``AIRFLOW_HOME`` and
-SQLite database, plus the Dune API emulator as a subprocess. Every process runs in its own process group and is
-stopped with SIGTERM then SIGKILL in the fixture finalizer.
+The stack is ``airflow api-server`` (the REST API, the web UI and the Task Execution API), ``scheduler``
+(LocalExecutor), ``dag-processor`` and ``triggerer``, all with their own temporary ``AIRFLOW_HOME`` and SQLite
+database, plus the Dune API emulator as a subprocess. Every process runs in its own process group and is
+stopped with SIGTERM then SIGKILL in the fixture finalizer. :class:`StackOptions` says what differs per module
+(DAG files, one worker slot or several, a seeded emulator, a login user instead of "everyone is admin").
 """
 
 from __future__ import annotations
@@ -54,6 +55,33 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
         process.wait(5)
 
 
+@dataclass(frozen=True)
+class StackOptions:
+    """What one module's stack looks like.
+
+    :param dag_files: file name -> source of the DAG files in the DAGs folder.
+    :param dag_ids: DAGs that must be parsed before the stack counts as ready.
+    :param parallelism: worker slots (``[core] parallelism``).
+    :param seed_emulator: load the emulator's demo catalog (the example DAGs' queries and views).
+    :param connection_env: define ``dune_default`` as ``AIRFLOW_CONN_DUNE_DEFAULT`` (else a test creates it).
+    :param login: users log in as ``admin`` with :attr:`AirflowStack.admin_password` (else everyone is admin).
+    :param paused_at_creation: new DAGs start paused, as in a default installation.
+    :param extra_env: more environment for the Airflow processes.
+    """
+
+    dag_files: dict[str, str]
+    dag_ids: tuple[str, ...]
+    parallelism: int = 1
+    seed_emulator: bool = False
+    connection_env: bool = True
+    login: bool = False
+    paused_at_creation: bool = False
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+
+ADMIN_USER = "admin"
+
+
 @dataclass
 class AirflowStack:
     home: Path
@@ -63,6 +91,7 @@ class AirflowStack:
     emulator: DuneEmulatorClient
     api_key: str
     fernet_key: str
+    admin_password: str | None = None
     processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
     #: trigger kwargs seen while triggers were alive (the rows are deleted once triggers end)
     trigger_kwargs_seen: list[str] = field(default_factory=list)
@@ -188,18 +217,57 @@ class AirflowStack:
 
     # -- REST API and Dune API ------------------------------------------------------------------------
 
+    @property
+    def base_url(self) -> str:
+        """Where the web UI and the REST API are served."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def token(self) -> str:
+        """A REST API token: the admin user's when users log in, else the all-admins token."""
+        if self.admin_password is None:
+            request = urllib.request.Request(f"{self.base_url}/auth/token")
+        else:
+            body = json.dumps({"username": ADMIN_USER, "password": self.admin_password}).encode()
+            request = urllib.request.Request(
+                f"{self.base_url}/auth/token", data=body, method="POST", headers={"Content-Type": "application/json"}
+            )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.load(response)["access_token"])
+
     def rest(self, method: str, path: str, body: Any = None) -> Any:
-        base = f"http://127.0.0.1:{self.api_port}"
-        with urllib.request.urlopen(f"{base}/auth/token", timeout=10) as response:
-            token = json.load(response)["access_token"]
+        """Call the REST API; an HTTP error raises ``urllib.error.HTTPError`` (its body says why)."""
         request = urllib.request.Request(
-            base + path,
+            self.base_url + path,
             data=None if body is None else json.dumps(body).encode(),
             method=method,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
+            raw = response.read()
+            return json.loads(raw) if raw else None
+
+    def find_key_leaks(self) -> dict[str, Any]:
+        """Where the Dune API key shows up: files under AIRFLOW_HOME (logs, metadata DB), XCom rows and every
+        trigger's kwargs seen while it was alive. Also says how much was searched, so an empty result means
+        something."""
+        key = self.api_key.encode()
+        files = [p for p in self.home.rglob("*") if p.is_file() and "dags" not in p.parts]
+        log_files = [p for p in files if (self.home / "logs") in p.parents]
+        xcom = self.query("SELECT dag_id, run_id, task_id, key, value FROM xcom")
+        triggers = self.query("SELECT kwargs FROM trigger")
+        kwargs_seen = [self.decrypt_trigger_kwargs(k) for k in self.trigger_kwargs_seen + [row[0] for row in triggers]]
+        return {
+            "files": [str(p) for p in files if key in p.read_bytes()],
+            "xcom": [row[:4] for row in xcom if self.api_key in str(row[4])],
+            "trigger_kwargs": [k for k in kwargs_seen if self.api_key in k],
+            "searched": {
+                "log_files": len(log_files),
+                "other_files": len(files) - len(log_files),
+                "xcom_rows": len(xcom),
+                "trigger_kwargs": len(kwargs_seen),
+            },
+            "kwargs_seen": kwargs_seen,
+        }
 
     def dune(self, path: str) -> Any:
         """GET a Dune API path on the emulator with the key (as the provider would)."""
@@ -208,9 +276,16 @@ class AirflowStack:
             return json.load(response)
 
 
-def _start_emulator(api_key: str, log_path: Path) -> tuple[subprocess.Popen[str], str]:
+def _start_emulator(api_key: str, log_path: Path, seed: bool) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_dune.testing.emulator", "--port", "0", "--no-seed"],
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_dune.testing.emulator",
+            "--port",
+            "0",
+            *([] if seed else ["--no-seed"]),
+        ],
         env={**os.environ, "DUNE_EMULATOR_API_KEY": api_key},  # not on the command line (visible in ps)
         stdout=subprocess.PIPE,
         stderr=log_path.open("w"),
@@ -225,7 +300,9 @@ def _start_emulator(api_key: str, log_path: Path) -> tuple[subprocess.Popen[str]
     return process, line.rsplit(" ", 1)[-1].strip()
 
 
-def _child_env(home: Path, api_port: int, conn_json: str, fernet_key: str) -> dict[str, str]:
+def _child_env(
+    home: Path, api_port: int, conn_json: str | None, fernet_key: str, options: StackOptions
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DUNE_"))}
     env.update(
         {
@@ -234,37 +311,42 @@ def _child_env(home: Path, api_port: int, conn_json: str, fernet_key: str) -> di
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "1",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__PARALLELISM": str(options.parallelism),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(options.paused_at_creation),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(api_port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__CORE__FERNET_KEY": fernet_key,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "6",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW_CONN_DUNE_DEFAULT": conn_json,
         }
     )
+    if options.login:
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{ADMIN_USER}:admin"
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(home / "passwords.json")
+    else:
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    if conn_json is not None:
+        env["AIRFLOW_CONN_DUNE_DEFAULT"] = conn_json
+    env.update(dict(options.extra_env))
     return env
 
 
-@pytest.fixture(scope="module")
-def airflow_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[AirflowStack]:
-    dag_source: str = request.module.DAG_FILE_SOURCE
-    dag_ids: list[str] = request.module.DAG_IDS
-    home = tmp_path_factory.mktemp("airflow_home")
+@contextlib.contextmanager
+def running_stack(home: Path, options: StackOptions) -> Iterator[AirflowStack]:
+    """Start the emulator and the Airflow processes in ``home``; stop them all when the block ends."""
     (home / "dags").mkdir()
-    (home / "dags" / "e2e_dags.py").write_text(dag_source)
+    for name, source in options.dag_files.items():
+        (home / "dags" / name).write_text(source)
     api_key = f"e2e-secret-key-{secrets.token_hex(8)}"
     started = time.monotonic()
-    emulator_process, emulator_url = _start_emulator(api_key, home / "emulator.log")
+    emulator_process, emulator_url = _start_emulator(api_key, home / "emulator.log", options.seed_emulator)
     stack: AirflowStack | None = None
     try:
         emulator = DuneEmulatorClient(emulator_url)
@@ -279,8 +361,12 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
         )
         api_port = free_port()
         fernet_key = Fernet.generate_key().decode()
-        env = _child_env(home, api_port, conn_json, fernet_key)
-        stack = AirflowStack(home, env, api_port, emulator_url, emulator, api_key, fernet_key)
+        env = _child_env(home, api_port, conn_json if options.connection_env else None, fernet_key, options)
+        admin_password = None
+        if options.login:
+            admin_password = secrets.token_urlsafe(12)
+            (home / "passwords.json").write_text(json.dumps({ADMIN_USER: admin_password}))
+        stack = AirflowStack(home, env, api_port, emulator_url, emulator, api_key, fernet_key, admin_password)
         stack.airflow("db", "migrate", timeout=180)
         stack.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1")
         stack.start("scheduler", "scheduler", "--skip-serve-logs")
@@ -298,7 +384,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
             ready = (
                 health.get("scheduler", {}).get("status") == "healthy"
                 and health.get("triggerer", {}).get("status") == "healthy"
-                and set(dag_ids) <= parsed
+                and set(options.dag_ids) <= parsed
             )
             if ready:
                 break
@@ -311,3 +397,15 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
             for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
                 stack.stop(name)
         stop_process(emulator_process)
+
+
+@pytest.fixture(scope="module")
+def airflow_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[AirflowStack]:
+    """The stack of the requesting module: its ``STACK_OPTIONS``, or one ``DAG_FILE_SOURCE`` with one slot."""
+    options = getattr(request.module, "STACK_OPTIONS", None)
+    if options is None:
+        options = StackOptions(
+            dag_files={"e2e_dags.py": request.module.DAG_FILE_SOURCE}, dag_ids=tuple(request.module.DAG_IDS)
+        )
+    with running_stack(tmp_path_factory.mktemp("airflow_home"), options) as stack:
+        yield stack

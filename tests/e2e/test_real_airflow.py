@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -239,25 +238,17 @@ def test_mark_deferred_task_failed_cancels_running_node(airflow_stack: AirflowSt
 
 
 def test_api_key_appears_nowhere(airflow_stack: AirflowStack) -> None:
-    stack = airflow_stack
-    key = stack.api_key.encode()
-    files = [p for p in stack.home.rglob("*") if p.is_file() and "dags" not in p.parts]
-    log_files = [p for p in files if (stack.home / "logs") in p.parents]
-    leaks = [str(p) for p in files if key in Path(p).read_bytes()]
-    xcom = stack.query("SELECT dag_id, run_id, task_id, key, value FROM xcom")
-    xcom_leaks = [row[:4] for row in xcom if stack.api_key in str(row[4])]
-    triggers = stack.query("SELECT kwargs FROM trigger")
-    kwargs_seen = [stack.decrypt_trigger_kwargs(k) for k in stack.trigger_kwargs_seen + [row[0] for row in triggers]]
-    trigger_leaks = [k for k in kwargs_seen if stack.api_key in str(k)]
+    found = airflow_stack.find_key_leaks()
+    searched = found["searched"]
+    hits = len(found["files"]) + len(found["xcom"]) + len(found["trigger_kwargs"])
     print(
-        f"\n[e2e] key grep: {len(log_files)} task/trigger log files and {len(files) - len(log_files)} other files "
-        f"under AIRFLOW_HOME (metadata DB included), {len(xcom)} XCom rows, "
-        f"{len(kwargs_seen)} trigger kwargs snapshots: "
-        f"{len(leaks) + len(xcom_leaks) + len(trigger_leaks)} hits"
+        f"\n[e2e] key grep: {searched['log_files']} task/trigger log files and {searched['other_files']} other files "
+        f"under AIRFLOW_HOME (metadata DB included), {searched['xcom_rows']} XCom rows, "
+        f"{searched['trigger_kwargs']} trigger kwargs snapshots: {hits} hits"
     )
-    assert log_files, "no task logs were written"
-    assert kwargs_seen, "no trigger row was ever seen"
-    assert any("pipeline_execution_id" in str(k) for k in kwargs_seen)
-    assert not leaks
-    assert not xcom_leaks
-    assert not trigger_leaks
+    assert searched["log_files"], "no task logs were written"
+    assert searched["trigger_kwargs"], "no trigger row was ever seen"
+    assert any("pipeline_execution_id" in k for k in found["kwargs_seen"])
+    assert not found["files"]
+    assert not found["xcom"]
+    assert not found["trigger_kwargs"]

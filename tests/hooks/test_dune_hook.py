@@ -161,6 +161,7 @@ def test_unknown_query_is_not_found(call: Call) -> None:
         call("execute_query_pipeline", 999999)
     assert info.value.http_status == 404
     assert "not found" in info.value.message.lower()
+    assert "for query 999999:" in str(info.value), "the message must name the id that was not found"
 
 
 def test_wrong_key_is_an_auth_error_without_the_key(
