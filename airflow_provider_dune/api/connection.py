@@ -136,6 +136,18 @@ class DuneConnectionSettings:
     key_from_extra: bool = False
 
 
+def missing_connection_message(conn_id: str) -> str:
+    """What to do when Airflow has no connection ``conn_id``."""
+    env_name = "AIRFLOW_CONN_" + conn_id.upper()
+    return (
+        f"the Airflow connection {conn_id!r} is not defined: create it with type Dune (Admin > Connections, "
+        f"`airflow connections add {conn_id} --conn-type dune --conn-password <API key>`, or the environment "
+        f"variable {env_name}). On Airflow 3, code that runs outside a task or trigger (a script, a notebook, "
+        "`python -c`) cannot read connections stored in the metadata database: there, define it with "
+        f"{env_name} or a secrets backend."
+    )
+
+
 def settings_from_connection(
     conn_id: str,
     *,

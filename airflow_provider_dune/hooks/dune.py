@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,19 @@ from requests.adapters import HTTPAdapter
 
 from airflow_provider_dune import __version__
 from airflow_provider_dune.api import endpoints
-from airflow_provider_dune.api.connection import DuneConnectionSettings, settings_from_connection
+from airflow_provider_dune.api.connection import (
+    DuneConnectionSettings,
+    missing_connection_message,
+    settings_from_connection,
+)
 from airflow_provider_dune.api.endpoints import DuneRequest
-from airflow_provider_dune.api.errors import DuneAPIError, DuneConnectionError, DuneError, DuneRateLimitError
+from airflow_provider_dune.api.errors import (
+    DuneAPIError,
+    DuneConfigurationError,
+    DuneConnectionError,
+    DuneError,
+    DuneRateLimitError,
+)
 from airflow_provider_dune.api.models import (
     CreditUsage,
     ExecutionStarted,
@@ -142,19 +153,22 @@ class DuneHook(BaseHook):
     def settings(self) -> DuneConnectionSettings:
         """Validated connection settings (looked up once per hook)."""
         if self._settings is None:
-            self._settings = self._settings_from(self.get_connection(self.dune_conn_id))
+            with _explain_missing_connection(self.dune_conn_id):
+                conn = self.get_connection(self.dune_conn_id)
+            self._settings = self._settings_from(conn)
         return self._settings
 
     async def aget_settings(self) -> DuneConnectionSettings:
         """Like :attr:`settings`, without blocking the event loop while the connection is looked up."""
         if self._settings is None:
             aget = getattr(BaseHook, "aget_connection", None)
-            if aget is not None:
-                conn = await aget(self.dune_conn_id)
-            else:  # Airflow 2.x: the metadata DB lookup is blocking, run it in a thread.
-                from asgiref.sync import sync_to_async
+            with _explain_missing_connection(self.dune_conn_id):
+                if aget is not None:
+                    conn = await aget(self.dune_conn_id)
+                else:  # Airflow 2.x: the metadata DB lookup is blocking, run it in a thread.
+                    from asgiref.sync import sync_to_async
 
-                conn = await sync_to_async(self.get_connection)(self.dune_conn_id)
+                    conn = await sync_to_async(self.get_connection)(self.dune_conn_id)
             self._settings = self._settings_from(conn)
         return self._settings
 
@@ -527,6 +541,17 @@ class DuneHook(BaseHook):
             included = f" of {usage.credits_included:g}" if usage.credits_included is not None else ""
             detail = f"; {usage.credits_used:g}{included} credits used this billing period"
         return True, f"Connected to Dune at {self.settings.base_url}{detail}"
+
+
+@contextlib.contextmanager
+def _explain_missing_connection(conn_id: str) -> Iterator[None]:
+    """Turn Airflow's bare "isn't defined" into what to do, including Airflow 3's rule for code outside tasks."""
+    try:
+        yield
+    except Exception as err:
+        if type(err).__name__ != "AirflowNotFoundException":
+            raise
+        raise DuneConfigurationError(missing_connection_message(conn_id)) from None
 
 
 def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:

@@ -164,6 +164,20 @@ def test_unknown_query_is_not_found(call: Call) -> None:
     assert "for query 999999:" in str(info.value), "the message must name the id that was not found"
 
 
+def test_undefined_connection_says_how_to_define_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's own "isn't defined" says nothing of Airflow 3's rule for code outside tasks; ours does."""
+    monkeypatch.delenv("AIRFLOW_CONN_DUNE_NOWHERE", raising=False)
+    for get_settings in (
+        lambda: DuneHook("dune_nowhere").settings,
+        lambda: asyncio.run(DuneHook("dune_nowhere").aget_settings()),
+    ):
+        with pytest.raises(DuneConfigurationError) as info:
+            get_settings()
+        message = str(info.value)
+        assert "'dune_nowhere' is not defined" in message
+        assert "AIRFLOW_CONN_DUNE_NOWHERE" in message and "outside a task" in message
+
+
 def test_wrong_key_is_an_auth_error_without_the_key(
     call: Call, emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
