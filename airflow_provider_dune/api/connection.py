@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,30 @@ def is_loopback_host(hostname: str) -> bool:
         return False
 
 
+#: Dotted labels of letters, digits, ``-`` and ``_`` (docker-compose service names use ``_``).
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?$")
+
+
+def _shown(host: str) -> str:
+    """``host`` as it may appear in an error message: anything before an ``@`` (pasted credentials) removed."""
+    scheme, sep, rest = host.partition("://")
+    if not sep:
+        scheme, rest = "", host
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+def _valid_host_name(hostname: str) -> bool:
+    name = hostname.strip("[]")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.match(hostname))
+
+
 def normalize_base_url(host: str | None, port: int | None = None, *, allow_insecure_http: bool = False) -> str:
     """Build the API base URL from the connection's host field.
 
@@ -45,29 +71,66 @@ def normalize_base_url(host: str | None, port: int | None = None, *, allow_insec
         return DEFAULT_BASE_URL
     if "://" not in text:
         text = f"https://{text}"
+    shown = _shown(text)
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise DuneConfigurationError(
             f"the Dune connection host must be an http(s) URL such as {DEFAULT_BASE_URL}, got scheme {scheme!r}"
         )
-    if not parts.hostname:
-        raise DuneConfigurationError(f"the Dune connection host {host!r} has no host name")
-    if parts.query or parts.fragment or parts.username or parts.password:
+    if parts.username or parts.password or "@" in parts.netloc:
         raise DuneConfigurationError(
-            "the Dune connection host must be a plain base URL without credentials, query or fragment; "
-            "put the API key in the Password field"
+            f"the Dune connection host {shown!r} contains credentials: remove them from the host and put the API "
+            "key in the Password field"
         )
+    if parts.query or parts.fragment:
+        raise DuneConfigurationError(
+            f"the Dune connection host {shown!r} must be a plain base URL without a query or fragment"
+        )
+    if not parts.hostname:
+        raise DuneConfigurationError(f"the Dune connection host {shown!r} has no host name")
+    if not _valid_host_name(parts.hostname):
+        raise DuneConfigurationError(f"the Dune connection host {shown!r} has an invalid host name {parts.hostname!r}")
+    try:
+        url_port = parts.port
+    except ValueError:
+        raise DuneConfigurationError(
+            f"the Dune connection host {shown!r} has an invalid port: use a number from 1 to 65535"
+        ) from None
+    if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+        raise DuneConfigurationError(f"the Dune connection port must be a number from 1 to 65535, got {port!r}")
     if scheme == "http" and not is_loopback_host(parts.hostname) and not allow_insecure_http:
         raise DuneConfigurationError(
             f"refusing to send the Dune API key over plain http to {parts.hostname}: use https://, or set "
             '"allow_insecure_http": true in the connection extra for a trusted private network'
         )
     netloc = parts.netloc
-    if port and parts.port is None:
+    if port and url_port is None:
         netloc = f"{netloc}:{int(port)}"
     path = parts.path.rstrip("/") or "/api"
     return f"{scheme}://{netloc}{path}"
+
+
+def extra_from_connection(conn_id: str, extra: Any) -> dict[str, Any]:
+    """The connection's extra as a dict: Airflow silently reads invalid JSON as ``{}``, the provider does not
+    (a typo there must not run with defaults against real credits)."""
+    if extra is None or extra == "":
+        return {}
+    if isinstance(extra, Mapping):
+        return dict(extra)
+    try:
+        value = json.loads(extra)
+    except (TypeError, ValueError) as err:
+        position = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise DuneConfigurationError(
+            f"the extra of the Airflow connection {conn_id!r} is not valid JSON{position}: fix it, or empty it to "
+            "use the defaults"
+        ) from None
+    if not isinstance(value, dict):
+        raise DuneConfigurationError(
+            f"the extra of the Airflow connection {conn_id!r} must be a JSON object, got {type(value).__name__}"
+        )
+    return value
 
 
 _EXTRA_PREFIX = "extra__dune__"
@@ -118,6 +181,20 @@ def read_extra_setting(extra: Mapping[str, Any], name: str) -> Any:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """How long one request may take.
+
+    :param connect_timeout: seconds for the TCP and TLS connection.
+    :param read_timeout: seconds any single read may wait.
+    :param deadline: seconds for the whole request, connection to last byte.
+    """
+
+    connect_timeout: float
+    read_timeout: float
+    deadline: float
+
+
+@dataclass(frozen=True)
 class DuneConnectionSettings:
     """Everything the hook needs from the Airflow connection.
 
@@ -134,6 +211,20 @@ class DuneConnectionSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     key_from_extra: bool = False
+
+    @property
+    def is_loopback(self) -> bool:
+        """The API is on this machine (the emulator): no proxy may stand between it and the key."""
+        return is_loopback_host(urlsplit(self.base_url).hostname or "")
+
+    @property
+    def limits(self) -> RequestLimits:
+        """Per-request limits: ``timeout`` bounds each read and, with ``connect_timeout``, the whole answer."""
+        return RequestLimits(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.timeout,
+            deadline=self.connect_timeout + self.timeout,
+        )
 
 
 def missing_connection_message(conn_id: str) -> str:

@@ -22,6 +22,11 @@ from airflow_provider_dune.api.validation import (
     validate_view_name,
 )
 
+#: Largest answer read for a status or start call; Dune's are a few KB.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: Largest results page read (bounded by the page size and Dune's datapoints-per-request cap).
+RESULTS_MAX_RESPONSE_BYTES = 512 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class DuneRequest:
@@ -34,6 +39,7 @@ class DuneRequest:
     :param json_body: JSON body, if any.
     :param starts_run: the call starts billed work on Dune (execute/refresh).
     :param target: what the call is about, for messages: ``query 1234``, ``execution 01H...``.
+    :param max_response_bytes: longest answer read; a longer one is refused (results pages get more room).
     """
 
     method: str
@@ -43,6 +49,7 @@ class DuneRequest:
     json_body: Any = None
     starts_run: bool = False
     target: str | None = None
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def description(self) -> str:
@@ -155,6 +162,7 @@ def get_execution_results(
         "GET /v1/execution/{execution_id}/results",
         params=params or None,
         target=f"execution {eid}",
+        max_response_bytes=RESULTS_MAX_RESPONSE_BYTES,
     )
 
 

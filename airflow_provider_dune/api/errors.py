@@ -39,6 +39,8 @@ class DuneAPIError(DuneError):
         self.http_status = http_status
         self.endpoint = endpoint
         self.retry_after = retry_after
+        #: Set on errors of a request that starts a billed run when Dune may have started it anyway.
+        self.may_have_started_run = False
         super().__init__(self._format())
 
     hint: str = ""
@@ -55,12 +57,29 @@ class DuneAPIError(DuneError):
         self.message = f"{self.message.rstrip('.')}. {detail}"
         self.args = (self._format(),)
 
+    def mark_may_have_started_run(self, detail: str) -> None:
+        """Record that the failed request may still have started a billed run, and say so in the message."""
+        if not self.may_have_started_run:
+            self.may_have_started_run = True
+            self.add_detail(detail)
+
+    def redact(self, secret: str) -> None:
+        """Remove ``secret`` (the API key) from the message, e.g. when a server echoed it back."""
+        if secret and secret in self.message:
+            self.message = redact(self.message, secret)
+            self.args = (self._format(),)
+
     def __reduce__(self):  # type: ignore[no-untyped-def]
         # Keep keyword-only arguments across pickling (Airflow may pickle exceptions between processes).
         return (
             _rebuild_error,
-            (type(self), self.message, self.http_status, self.endpoint, self.retry_after),
+            (type(self), self.message, self.http_status, self.endpoint, self.retry_after, self.may_have_started_run),
         )
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
+    return text.replace(secret, "***") if secret else text
 
 
 def _rebuild_error(
@@ -69,8 +88,11 @@ def _rebuild_error(
     status_code: int | None,
     endpoint: str | None,
     retry_after: float | None,
+    may_have_started_run: bool = False,
 ) -> DuneAPIError:
-    return cls(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after)
+    error = cls(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after)
+    error.may_have_started_run = may_have_started_run
+    return error
 
 
 class DuneBadRequestError(DuneAPIError):
@@ -133,28 +155,55 @@ class DuneConnectionError(DuneAPIError):
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (
             _rebuild_connection_error,
-            (self.message, self.http_status, self.endpoint, self.retry_after, self.request_sent),
+            (
+                type(self),
+                self.message,
+                self.http_status,
+                self.endpoint,
+                self.retry_after,
+                self.request_sent,
+                self.may_have_started_run,
+            ),
         )
 
 
 def _rebuild_connection_error(
+    cls: type[DuneConnectionError],
     message: str,
     status_code: int | None,
     endpoint: str | None,
     retry_after: float | None,
     request_sent: bool,
+    may_have_started_run: bool = False,
 ) -> DuneConnectionError:
-    return DuneConnectionError(
+    error = cls(
         message,
         http_status=status_code,
         endpoint=endpoint,
         retry_after=retry_after,
         request_sent=request_sent,
     )
+    error.may_have_started_run = may_have_started_run
+    return error
+
+
+class DuneTLSError(DuneConnectionError):
+    """The server's TLS certificate could not be verified; nothing was sent, and retrying will not help."""
+
+    hint = (
+        "Check the connection's host. Behind a TLS-inspecting proxy, point REQUESTS_CA_BUNDLE / SSL_CERT_FILE at "
+        "its CA certificate."
+    )
 
 
 class DuneResponseError(DuneAPIError):
     """Dune answered 2xx but the body is not what the API documents (not JSON, or missing fields)."""
+
+
+class DuneRedirectError(DuneAPIError):
+    """The server answered with a redirect (3xx); the provider never follows one, so the key stays put."""
+
+    hint = "Set the connection's host to the URL the redirect points to, if you trust it."
 
 
 _STATUS_CLASSES: dict[int, type[DuneAPIError]] = {
@@ -176,7 +225,7 @@ def error_message_from_body(body: bytes | str | None, status_code: int) -> str:
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else (body or "")
     try:
         payload = json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
     if isinstance(payload, Mapping):
         for key in ("error", "message", "detail"):
@@ -218,11 +267,18 @@ def error_from_response(
     endpoint: str | None = None,
 ) -> DuneAPIError:
     """Map a non-2xx Dune response to the matching :class:`DuneAPIError` subclass."""
+    lowered = {key.lower(): value for key, value in (headers or {}).items()}
+    if 300 <= status_code < 400:
+        location = lowered.get("location")
+        where = f" to {location[:200]}" if location else " (no Location header)"
+        return DuneRedirectError(
+            f"the server answered HTTP {status_code}, a redirect{where}; redirects are not followed, so the API key "
+            "is only ever sent to the configured host",
+            http_status=status_code,
+            endpoint=endpoint,
+        )
     message = error_message_from_body(body, status_code)
-    retry_after = None
-    if headers is not None:
-        lowered = {key.lower(): value for key, value in headers.items()}
-        retry_after = parse_retry_after(lowered.get("retry-after"))
+    retry_after = parse_retry_after(lowered.get("retry-after"))
     if status_code >= 500:
         error_class: type[DuneAPIError] = DuneServerError
     else:

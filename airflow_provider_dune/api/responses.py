@@ -7,19 +7,36 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_dune.api.endpoints import DuneRequest
-from airflow_provider_dune.api.errors import DuneResponseError, error_from_response
+from airflow_provider_dune.api.errors import DuneAPIError, DuneResponseError, error_from_response, redact
 
 
-def decode_response(request: DuneRequest, status_code: int, content: bytes, headers: Mapping[str, str]) -> Any:
-    """Return the JSON body of a 2xx answer; raise the mapped :class:`DuneAPIError` otherwise."""
+def decode_response(
+    request: DuneRequest, status_code: int, content: bytes, headers: Mapping[str, str], *, secret: str = ""
+) -> Any:
+    """Return the JSON body of a 2xx answer; raise the mapped :class:`DuneAPIError` otherwise.
+
+    ``secret`` (the API key) is removed from every message built from the body, should a server echo it.
+    """
     if not 200 <= status_code < 300:
-        raise error_from_response(status_code, content, headers, endpoint=request.description)
+        error: DuneAPIError = error_from_response(status_code, content, headers, endpoint=request.description)
+        error.redact(secret)
+        raise error
     try:
         return json.loads(content) if content else {}
-    except ValueError:
-        preview = content[:120].decode("utf-8", errors="replace")
+    except (ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else "not valid JSON"
+        preview = redact(content[:120].decode("utf-8", errors="replace"), secret)
         raise DuneResponseError(
-            f"the response is not valid JSON (starts with {preview!r})",
+            f"the response is {reason} (starts with {preview!r})",
             http_status=status_code,
             endpoint=request.description,
         ) from None
+
+
+def response_too_large(request: DuneRequest, limit: int, status_code: int | None = None) -> DuneResponseError:
+    """The error for an answer longer than ``limit`` bytes (the rest is not read)."""
+    return DuneResponseError(
+        f"the response is larger than {limit // (1024 * 1024)} MiB and was not read to the end",
+        http_status=status_code,
+        endpoint=request.description,
+    )

@@ -24,6 +24,7 @@ from airflow_provider_dune.api.errors import (
     DuneRateLimitError,
     DuneResponseError,
     DuneServerError,
+    DuneTLSError,
 )
 
 _UNPROCESSED_SERVER_CODES = frozenset({503})
@@ -52,6 +53,8 @@ class RetryPolicy:
 
     def should_retry(self, request: DuneRequest, error: BaseException) -> bool:
         """Whether ``error`` raised by ``request`` is transient and safe to retry."""
+        if isinstance(error, DuneTLSError):
+            return False
         if isinstance(error, DuneRateLimitError):
             return True
         if isinstance(error, DuneServerError):
@@ -71,9 +74,25 @@ class RetryPolicy:
         return (rng or random).uniform(self.min_wait / 2, max(ceiling, self.min_wait / 2))
 
 
+def may_have_started_run(request: DuneRequest, error: BaseException) -> bool:
+    """Whether a failed ``request`` that starts a billed run may have started it anyway.
+
+    Dune may have acted on it when the request was sent and no usable answer came back: a read timeout or a
+    connection dropped after sending, a 5xx other than 503, or a 2xx whose body could not be read. A 429, a
+    503, a refused connection or a 4xx means Dune did not start anything.
+    """
+    if not request.starts_run:
+        return False
+    if isinstance(error, DuneConnectionError):
+        return error.request_sent and not isinstance(error, DuneTLSError)
+    if isinstance(error, DuneServerError):
+        return error.http_status not in _UNPROCESSED_SERVER_CODES
+    return isinstance(error, DuneResponseError)
+
+
 def describe_unsafe_retry(request: DuneRequest) -> str:
     """Why an execute call was not retried, for the error message."""
     return (
         f"{request.description} may have reached Dune and started a run, so it was not retried to avoid a second "
-        "billed run. Check the query's executions on dune.com before re-running the task."
+        "billed run. Check the executions on dune.com before running it again."
     )

@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import platform
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import requests
 import tenacity
-from requests.adapters import HTTPAdapter
 
 from airflow_provider_dune import __version__
 from airflow_provider_dune.api import endpoints
 from airflow_provider_dune.api.connection import (
     DuneConnectionSettings,
+    extra_from_connection,
     missing_connection_message,
     settings_from_connection,
 )
@@ -24,9 +25,9 @@ from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import (
     DuneAPIError,
     DuneConfigurationError,
-    DuneConnectionError,
     DuneError,
     DuneRateLimitError,
+    DuneResponseError,
 )
 from airflow_provider_dune.api.models import (
     CreditUsage,
@@ -48,13 +49,17 @@ from airflow_provider_dune.api.models import (
 )
 from airflow_provider_dune.api.rate_limit import COOLDOWN
 from airflow_provider_dune.api.responses import decode_response
-from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry
+from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
 from airflow_provider_dune.hooks import connection_form
+from airflow_provider_dune.utils import transport
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
+from airflow_provider_dune.utils.transport import new_session
 from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook, mask_secret
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
+
+T = TypeVar("T")
 
 USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSION} python/{platform.python_version()}"
 API_KEY_HEADER = "X-Dune-Api-Key"
@@ -121,19 +126,16 @@ class DuneHook(BaseHook):
     # -- connection ---------------------------------------------------------------------------------------
 
     def _settings_from(self, conn: Any) -> DuneConnectionSettings:
-        try:
-            extra = conn.extra_dejson
-        except Exception:  # extra_dejson raises on invalid JSON in some Airflow versions
-            extra = {}
         settings = settings_from_connection(
             self.dune_conn_id,
             host=conn.host,
             password=conn.password,
             port=conn.port,
-            extra=extra,
+            extra=extra_from_connection(self.dune_conn_id, getattr(conn, "extra", None)),
         )
-        # Password fields are masked by Airflow already; a key from the extra is not, so mask it here.
-        mask_secret(settings.api_key)
+        if settings.key_from_extra:
+            # Airflow masks Password fields itself; a key taken from the extra is not, so mask that one here.
+            mask_secret(settings.api_key)
         return self._apply_overrides(settings)
 
     def _apply_overrides(self, settings: DuneConnectionSettings) -> DuneConnectionSettings:
@@ -183,12 +185,9 @@ class DuneHook(BaseHook):
     def get_conn(self) -> requests.Session:
         """The pooled ``requests.Session`` carrying the API key header."""
         if self._session is None:
-            session = requests.Session()
-            # Retries are ours (tenacity); urllib3 must not silently resend an execute POST.
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            session.headers.update(self._headers(self.settings))
+            settings = self.settings
+            session = new_session(use_environment_proxies=not settings.is_loopback)
+            session.headers.update(self._headers(settings))
             self._session = session
         return self._session
 
@@ -198,7 +197,10 @@ class DuneHook(BaseHook):
         if self._async_client is None or self._async_client.is_closed:
             settings = await self.aget_settings()
             options = ClientOptions(
-                timeout=settings.timeout, connect_timeout=settings.connect_timeout, user_agent=USER_AGENT
+                timeout=settings.timeout,
+                connect_timeout=settings.connect_timeout,
+                user_agent=USER_AGENT,
+                use_environment_proxies=not settings.is_loopback,
             )
             self._async_client = ASYNC_CLIENTS.acquire(options)
         return self._async_client
@@ -255,12 +257,11 @@ class DuneHook(BaseHook):
         }
 
     @staticmethod
-    def _explain_unsafe(request: DuneRequest, policy: RetryPolicy, error: DuneAPIError) -> None:
-        ambiguous = (isinstance(error, DuneConnectionError) and error.request_sent) or (
-            error.http_status is not None and error.http_status >= 500
-        )
-        if ambiguous and request.starts_run and not policy.should_retry(request, error):
-            error.add_detail(describe_unsafe_retry(request))
+    def _finish_error(request: DuneRequest, settings: DuneConnectionSettings, error: DuneAPIError) -> None:
+        """Last touches on an error leaving the hook: never the key in its text; say if a run may have started."""
+        error.redact(settings.api_key)
+        if may_have_started_run(request, error):
+            error.mark_may_have_started_run(describe_unsafe_retry(request))
 
     def run(self, request: DuneRequest, *, retry: RetryPolicy | None = None) -> Any:
         """Send ``request`` with retries and return the decoded JSON body."""
@@ -271,7 +272,7 @@ class DuneHook(BaseHook):
                 with attempt:
                     return self._send(request, settings)
         except DuneAPIError as error:
-            self._explain_unsafe(request, policy, error)
+            self._finish_error(request, settings, error)
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
@@ -286,7 +287,7 @@ class DuneHook(BaseHook):
         """Decode a response, and tell the per-key 429 cooldown shared by all hooks how it went."""
         budget = self._budget(request, settings)
         try:
-            body = decode_response(request, status, content, headers)
+            body = decode_response(request, status, content, headers, secret=settings.api_key)
         except DuneRateLimitError as error:
             COOLDOWN.record_rate_limited(
                 budget, error.retry_after, base_wait=2 * settings.retry.min_wait, max_wait=settings.retry.max_wait
@@ -302,25 +303,8 @@ class DuneHook(BaseHook):
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
         if pause := self._cooldown(request, settings):
             time.sleep(pause)
-        session = self.get_conn()
-        try:
-            response = session.request(
-                request.method,
-                settings.base_url + request.path,
-                params=dict(request.params) if request.params else None,
-                json=request.json_body,
-                timeout=(settings.connect_timeout, settings.timeout),
-                allow_redirects=False,
-            )
-        except requests.exceptions.ConnectTimeout:
-            raise _connect_failure(request, f"could not connect within {settings.connect_timeout:g} s") from None
-        except requests.exceptions.Timeout:
-            raise _ambiguous_failure(request, f"no response within {settings.timeout:g} s") from None
-        except requests.exceptions.ConnectionError as err:
-            if _is_connect_phase(err):
-                raise _connect_failure(request, f"could not connect to {settings.base_url}") from None
-            raise _ambiguous_failure(request, "the connection was closed before a response arrived") from None
-        return self._decode(request, settings, response.status_code, response.content, response.headers)
+        answer = transport.send(self.get_conn(), request, settings.base_url + request.path, settings.limits)
+        return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
 
     async def arun(self, request: DuneRequest, *, retry: RetryPolicy | None = None) -> Any:
         """Async :meth:`run`: same retries and errors, on the shared ``httpx.AsyncClient``."""
@@ -331,7 +315,7 @@ class DuneHook(BaseHook):
                 with attempt:
                     return await self._asend(request, settings)
         except DuneAPIError as error:
-            self._explain_unsafe(request, policy, error)
+            self._finish_error(request, settings, error)
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
@@ -339,23 +323,24 @@ class DuneHook(BaseHook):
         if pause := self._cooldown(request, settings):
             await asyncio.sleep(pause)
         client = await self.aget_client()
-        try:
-            response = await client.request(
-                request.method,
-                settings.base_url + request.path,
-                params=dict(request.params) if request.params else None,
-                json=request.json_body,
-                headers={API_KEY_HEADER: settings.api_key},
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise _connect_failure(request, f"could not connect to {settings.base_url}") from None
-        except httpx.TimeoutException:
-            raise _ambiguous_failure(request, f"no response within {settings.timeout:g} s") from None
-        except httpx.TransportError as err:
-            raise _ambiguous_failure(
-                request, f"the connection failed before a response arrived ({type(err).__name__})"
-            ) from None
-        return self._decode(request, settings, response.status_code, response.content, response.headers)
+        answer = await transport.asend(
+            client,
+            request,
+            settings.base_url + request.path,
+            settings.limits,
+            headers={API_KEY_HEADER: settings.api_key},
+        )
+        return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
+
+    def _start(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
+        """Send a request that starts a billed run and read its answer; an unreadable answer to an accepted
+        request may still mean Dune started the run, and the error says so."""
+        body = self.run(request)
+        return _parse_start_answer(request, self.settings, parse, body)
+
+    async def _astart(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
+        body = await self.arun(request)
+        return _parse_start_answer(request, await self.aget_settings(), parse, body)
 
     # -- pipelines ----------------------------------------------------------------------------------------
 
@@ -367,7 +352,7 @@ class DuneHook(BaseHook):
     ) -> str:
         """Run a query together with the materialized views in its lineage; return the pipeline execution id."""
         request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
-        return parse_pipeline_execution_id(self.run(request))
+        return self._start(request, parse_pipeline_execution_id)
 
     async def aexecute_query_pipeline(
         self,
@@ -376,14 +361,14 @@ class DuneHook(BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> str:
         request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
-        return parse_pipeline_execution_id(await self.arun(request))
+        return await self._astart(request, parse_pipeline_execution_id)
 
     def execute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
         """Run an explicit pipeline (validated locally first); return the pipeline execution id."""
-        return parse_pipeline_execution_id(self.run(endpoints.execute_pipeline(nodes)))
+        return self._start(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id)
 
     async def aexecute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
-        return parse_pipeline_execution_id(await self.arun(endpoints.execute_pipeline(nodes)))
+        return await self._astart(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id)
 
     def get_query_pipeline(
         self,
@@ -436,7 +421,7 @@ class DuneHook(BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> ExecutionStarted:
         """Start one query execution."""
-        return parse_execution_started(self.run(endpoints.execute_query(query_id, performance, query_parameters)))
+        return self._start(endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started)
 
     async def aexecute_query(
         self,
@@ -444,8 +429,8 @@ class DuneHook(BaseHook):
         performance: str = "medium",
         query_parameters: Mapping[str, Any] | None = None,
     ) -> ExecutionStarted:
-        return parse_execution_started(
-            await self.arun(endpoints.execute_query(query_id, performance, query_parameters))
+        return await self._astart(
+            endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started
         )
 
     def get_execution_status(self, execution_id: str) -> ExecutionStatus:
@@ -512,10 +497,12 @@ class DuneHook(BaseHook):
 
     def refresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
         """Start a refresh of a materialized view; follow it with :meth:`get_execution_status`."""
-        return parse_materialized_view_refresh(self.run(endpoints.refresh_materialized_view(name, performance)))
+        return self._start(endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh)
 
     async def arefresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
-        return parse_materialized_view_refresh(await self.arun(endpoints.refresh_materialized_view(name, performance)))
+        return await self._astart(
+            endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh
+        )
 
     def get_materialized_view(self, name: str) -> MaterializedView:
         """Describe a materialized view."""
@@ -564,23 +551,12 @@ def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:
     return [dict(node) for node in nodes if isinstance(node, dict)]
 
 
-def _connect_failure(request: DuneRequest, message: str) -> DuneConnectionError:
-    return DuneConnectionError(message, endpoint=request.description, request_sent=False)
-
-
-def _ambiguous_failure(request: DuneRequest, message: str) -> DuneConnectionError:
-    return DuneConnectionError(message, endpoint=request.description, request_sent=True)
-
-
-def _is_connect_phase(error: requests.exceptions.ConnectionError) -> bool:
-    """Whether a ``requests`` connection error happened before the request was sent."""
-    from urllib3.exceptions import NewConnectionError
-
-    reason: object = error.args[0] if error.args else None
-    for _ in range(5):  # MaxRetryError -> NewConnectionError -> OSError: a short, bounded chain
-        if isinstance(reason, (NewConnectionError, ConnectionRefusedError)):
-            return True
-        if not isinstance(reason, BaseException):
-            return False
-        reason = getattr(reason, "reason", None) or reason.__cause__
-    return False
+def _parse_start_answer(
+    request: DuneRequest, settings: DuneConnectionSettings, parse: Callable[[Any], T], body: Any
+) -> T:
+    try:
+        return parse(body)
+    except DuneResponseError as error:
+        error.endpoint = error.endpoint or request.description
+        DuneHook._finish_error(request, settings, error)
+        raise

@@ -30,6 +30,8 @@ class ClientOptions:
     timeout: float
     connect_timeout: float
     user_agent: str
+    #: Honour HTTP(S)_PROXY and friends; off for a loopback API, where a plain-http proxy would see the key.
+    use_environment_proxies: bool = True
 
 
 @functools.cache
@@ -88,6 +90,7 @@ def _new_client(options: ClientOptions) -> httpx.AsyncClient:
         timeout=httpx.Timeout(options.timeout, connect=options.connect_timeout),
         limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
         follow_redirects=False,
+        trust_env=options.use_environment_proxies,
     )
 
 
