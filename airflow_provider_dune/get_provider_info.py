@@ -55,6 +55,22 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_dune.links.DuneQueryLink"],
+        "config": {
+            "dune": {
+                "description": "Options of the Dune provider.",
+                "options": {
+                    "min_poll_interval": {
+                        "description": "Shortest poll_interval (operators) or poke_interval (sensors), in seconds, "
+                        "that a Dune task may use; a DAG asking for less fails when it is parsed. Polling faster "
+                        "spends the API key's rate budget without noticing the end of a run sooner.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "5",
+                        "default": "1",
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "dune",

@@ -16,6 +16,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parent.parent / "example_dags"))
 os.environ.pop("AIRFLOW_CONN_DUNE_DEFAULT", None)
+# The emulator's runs last seconds, so tests poll far faster than the 1 s floor real DAGs get.
+os.environ.setdefault("AIRFLOW__DUNE__MIN_POLL_INTERVAL", "0.01")
 
 pytest_plugins = ["airflow_provider_dune.testing.pytest_plugin"]
 

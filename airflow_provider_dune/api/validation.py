@@ -7,7 +7,9 @@ fix, so a bad DAG fails at parse time or at the start of ``execute`` instead of 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError
@@ -21,7 +23,7 @@ def validate_query_id(value: Any, *, what: str = "query_id") -> int:
     """Return ``value`` as a positive ``int`` (numeric strings from templates are accepted)."""
     if isinstance(value, bool):
         raise DuneConfigurationError(f"{what} must be a positive integer Dune query id, got {value!r}")
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
     if not isinstance(value, int) or value <= 0:
         raise DuneConfigurationError(
@@ -55,12 +57,44 @@ def validate_query_parameters(value: Any, *, what: str = "query_parameters") -> 
         if not isinstance(key, str) or not key:
             raise DuneConfigurationError(f"{what} keys must be non-empty parameter names, got {key!r}")
     try:
-        json.dumps(dict(value))
-    except (TypeError, ValueError) as err:
+        json.dumps(dict(value), allow_nan=False)
+    except ValueError:
+        raise DuneConfigurationError(f"{what} values must be finite numbers (no NaN or infinity)") from None
+    except (TypeError, RecursionError) as err:
         raise DuneConfigurationError(
             f"{what} values must be JSON-serialisable (str, int, float, bool, list): {err}"
         ) from None
     return dict(value)
+
+
+def validate_optional_seconds(value: Any, what: str) -> float | None:
+    """Like :func:`validate_seconds`, with ``None`` meaning "no limit"."""
+    return None if value is None else validate_seconds(value, what)
+
+
+def validate_seconds(value: Any, what: str, *, minimum: float = 0.0) -> float:
+    """Seconds from a number or ``timedelta``: finite, above zero and at least ``minimum``."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise DuneConfigurationError(f"{what} must be a number of seconds or a timedelta, got {value!r}")
+    seconds = float(seconds)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise DuneConfigurationError(f"{what} must be a finite number of seconds above zero, got {value!r}")
+    if seconds < minimum:
+        raise DuneConfigurationError(
+            f"{what} must be at least {minimum:g} s, got {value!r}: polling faster spends the API key's rate "
+            "budget without noticing the end of a run sooner"
+        )
+    return seconds
+
+
+def validate_positive_int(value: Any, what: str) -> int:
+    """A whole number of at least 1 (numeric strings from templates accepted)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DuneConfigurationError(f"{what} must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def validate_execution_id(value: Any, *, what: str = "execution id") -> str:
@@ -91,7 +125,7 @@ def _node_id(value: Any, where: str) -> int:
     return value
 
 
-def _validate_node(index: int, raw: Any) -> dict[str, Any]:
+def _validate_node(index: int, raw: Any, default_performance: str) -> dict[str, Any]:
     where = f"pipeline node #{index + 1}"
     if not isinstance(raw, Mapping):
         raise DuneConfigurationError(f"{where} must be a dict in Dune's node shape, got {type(raw).__name__}")
@@ -116,7 +150,7 @@ def _validate_node(index: int, raw: Any) -> dict[str, Any]:
     action = raw[actions[0]]
     if not isinstance(action, Mapping):
         raise DuneConfigurationError(f"{where}: '{actions[0]}' must be a dict")
-    performance = validate_performance(action.get("performance", "medium"), what=f"{where} performance")
+    performance = validate_performance(action.get("performance", default_performance), what=f"{where} performance")
     if actions[0] == "query_execution":
         extra = sorted(set(action) - {"query_id", "performance", "query_parameters"})
         if extra:
@@ -139,17 +173,28 @@ def _validate_node(index: int, raw: Any) -> dict[str, Any]:
     return node
 
 
-def validate_pipeline_nodes(nodes: Any) -> list[dict[str, Any]]:
+def validate_pipeline_nodes(nodes: Any, *, default_performance: str = "medium") -> list[dict[str, Any]]:
     """Check an explicit pipeline and return it normalised to Dune's node shape.
 
     Rules: at least one node, unique integer ids, dependencies that name other nodes of the pipeline, no
     dependency cycles, and exactly one of ``query_execution`` / ``materialized_view_refresh`` per node.
+    ``nodes`` may also be a JSON string (a rendered template); a node without its own ``performance`` gets
+    ``default_performance``.
     """
+    if isinstance(nodes, (str, bytes)):
+        try:
+            nodes = json.loads(nodes)
+        except (ValueError, RecursionError):
+            raise DuneConfigurationError(
+                "nodes must be a list of pipeline nodes in Dune's node shape, or that list as a JSON string; "
+                "the string given is not valid JSON"
+            ) from None
     if isinstance(nodes, Mapping) and "nodes" in nodes:
         nodes = nodes["nodes"]
     if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence) or not nodes:
         raise DuneConfigurationError("nodes must be a non-empty list of pipeline nodes in Dune's node shape")
-    validated = [_validate_node(i, raw) for i, raw in enumerate(nodes)]
+    default_performance = validate_performance(default_performance)
+    validated = [_validate_node(i, raw, default_performance) for i, raw in enumerate(nodes)]
     ids = [node["id"] for node in validated]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -171,27 +216,26 @@ def validate_pipeline_nodes(nodes: Any) -> list[dict[str, Any]]:
 
 
 def find_dependency_cycle(graph: Mapping[int, Sequence[int]]) -> list[int] | None:
-    """Return one cycle (as a closed path of node ids) in a dependency graph, or ``None``."""
-    visiting: list[int] = []
+    """Return one cycle (as a closed path of node ids) in a dependency graph, or ``None``.
+
+    Iterative depth-first search: a chain of thousands of nodes must not hit Python's recursion limit.
+    """
     state: dict[int, int] = {}  # 1 = on the current path, 2 = fully explored
-
-    def visit(node: int) -> list[int] | None:
-        state[node] = 1
-        visiting.append(node)
-        for dep in graph.get(node, ()):
-            if state.get(dep) == 1:
-                return [*visiting[visiting.index(dep) :], dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        visiting.pop()
-        state[node] = 2
-        return None
-
     for start in graph:
-        if start not in state:
-            found = visit(start)
-            if found:
-                return found
+        if start in state:
+            continue
+        path: list[int] = [start]
+        pending: list[Iterator[int]] = [iter(graph.get(start, ()))]
+        state[start] = 1
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif state.get(dep) == 1:
+                return [*path[path.index(dep) :], dep]
+            elif dep not in state:
+                state[dep] = 1
+                path.append(dep)
+                pending.append(iter(graph.get(dep, ())))
     return None

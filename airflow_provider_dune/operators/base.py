@@ -16,13 +16,21 @@ from typing import TYPE_CHECKING, Any
 from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
-from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
-from airflow_provider_dune.api.validation import validate_performance, validate_query_id, validate_query_parameters
+from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError, DuneError, DuneNotFoundError
+from airflow_provider_dune.api.models import PipelineOutcome
+from airflow_provider_dune.api.validation import (
+    validate_optional_seconds,
+    validate_performance,
+    validate_query_id,
+    validate_query_parameters,
+    validate_seconds,
+)
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
 from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.polling import SUCCESS, TIMEOUT, PollTarget, Snapshot, decide, validate_event
-from airflow_provider_dune.version_compat import BaseOperator
+from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -51,16 +59,6 @@ def query_run_request(
     }
 
 
-def positive_seconds(value: timedelta | float | int | None, name: str) -> float | None:
-    """Seconds from a number or timedelta; ``None`` stays ``None``; zero/negative is a configuration error."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise DuneConfigurationError(f"{name} must be a positive number of seconds or a timedelta, got {value!r}")
-    return float(seconds)
-
-
 class DuneRunOperator(BaseOperator):
     """Start a Dune run and (by default) wait for it, in the triggerer when deferrable.
 
@@ -73,7 +71,12 @@ class DuneRunOperator(BaseOperator):
     :param timeout: longest wait (seconds or timedelta, ``None`` for no limit); then a final status check, the
         still-running executions are cancelled and the task fails.
     :param reuse_existing_execution: a retry of this task instance re-attaches to the run a previous try
-        started if it is still running (same request) instead of starting a second billed run.
+        started (same request) instead of starting a second billed run: it waits for it if it still runs, and
+        uses its result if it succeeded. Only a run that failed, was cancelled or is unknown to Dune is started
+        again.
+    :param retry_unconfirmed_start: when starting the run failed in a way that may have started it anyway (no
+        answer, a dropped connection, a 5xx, an unreadable answer), let Airflow retry the task, which may pay
+        for a second run. By default such a task fails without retries and says what to check on dune.com.
     :param cancel_on_kill: cancel running executions when the task is killed, or marked failed while deferred
         (Airflow 3.3+).
     """
@@ -94,6 +97,7 @@ class DuneRunOperator(BaseOperator):
         poll_interval: timedelta | float = 30.0,
         timeout: timedelta | float | None = DEFAULT_TIMEOUT,
         reuse_existing_execution: bool = True,
+        retry_unconfirmed_start: bool = False,
         cancel_on_kill: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -101,11 +105,13 @@ class DuneRunOperator(BaseOperator):
         self.dune_conn_id = dune_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
-        self.poll_interval = positive_seconds(poll_interval, "poll_interval") or 30.0
-        self.timeout = positive_seconds(timeout, "timeout")
+        self.poll_interval = validate_seconds(poll_interval, "poll_interval", minimum=min_poll_interval())
+        self.timeout = validate_optional_seconds(timeout, "timeout")
         self.reuse_existing_execution = reuse_existing_execution
+        self.retry_unconfirmed_start = retry_unconfirmed_start
         self.cancel_on_kill = cancel_on_kill
         self.run_id: str | None = None
+        self._context: Context | None = None
 
     # -- what subclasses provide --------------------------------------------------------------------------
 
@@ -144,6 +150,10 @@ class DuneRunOperator(BaseOperator):
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id}"
 
+    @abstractmethod
+    def where_to_check(self, request: Mapping[str, Any]) -> str:
+        """Where on dune.com a user sees whether a run of ``request`` started (for an unconfirmed start)."""
+
     def accept_failure(self, details: Mapping[str, Any] | None) -> bool:
         """Whether a ``failed`` event is acceptable after all (e.g. a partial result the user allowed)."""
         return False
@@ -162,20 +172,26 @@ class DuneRunOperator(BaseOperator):
         return PollTarget(self.id_field, run_id, self.run_label(run_id))
 
     def execute(self, context: Context) -> Any:
+        self._context = context
         request = self.build_request(allow_templates=False)
         fingerprint = run_registry.request_fingerprint({"operator": type(self).__name__, **request})
         hook = self.hook
-        current = self._reattach(context, hook, fingerprint)
-        if current is None:
-            run_id = self.start_run(hook, request)
+        previous = self._previous_run(context, hook, fingerprint)
+        if previous is None:
+            run_id = self._start(hook, request)
             run_registry.remember(context, run_id, fingerprint)
         else:
-            run_id, _ = current
+            run_id = previous[0]
         self.run_id = run_id
         context["ti"].xcom_push(key=self.id_field, value=run_id)
 
+        if previous is not None and previous[1].outcome is PipelineOutcome.SUCCESS:
+            self.log.info(
+                "%s of a previous try of this task already succeeded; using it instead of starting another run",
+                self.run_label(run_id),
+            )
         if not self.wait_for_completion:
-            status = current[1] if current else self.get_status(hook, run_id)
+            status = previous[1] if previous else self.get_status(hook, run_id)
             self.log.info("Not waiting for %s: %s", self.run_label(run_id), status.progress_summary())
             run_registry.forget(context)
             return status.to_dict()
@@ -185,7 +201,7 @@ class DuneRunOperator(BaseOperator):
             return self.execute_complete(context, self._wait_in_worker(hook, run_id, end_time))
         first: Snapshot | BaseException
         try:
-            first = current[1] if current else self.get_status(hook, run_id)
+            first = previous[1] if previous else self.get_status(hook, run_id)
         except DuneError as err:
             first = err
         step = decide(self.target(run_id), first, now=time.time(), end_time=end_time, poll_interval=self.poll_interval)
@@ -193,8 +209,33 @@ class DuneRunOperator(BaseOperator):
             return self.execute_complete(context, step.event)
         self.defer(trigger=self.build_trigger(run_id, end_time), method_name="execute_complete", timeout=None)
 
-    def _reattach(self, context: Context, hook: DuneHook, fingerprint: str) -> tuple[str, Snapshot] | None:
-        """The still-running run a previous try of this task instance started, if any."""
+    def _start(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
+        """Start the run; an answer that never came (the run may exist) fails the task without retries."""
+        try:
+            return self.start_run(hook, request)
+        except DuneAPIError as err:
+            if not err.may_have_started_run:
+                raise
+            if self.retry_unconfirmed_start:
+                self.log.warning(
+                    "Dune may have started the run although the request failed; retry_unconfirmed_start=True lets "
+                    "Airflow retry this task, which may start a second billed run"
+                )
+                raise
+            raise AirflowFailException(
+                f"{err}\nDune may have started the run, but no answer confirmed it, so this task fails without "
+                "retries instead of risking a second billed run. Check "
+                f"{self.where_to_check(request)}: if it did not run, clear this task to run it again. Set "
+                "retry_unconfirmed_start=True to let Airflow's retries start it again instead."
+            ) from None
+
+    def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> tuple[str, Snapshot] | None:
+        """The run a previous try of this task instance started, when it is still running or it succeeded.
+
+        ``None`` means a new run should start: there was none, it failed or was cancelled (what the retry is for),
+        or Dune does not know it. When its status cannot be read, nothing is started: the task fails and its
+        next try checks again.
+        """
         if not self.reuse_existing_execution:
             return None
         previous = run_registry.recall(context, fingerprint)
@@ -202,22 +243,31 @@ class DuneRunOperator(BaseOperator):
             return None
         try:
             status = self.get_status(hook, previous)
-        except DuneError as err:
+        except DuneNotFoundError as err:
             self.log.warning(
-                "Could not check %s of a previous try (%s); starting a new run", self.run_label(previous), err
+                "%s of a previous try is unknown to Dune (%s); starting a new run", self.run_label(previous), err
             )
             return None
-        if status.outcome.is_final:
+        except DuneError as err:
+            raise AirflowException(
+                f"Could not read the status of {self.run_label(previous)}, started by a previous try of this task: "
+                f"{err}\nNot starting another billed run while that one may still be running; the next try of "
+                "this task checks again."
+            ) from None
+        outcome = status.outcome
+        if outcome is PipelineOutcome.RUNNING:
             self.log.info(
-                "%s of a previous try already ended (%s); starting a new run",
+                "Re-attaching to %s started by a previous try: %s",
                 self.run_label(previous),
-                status.outcome.value,
+                status.progress_summary(),
             )
-            return None
-        self.log.info(
-            "Re-attaching to %s started by a previous try: %s", self.run_label(previous), status.progress_summary()
-        )
-        return previous, status
+            return previous, status
+        if outcome is PipelineOutcome.SUCCESS or (
+            outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict())
+        ):
+            return previous, status
+        self.log.info("%s of a previous try ended %s; starting a new run", self.run_label(previous), outcome.value)
+        return None
 
     def _wait_in_worker(self, hook: DuneHook, run_id: str, end_time: float | None) -> dict[str, Any]:
         target = self.target(run_id)
@@ -250,7 +300,12 @@ class DuneRunOperator(BaseOperator):
             time.sleep(step.wait)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        """Act on the final event: success returns the summary; anything else cancels what still runs and fails."""
+        """Act on the final event: success returns the summary; anything else cancels what still runs and fails.
+
+        The record of the run is kept until the result was handled, so a retry after a failure there (fetching
+        or writing the rows) uses the finished run instead of starting another one.
+        """
+        self._context = context
         run_id = self.run_id or (event or {}).get(self.id_field)
         if not isinstance(run_id, str) or not run_id:
             raise AirflowException(f"received a trigger event without a {self.id_field.replace('_', ' ')}: {event!r}")
@@ -258,8 +313,14 @@ class DuneRunOperator(BaseOperator):
         status, message, details = validate_event(event, self.target(run_id))
         if status == SUCCESS or (status == "failed" and self.accept_failure(details)):
             self.log.info(message)
+            try:
+                result = self.on_success(context, self.hook, run_id, details)
+            except DuneConfigurationError as err:
+                run_registry.forget(context)
+                # The same run, the same settings: another try would fail the same way.
+                raise AirflowFailException(str(err)) from None
             run_registry.forget(context)
-            return self.on_success(context, self.hook, run_id, details)
+            return result
         cancelled = self.cancel_running(run_id, details)
         run_registry.forget(context)
         if cancelled:
@@ -267,6 +328,17 @@ class DuneRunOperator(BaseOperator):
         if status == TIMEOUT and self.timeout is not None:
             message += f"\nTimeout was {self.timeout:g} s; raise `timeout` if the run legitimately needs longer."
         raise AirflowException(message)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """A trigger that failed or timed out in the triggerer (Airflow's ``__fail__``): cancel what still runs
+        and forget the run before Airflow fails the task."""
+        if next_method == "__fail__":
+            run_id = run_registry.recall_any(context)
+            if run_id:
+                self.run_id = run_id
+                self.cancel_running(run_id, None)
+            run_registry.forget(context)
+        return super().resume_execution(next_method, next_kwargs, context)
 
     def cancel_running(self, run_id: str, details: Mapping[str, Any] | None) -> int:
         """Best effort: cancel every execution of the run that has started and not finished; return how many."""
@@ -287,6 +359,8 @@ class DuneRunOperator(BaseOperator):
         return cancelled
 
     def on_kill(self) -> None:
-        """Cancel running executions when the task is killed while waiting in the worker."""
+        """Cancel running executions when the task is killed (or hits ``execution_timeout``) in the worker."""
         if self.cancel_on_kill and self.run_id:
             self.cancel_running(self.run_id, None)
+        if self._context is not None and self.cancel_on_kill:
+            run_registry.forget(self._context)

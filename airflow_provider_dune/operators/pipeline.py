@@ -6,15 +6,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
-from airflow_provider_dune.api.validation import (
-    validate_pipeline_nodes,
-)
+from airflow_provider_dune.api.validation import validate_performance, validate_pipeline_nodes
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.operators.base import (
     DEFAULT_TIMEOUT,
     DuneRunOperator,
     is_template,
     query_run_request,
+    validated,
 )
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 
@@ -40,7 +39,8 @@ class DuneExecutePipelineOperator(DuneRunOperator):
     :param nodes: explicit pipeline nodes, e.g. ``[{"id": 1, "query_execution": {"query_id": 1234}},
         {"id": 2, "dependencies": [1], "materialized_view_refresh": {"name": "dune.team.result_x"}}]``
         (templated; validated locally: unique ids, known dependencies, no cycles, one action per node).
-    :param performance: ``medium`` or ``large`` (templated; query pipelines only, nodes carry their own).
+    :param performance: ``medium`` or ``large`` (templated); with ``nodes``, the tier of every node that does
+        not set its own.
     :param query_parameters: query parameters, e.g. ``{"date": "{{ ds }}"}`` (templated).
 
     Other parameters (``dune_conn_id``, ``wait_for_completion``, ``deferrable``, ``poll_interval``,
@@ -96,9 +96,10 @@ class DuneExecutePipelineOperator(DuneRunOperator):
 
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         if self.nodes is not None:
-            if allow_templates and (is_template(self.nodes) or "{{" in repr(self.nodes)):
+            performance = validated(self.performance, validate_performance, allow_templates=allow_templates)
+            if allow_templates and (is_template(self.nodes) or "{{" in repr(self.nodes) or is_template(performance)):
                 return {"nodes": self.nodes}
-            return {"nodes": validate_pipeline_nodes(self.nodes)}
+            return {"nodes": validate_pipeline_nodes(self.nodes, default_performance=performance)}
         return query_run_request(
             self.query_id, self.performance, self.query_parameters, allow_templates=allow_templates
         )
@@ -118,6 +119,17 @@ class DuneExecutePipelineOperator(DuneRunOperator):
                 DuneQueryLink.url_for(request["query_id"]),
             )
         return pipeline_execution_id
+
+    def where_to_check(self, request: Mapping[str, Any]) -> str:
+        if "nodes" in request:
+            parts = [
+                f"query {n['query_execution']['query_id']}"
+                if "query_execution" in n
+                else f"materialized view {n['materialized_view_refresh']['name']}"
+                for n in request["nodes"][:5]
+            ]
+            return f"the latest executions of the pipeline's nodes ({', '.join(parts)}) on dune.com"
+        return f"the latest executions of query {request['query_id']} at {DuneQueryLink.url_for(request['query_id'])}"
 
     def get_status(self, hook: DuneHook, run_id: str) -> PipelineStatus:
         return hook.get_pipeline_status(run_id)

@@ -8,10 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.models import is_partial_result
 from airflow_provider_dune.api.states import RunState
-from airflow_provider_dune.api.validation import (
-    validate_performance,
-    validate_view_name,
-)
+from airflow_provider_dune.api.validation import validate_performance, validate_positive_int, validate_view_name
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.operators.base import DuneRunOperator, is_template, query_run_request, validated
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
@@ -93,11 +90,11 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
         self.fetch_results = fetch_results
         self.output_path = output_path
         self.output_format = output_format
-        if page_size < 1 or max_xcom_rows < 0:
-            raise DuneConfigurationError("page_size must be >= 1 and max_xcom_rows >= 0")
         if (fetch_results or output_path) and not self.wait_for_completion:
             raise DuneConfigurationError("fetch_results/output_path need wait_for_completion=True")
-        self.page_size = page_size
+        self.page_size = validate_positive_int(page_size, "page_size")
+        if isinstance(max_xcom_rows, bool) or not isinstance(max_xcom_rows, int) or max_xcom_rows < 0:
+            raise DuneConfigurationError(f"max_xcom_rows must be a whole number >= 0, got {max_xcom_rows!r}")
         self.max_xcom_rows = max_xcom_rows
         self.allow_partial_results = allow_partial_results
         self.build_request(allow_templates=True)
@@ -122,6 +119,9 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
         )
         return started.execution_id
 
+    def where_to_check(self, request: Mapping[str, Any]) -> str:
+        return f"the latest executions of query {request['query_id']} at {DuneQueryLink.url_for(request['query_id'])}"
+
     def accept_failure(self, details: Mapping[str, Any] | None) -> bool:
         partial = is_partial_result(details)
         if partial and self.allow_partial_results:
@@ -138,17 +138,25 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
             self.log.info("Wrote %d row(s) of %s to %s", count, run_id, self.output_path)
             summary.update(output_path=self.output_path, output_format=fmt, row_count=count)
         elif self.fetch_results:
+            metadata = summary.get("result_metadata") or {}
+            known_rows = metadata.get("total_row_count") if isinstance(metadata, Mapping) else None
+            if isinstance(known_rows, int) and known_rows > self.max_xcom_rows:
+                raise DuneConfigurationError(self._too_many_rows(run_id, known_rows))
             rows: list[dict[str, Any]] = []
             for page in pages:
                 total = page.metadata.total_row_count if page.metadata else None
                 if (total or 0) > self.max_xcom_rows or len(rows) + len(page.rows) > self.max_xcom_rows:
-                    raise DuneConfigurationError(
-                        f"the result of {run_id} has more than max_xcom_rows={self.max_xcom_rows} rows; too big for "
-                        "XCom: set output_path to stream it to a file or object storage instead"
-                    )
+                    raise DuneConfigurationError(self._too_many_rows(run_id, total))
                 rows.extend(page.rows)
             summary.update(rows=rows, row_count=len(rows))
         return summary
+
+    def _too_many_rows(self, run_id: str, rows: int | None) -> str:
+        count = f"{rows} rows" if rows else f"more than max_xcom_rows={self.max_xcom_rows} rows"
+        return (
+            f"the result of {run_id} has {count}, more than max_xcom_rows={self.max_xcom_rows}: too big for XCom. "
+            "Set output_path to stream it to a file or object storage, or raise max_xcom_rows"
+        )
 
 
 class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
@@ -177,6 +185,12 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
             "view_name": validated(self.view_name, validate_view_name, allow_templates=allow_templates),
             "performance": validated(self.performance, validate_performance, allow_templates=allow_templates),
         }
+
+    def where_to_check(self, request: Mapping[str, Any]) -> str:
+        return (
+            f"the latest refresh of materialized view {request['view_name']} on dune.com (or its "
+            "last_execution_ids from GET /v1/materialized-views/{name})"
+        )
 
     def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         refresh = hook.refresh_materialized_view(request["view_name"], request["performance"])

@@ -13,9 +13,10 @@ from airflow.exceptions import AirflowException
 
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.models import PipelineOutcome
-from airflow_provider_dune.api.validation import validate_execution_id
+from airflow_provider_dune.api.validation import validate_execution_id, validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
+from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.polling import ERROR, FAILED, SUCCESS, TIMEOUT, PollTarget, Snapshot, validate_event
 from airflow_provider_dune.version_compat import (
     AirflowFailException,
@@ -56,9 +57,23 @@ class DuneRunSensor(BaseSensorOperator):
         poke_interval: timedelta | float = 30.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poke_interval, **kwargs)
+        poke_seconds = validate_seconds(poke_interval, "poke_interval", minimum=min_poll_interval())
+        super().__init__(poke_interval=poke_seconds, **kwargs)
+        self.timeout = validate_seconds(self.timeout, "timeout")
         self.dune_conn_id = dune_conn_id
         self.deferrable = deferrable
+
+    def _check_id_at_parse_time(self) -> None:
+        """Refuse an id that can never be valid when the DAG is parsed (templates are checked when they render)."""
+        value = getattr(self, self.id_field)
+        if not (isinstance(value, str) and ("{{" in value or "{%" in value)):
+            try:
+                validate_execution_id(value, what=self.id_field)
+            except DuneConfigurationError as err:
+                raise DuneConfigurationError(
+                    f"{err}. Pass the id pushed by {self.started_by}, e.g. "
+                    f"\"{{{{ ti.xcom_pull(task_ids='<task>', key='{self.id_field}') }}}}\""
+                ) from None
 
     @abstractmethod
     def fetch_status(self, hook: DuneHook, run_id: str) -> Snapshot:

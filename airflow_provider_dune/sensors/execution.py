@@ -35,6 +35,7 @@ class DuneExecutionSensor(DuneRunSensor):
     def __init__(self, *, execution_id: str, allow_partial_results: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.execution_id = execution_id
+        self._check_id_at_parse_time()
         self.allow_partial_results = allow_partial_results
 
     def fetch_status(self, hook: DuneHook, run_id: str) -> ExecutionStatus:

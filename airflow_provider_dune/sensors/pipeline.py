@@ -33,6 +33,7 @@ class DunePipelineSensor(DuneRunSensor):
     def __init__(self, *, pipeline_execution_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipeline_execution_id = pipeline_execution_id
+        self._check_id_at_parse_time()
 
     def fetch_status(self, hook: DuneHook, run_id: str) -> PipelineStatus:
         return hook.get_pipeline_status(run_id)

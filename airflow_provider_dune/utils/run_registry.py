@@ -58,8 +58,7 @@ def remember(context: Mapping[str, Any], run_id: str, fingerprint: str) -> None:
         log.warning("Could not record Dune run %s for re-attachment on retry: %s", run_id, err)
 
 
-def recall(context: Mapping[str, Any], fingerprint: str) -> str | None:
-    """The run recorded for this task instance with the same request fingerprint, if any."""
+def _record(context: Mapping[str, Any]) -> dict[str, Any] | None:
     try:
         raw = Variable.get(registry_key(context), default=None)
     except Exception as err:
@@ -71,9 +70,22 @@ def recall(context: Mapping[str, Any], fingerprint: str) -> str | None:
         record = json.loads(raw)
     except (TypeError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+    return record if isinstance(record, dict) else None
+
+
+def recall(context: Mapping[str, Any], fingerprint: str) -> str | None:
+    """The run recorded for this task instance with the same request fingerprint, if any."""
+    record = _record(context)
+    if record is None or record.get("fingerprint") != fingerprint:
         return None
     run_id = record.get("run_id")
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
+def recall_any(context: Mapping[str, Any]) -> str | None:
+    """The run recorded for this task instance, whatever request started it."""
+    record = _record(context)
+    run_id = record.get("run_id") if record else None
     return run_id if isinstance(run_id, str) and run_id else None
 
 

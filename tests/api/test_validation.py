@@ -50,7 +50,8 @@ def test_accepts_pipeline_wrapper_dict() -> None:
     ("nodes", "message"),
     [
         ([], "non-empty list"),
-        ("nodes", "non-empty list"),
+        ("nodes", "not valid JSON"),
+        ("[]", "non-empty list"),
         ([q(1), q(1)], r"unique; repeated: \[1\]"),
         ([q(1, deps=[7])], r"depends on unknown node id\(s\) \[7\]"),
         ([q(1, deps=[1])], "depends on itself"),
@@ -93,3 +94,74 @@ def test_scalar_validators() -> None:
         validate_query_parameters({"when": object()})
     with pytest.raises(DuneConfigurationError, match="not valid in a Dune id"):
         validate_execution_id("../../v1/usage")
+
+
+# -- parse-time gaps: each would have reached Dune, or failed with a raw Python error -------------------------
+
+
+def test_a_json_string_of_nodes_is_accepted_as_the_type_hint_promises() -> None:
+    import json
+
+    assert validate_pipeline_nodes(json.dumps([q(1, 10), mv(2, deps=[1])]))[1]["dependencies"] == [1]
+
+
+def test_nodes_without_their_own_performance_get_the_operators() -> None:
+    nodes = validate_pipeline_nodes([q(1), q(2, performance="medium")], default_performance="large")
+    assert [n["query_execution"]["performance"] for n in nodes] == ["large", "medium"]
+    with pytest.raises(DuneConfigurationError, match="performance must be one of medium, large"):
+        validate_pipeline_nodes([q(1)], default_performance="bogus")
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\uff11\uff12", "1.5", "0x10"])  # superscript 2, full-width 12
+def test_non_ascii_or_non_decimal_query_ids_are_configuration_errors(value: str) -> None:
+    with pytest.raises(DuneConfigurationError, match="positive integer Dune query id"):
+        validate_query_id(value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("-inf")]])
+def test_non_finite_parameter_values_fail_before_any_request(value: object) -> None:
+    with pytest.raises(DuneConfigurationError, match="finite numbers"):
+        validate_query_parameters({"x": value})
+
+
+def test_a_long_dependency_chain_is_validated_without_recursion() -> None:
+    chain = [q(1)] + [q(i, deps=[i - 1]) for i in range(2, 3001)]
+    assert len(validate_pipeline_nodes(chain)) == 3000
+    looped = [q(1, deps=[3000]), *chain[1:]]
+    with pytest.raises(DuneConfigurationError, match="dependency cycle: 1 -> 3000 -> "):
+        validate_pipeline_nodes(looped)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "above zero"),
+        (-1, "above zero"),
+        (float("nan"), "finite"),
+        (float("inf"), "finite"),
+        (1e-6, "at least 1 s"),
+        ("10", "number of seconds"),
+        (True, "number of seconds"),
+    ],
+)
+def test_intervals_must_be_finite_and_not_below_the_floor(value: object, message: str) -> None:
+    from airflow_provider_dune.api.validation import validate_seconds
+
+    with pytest.raises(DuneConfigurationError, match=message):
+        validate_seconds(value, "poll_interval", minimum=1.0)
+
+
+def test_seconds_accept_timedeltas_and_none_where_allowed() -> None:
+    from datetime import timedelta
+
+    from airflow_provider_dune.api.validation import (
+        validate_optional_seconds,
+        validate_positive_int,
+        validate_seconds,
+    )
+
+    assert validate_seconds(timedelta(minutes=2), "timeout") == 120.0
+    assert validate_optional_seconds(None, "timeout") is None
+    assert validate_positive_int("10", "page_size") == 10
+    with pytest.raises(DuneConfigurationError, match="page_size must be a whole number"):
+        validate_positive_int(0, "page_size")

@@ -206,6 +206,7 @@ def _dags_test(home: Path, emulator: Any, dag_id: str) -> subprocess.CompletedPr
         }
     )
     env = airflow_env(home, conn, DAG_TEST_POLL_INTERVAL)
+    env["AIRFLOW__DUNE__MIN_POLL_INTERVAL"] = DAG_TEST_POLL_INTERVAL  # below the 1 s floor, to keep runs short
     return subprocess.run(
         [*airflow_command(), "dags", "test", dag_id, LOGICAL_DATE],
         env=env,

@@ -260,20 +260,36 @@ def test_retry_with_different_parameters_starts_new_run(emulator: DuneEmulator, 
     assert emulator.executions_started() == 2
 
 
-def test_retry_after_previous_run_ended_starts_new_run(
+def _finish_unwatched(pipeline_execution_id: str) -> None:
+    """Let a deferred try's run end while nobody acts on it (e.g. the worker died)."""
+    deadline = time.monotonic() + 5
+    with DuneHook() as hook:
+        while not hook.get_pipeline_status(pipeline_execution_id).is_terminal:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+def test_retry_after_previous_run_succeeded_uses_it(
     emulator: DuneEmulator, context: Any, variables: FakeVariables
 ) -> None:
     first = defer(operator(query_id=QUICK, deferrable=True, poll_interval=0.05), context)
     assert len(variables.store) == 1
-    # The first try's run finishes while nobody acts on it (e.g. the worker died).
-    deadline = time.monotonic() + 5
-    with DuneHook() as hook:
-        while not hook.get_pipeline_status(first.trigger.pipeline_execution_id).is_terminal:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    _finish_unwatched(first.trigger.pipeline_execution_id)
     result = operator(query_id=QUICK).execute(context)
-    assert result["pipeline_execution_id"] != first.trigger.pipeline_execution_id
-    assert emulator.executions_started() == 2
+    assert result["pipeline_execution_id"] == first.trigger.pipeline_execution_id
+    assert result["outcome"] == "success"
+    assert emulator.executions_started() == 1
+    assert variables.store == {}
+
+
+def test_retry_after_previous_run_failed_starts_new_run(
+    emulator: DuneEmulator, context: Any, variables: FakeVariables
+) -> None:
+    first = defer(operator(query_id=FAILING, deferrable=True, poll_interval=0.05), context)
+    _finish_unwatched(first.trigger.pipeline_execution_id)
+    with pytest.raises(AirflowException, match="amount_usdd"):
+        operator(query_id=FAILING).execute(context)
+    assert emulator.executions_started(FAILING) == 2
 
 
 def test_reuse_disabled_starts_new_run(emulator: DuneEmulator, context: Any) -> None:
@@ -427,9 +443,9 @@ def test_numeric_string_query_id_is_accepted(emulator: DuneEmulator, context: An
         ({"nodes": [{"id": 1, "dependencies": [7], "query_execution": {"query_id": 1}}]}, "unknown node id(s) [7]"),
         ({"query_id": 1, "performance": "huge"}, "performance must be one of medium, large, got 'huge'"),
         ({"query_id": -5}, "query_id must be a positive integer"),
-        ({"query_id": 1, "poll_interval": 0}, "poll_interval must be a positive number"),
-        ({"query_id": 1, "poll_interval": -1}, "poll_interval must be a positive number"),
-        ({"query_id": 1, "timeout": 0}, "timeout must be a positive number"),
+        ({"query_id": 1, "poll_interval": 0}, "poll_interval must be a finite number of seconds above zero"),
+        ({"query_id": 1, "poll_interval": -1}, "poll_interval must be a finite number of seconds above zero"),
+        ({"query_id": 1, "timeout": 0}, "timeout must be a finite number of seconds above zero"),
         ({"query_id": 1, "query_parameters": ["2024-06-01"]}, "query_parameters must be a dict"),
         (
             {"nodes": [{"id": 1, "query_execution": {"query_id": 1}}], "query_parameters": {"a": 1}},

@@ -17,6 +17,7 @@ from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, Dune
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
 from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.version_compat import AirflowFailException
 from tests.operators.fakes import FakeTI, FakeVariables
 
 ROWS = [{"day": f"2026-01-{i + 1:02d}", "volume": i * 10.5, "tags": ["a", i]} for i in range(25)]
@@ -55,8 +56,8 @@ def test_query_result_rows_to_xcom(emulator: DuneEmulator, context: dict[str, An
     json.dumps(result)
 
 
-def test_result_too_big_for_xcom_says_to_use_output_path(context: dict[str, Any]) -> None:
-    with pytest.raises(DuneConfigurationError, match="set output_path"):
+def test_result_too_big_for_xcom_fails_without_retry_and_says_to_use_output_path(context: dict[str, Any]) -> None:
+    with pytest.raises(AirflowFailException, match="Set output_path"):
         query_op(fetch_results=True, max_xcom_rows=5).execute(context)
 
 
