@@ -10,8 +10,14 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_dune.api.errors import DuneConnectionError
+from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.utils.polling import PollTarget, Snapshot, decide
+
+
+#: How long the status check made at the deadline may take before the trigger gives up on it.
+FINAL_CHECK_SECONDS = 5.0
 
 
 class DunePollingTrigger(BaseTrigger):
@@ -42,7 +48,7 @@ class DunePollingTrigger(BaseTrigger):
     ) -> None:
         super().__init__()
         self.dune_conn_id = dune_conn_id
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = validate_seconds(poll_interval, "poll_interval")
         self.end_time = float(end_time) if end_time is not None else None
         self.cancel_on_kill = cancel_on_kill
         self.first_poll_at = float(first_poll_at) if first_poll_at is not None else None
@@ -73,6 +79,19 @@ class DunePollingTrigger(BaseTrigger):
     def _hook(self) -> DuneHook:
         return DuneHook(self.dune_conn_id)
 
+    async def _fetch_before_deadline(self, hook: DuneHook) -> Snapshot:
+        """:meth:`fetch`, given up at the deadline (plus a few seconds for the final check made at the deadline):
+        a status call that hangs must not hold the task past it."""
+        if self.end_time is None:
+            return await self.fetch(hook)
+        allowed = max(self.end_time - time.time(), 0.0) + FINAL_CHECK_SECONDS
+        try:
+            return await asyncio.wait_for(self.fetch(hook), timeout=allowed)
+        except asyncio.TimeoutError:
+            raise DuneConnectionError(
+                "the status call was still waiting for Dune's answer at the deadline", request_sent=True
+            ) from None
+
     def _initial_wait(self, now: float) -> float:
         """Seconds to wait before the first status call (never past the deadline)."""
         if self.first_poll_at is None:
@@ -94,7 +113,7 @@ class DunePollingTrigger(BaseTrigger):
             while True:
                 result: Snapshot | BaseException
                 try:
-                    result = await self.fetch(hook)
+                    result = await self._fetch_before_deadline(hook)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:
