@@ -72,6 +72,8 @@ def normalize_base_url(host: str | None, port: int | None = None, *, allow_insec
     if "://" not in text:
         text = f"https://{text}"
     shown = _shown(text)
+    if any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise DuneConfigurationError(f"the Dune connection host {shown!r} contains spaces or control characters")
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):

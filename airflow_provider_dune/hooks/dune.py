@@ -235,14 +235,7 @@ class DuneHook(BaseHook):
         def log_retry(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
-            self.log.warning(
-                "Dune request %s failed (%s); retry %d/%d in %.1f s",
-                request.description,
-                error,
-                state.attempt_number,
-                policy.max_attempts - 1,
-                wait,
-            )
+            self.log.warning("%s; retry %d/%d in %.1f s", error, state.attempt_number, policy.max_attempts - 1, wait)
 
         def wait(state: tenacity.RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None

@@ -15,7 +15,6 @@ from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.utils.polling import PollTarget, Snapshot, decide
 
-
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
 

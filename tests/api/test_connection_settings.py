@@ -75,3 +75,48 @@ def test_key_from_extra_and_tuning_extras() -> None:
 def test_bad_extras_are_explained(extra: dict, message: str) -> None:
     with pytest.raises(DuneConfigurationError, match=message):
         settings_from_connection("c", host=None, password="k", port=None, extra=extra)
+
+
+# -- malformed hosts and extras are refused before any request, without echoing credentials ---------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("api.dune.com:abc", "invalid port"),
+        ("https://api.dune.com:99999/api", "invalid port"),
+        ("https://api dune.com/api", "spaces or control characters"),
+        ("https://api.dune.com\t/api", "spaces or control characters"),
+        ("https://api.dune!com/api", "invalid host name"),
+    ],
+)
+def test_malformed_hosts_say_what_is_wrong(host: str, message: str) -> None:
+    with pytest.raises(DuneConfigurationError, match=message):
+        normalize_base_url(host)
+
+
+@pytest.mark.parametrize("host", ["https://me:s3cret-key@api.dune.com/api", "https://:s3cret-key@/api", "s3cret-key@"])
+def test_credentials_pasted_in_the_host_are_never_echoed(host: str) -> None:
+    with pytest.raises(DuneConfigurationError) as info:
+        normalize_base_url(host)
+    assert "s3cret-key" not in str(info.value)
+    assert "Password field" in str(info.value)
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1, True])
+def test_an_impossible_port_field_is_refused(port: object) -> None:
+    with pytest.raises(DuneConfigurationError, match="port must be a number from 1 to 65535"):
+        normalize_base_url("https://api.dune.com", port)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [('{"timeout": 5,}', "not valid JSON \\(line 1, column 15\\)"), ('["timeout"]', "must be a JSON object")],
+)
+def test_an_unreadable_extra_is_an_error_not_the_defaults(extra: str, message: str) -> None:
+    from airflow_provider_dune.api.connection import extra_from_connection
+
+    with pytest.raises(DuneConfigurationError, match=message):
+        extra_from_connection("dune_default", extra)
+    assert extra_from_connection("dune_default", "") == {}
+    assert extra_from_connection("dune_default", '{"timeout": 5}') == {"timeout": 5}

@@ -79,3 +79,50 @@ def test_add_detail_extends_message() -> None:
     error = DuneServerError("Internal error", http_status=500)
     error.add_detail("Not retried.")
     assert str(error) == "Dune API error (HTTP 500): Internal error. Not retried."
+
+
+# -- hostile answers: only the provider's errors, with messages that say what happened ---------------------------
+
+
+def test_a_redirect_says_it_is_not_followed_and_where_it_pointed() -> None:
+    from airflow_provider_dune.api.errors import DuneRedirectError
+
+    error = error_from_response(307, b"", {"Location": "https://evil.example/api"}, endpoint="GET /v1/x")
+    assert isinstance(error, DuneRedirectError)
+    assert "HTTP 307, a redirect to https://evil.example/api" in str(error)
+    assert "redirects are not followed" in str(error)
+
+
+def test_deeply_nested_json_is_a_response_error_not_a_recursion_error() -> None:
+    from airflow_provider_dune.api import endpoints
+    from airflow_provider_dune.api.errors import DuneResponseError
+    from airflow_provider_dune.api.responses import decode_response
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    request = endpoints.get_pipeline_status("P1")
+    with pytest.raises(DuneResponseError, match="nested too deeply"):
+        decode_response(request, 200, deep, {})
+    with pytest.raises(DuneServerError):  # a 5xx with such a body still maps to its class
+        decode_response(request, 500, deep, {})
+
+
+def test_an_echoed_api_key_is_removed_from_every_message() -> None:
+    from airflow_provider_dune.api import endpoints
+    from airflow_provider_dune.api.errors import DuneResponseError
+    from airflow_provider_dune.api.responses import decode_response
+
+    key = "sk-live-0123456789abcdef"
+    request = endpoints.get_pipeline_status("P1")
+    with pytest.raises(DuneAuthError) as info:
+        decode_response(request, 401, f'{{"error": "invalid API Key {key}"}}'.encode(), {}, secret=key)
+    assert key not in str(info.value) and "***" in str(info.value)
+    with pytest.raises(DuneResponseError) as bad:
+        decode_response(request, 200, f"<html>{key}".encode(), {}, secret=key)
+    assert key not in str(bad.value)
+
+
+def test_may_have_started_run_survives_pickling() -> None:
+    error = DuneConnectionError("dropped", request_sent=True)
+    error.mark_may_have_started_run("it may have started")
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.may_have_started_run and copy.request_sent and "it may have started" in str(copy)
