@@ -38,9 +38,13 @@ def _opt_int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value)
     return None
+
+
+def _opt_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else []
 
 
 def _opt_float(value: Any) -> float | None:
@@ -534,7 +538,7 @@ def parse_materialized_view(body: Any) -> MaterializedView:
         query_id=_opt_int(data.get("query_id")),
         is_private=private if isinstance(private, bool) else None,
         table_size_bytes=_opt_int(data.get("table_size_bytes")),
-        last_execution_ids=tuple(str(x) for x in data.get("last_execution_ids") or ()),
+        last_execution_ids=tuple(str(x) for x in _opt_list(data.get("last_execution_ids")) if _opt_str(x)),
     )
 
 

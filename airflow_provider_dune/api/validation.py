@@ -15,6 +15,8 @@ from typing import Any
 from airflow_provider_dune.api.errors import DuneConfigurationError
 
 PERFORMANCE_TIERS = ("medium", "large")
+#: Longest interval or timeout accepted: anything longer is a mistake (and overflows Airflow's own timers).
+MAX_SECONDS = 366 * 24 * 3600.0
 NODE_ACTIONS = ("query_execution", "materialized_view_refresh")
 _NODE_KEYS = frozenset({"id", "dependencies", *NODE_ACTIONS})
 
@@ -80,6 +82,8 @@ def validate_seconds(value: Any, what: str, *, minimum: float = 0.0) -> float:
     seconds = float(seconds)
     if not math.isfinite(seconds) or seconds <= 0:
         raise DuneConfigurationError(f"{what} must be a finite number of seconds above zero, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise DuneConfigurationError(f"{what} must be at most {MAX_SECONDS:g} s (a year), got {value!r}")
     if seconds < minimum:
         raise DuneConfigurationError(
             f"{what} must be at least {minimum:g} s, got {value!r}: polling faster spends the API key's rate "
@@ -118,7 +122,7 @@ def validate_view_name(value: Any, *, what: str = "materialized view name") -> s
 
 
 def _node_id(value: Any, where: str) -> int:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().lstrip("-").isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int):
         raise DuneConfigurationError(f"{where}: 'id' must be an integer, got {value!r}")

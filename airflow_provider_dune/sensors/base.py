@@ -58,8 +58,9 @@ class DuneRunSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         poke_seconds = validate_seconds(poke_interval, "poke_interval", minimum=min_poll_interval())
+        if "timeout" in kwargs:  # checked before Airflow's own check, which accepts NaN and raises a ValueError
+            kwargs["timeout"] = validate_seconds(kwargs["timeout"], "timeout")
         super().__init__(poke_interval=poke_seconds, **kwargs)
-        self.timeout = validate_seconds(self.timeout, "timeout")
         self.dune_conn_id = dune_conn_id
         self.deferrable = deferrable
 

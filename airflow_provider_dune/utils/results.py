@@ -18,6 +18,10 @@ OUTPUT_FORMATS = ("jsonl", "csv")
 
 def output_format_for(path: str, output_format: str | None) -> str:
     """The format to write: the explicit one, else from the file suffix (``.csv`` or ``.jsonl``/``.json``)."""
+    if not isinstance(path, str) or not path.strip():
+        raise DuneConfigurationError(f"output_path must be a file path or an object-storage URL, got {path!r}")
+    if output_format is not None and not isinstance(output_format, str):
+        raise DuneConfigurationError(f"output_format must be 'csv' or 'jsonl', got {output_format!r}")
     if output_format is not None:
         fmt = output_format.strip().lower()
         if fmt not in OUTPUT_FORMATS:
