@@ -78,14 +78,15 @@ class PipelineOutcome(str, Enum):
 class PipelineNodeStatus:
     """State of one node of a pipeline execution.
 
-    :param node_id: the node's id inside the pipeline.
+    :param node_id: the node's id inside the pipeline (``None`` if Dune left it out).
     :param kind: query execution or materialized view refresh.
     :param raw_state: the state string exactly as Dune sent it.
     :param state: the normalised state; a non-empty ``error`` makes it ``FAILED``.
     :param execution_id: the node's execution id, present once the node started.
+    :param position: 1-based place of the node in Dune's list (names a node without an id).
     """
 
-    node_id: int
+    node_id: int | None
     kind: NodeKind
     raw_state: str
     state: RunState
@@ -93,6 +94,7 @@ class PipelineNodeStatus:
     view_name: str | None = None
     execution_id: str | None = None
     error: str | None = None
+    position: int = 0
 
     @property
     def label(self) -> str:
@@ -108,7 +110,8 @@ class PipelineNodeStatus:
 
     def describe(self) -> str:
         """One line for logs and failure messages."""
-        text = f"node {self.node_id} ({self.label}): {self.state.value}"
+        name = f"node {self.node_id}" if self.node_id is not None else f"node #{self.position}"
+        text = f"{name} ({self.label}): {self.state.value}"
         if self.state is RunState.UNKNOWN:
             text += f" (unrecognised Dune state {self.raw_state!r})"
         if self.error:
@@ -122,19 +125,32 @@ class PipelineNodeStatus:
         return data
 
 
-def _parse_node(raw: Any) -> PipelineNodeStatus:
+def _has_content(detail: Any) -> bool:
+    """A node status object that says something (Dune's docs show a node with an empty sibling object)."""
+    return isinstance(detail, Mapping) and any(
+        detail.get(key) not in (None, "", [], {}) for key in ("status", "execution_id", "query_id", "name", "error")
+    )
+
+
+def _parse_node(raw: Any, position: int) -> PipelineNodeStatus:
     node = _require_mapping(raw, "a pipeline node execution")
     node_id = _opt_int(node.get("id"))
-    if node_id is None:
-        raise DuneResponseError("a pipeline node execution has no integer 'id'")
-    query_status = node.get("query_execution_status")
-    view_status = node.get("materialized_view_refresh_status")
-    if isinstance(view_status, Mapping):
+    raw_query = node.get("query_execution_status")
+    raw_view = node.get("materialized_view_refresh_status")
+    query_status = raw_query if isinstance(raw_query, Mapping) else None
+    view_status = raw_view if isinstance(raw_view, Mapping) else None
+    # The kind is decided by which status object has content, not by which key is present.
+    kind: NodeKind
+    detail: Mapping[str, Any]
+    if view_status is not None and _has_content(view_status) and not _has_content(query_status):
         kind, detail = NodeKind.MATERIALIZED_VIEW_REFRESH, view_status
-    elif isinstance(query_status, Mapping):
+    elif query_status is not None:
         kind, detail = NodeKind.QUERY_EXECUTION, query_status
+    elif view_status is not None:
+        kind, detail = NodeKind.MATERIALIZED_VIEW_REFRESH, view_status
     else:
-        raise DuneResponseError(f"pipeline node {node_id} has neither a query nor a materialized view status")
+        where = f"pipeline node {node_id}" if node_id is not None else f"pipeline node #{position}"
+        raise DuneResponseError(f"{where} has neither a query nor a materialized view status")
     raw_state = detail.get("status")
     error = _opt_str(detail.get("error"))
     state = normalize_state(raw_state)
@@ -149,6 +165,7 @@ def _parse_node(raw: Any) -> PipelineNodeStatus:
         view_name=_opt_str(detail.get("name")),
         execution_id=_opt_str(detail.get("execution_id")),
         error=error,
+        position=position,
     )
 
 
@@ -196,6 +213,9 @@ class PipelineStatus:
         if self.state in (RunState.PENDING, RunState.EXECUTING):
             return PipelineOutcome.RUNNING
         if self.state is RunState.COMPLETED:
+            if not self.nodes:
+                # "completed" with no node executions proves nothing ran: never call that a success.
+                return PipelineOutcome.UNKNOWN
             if all(n.state is RunState.COMPLETED for n in self.nodes):
                 return PipelineOutcome.SUCCESS
             if any(not n.state.is_terminal and n.state is not RunState.UNKNOWN for n in self.nodes):
@@ -235,6 +255,11 @@ class PipelineStatus:
 
     def failure_message(self) -> str:
         """Multi-line explanation naming each failed node with Dune's error text."""
+        if self.state is RunState.COMPLETED and not self.nodes:
+            return (
+                f"Dune says pipeline {self.pipeline_execution_id} completed but lists no node executions, so its "
+                "success cannot be confirmed. Check the run on dune.com before relying on its data."
+            )
         lines = [
             f"Dune pipeline {self.pipeline_execution_id} ended {self.outcome.value} "
             f"(Dune status {self.raw_state!r}): {self.progress_summary()}."
@@ -278,7 +303,7 @@ def parse_pipeline_status(body: Any, pipeline_execution_id: str) -> PipelineStat
         raw_state=str(raw_state or ""),
         state=normalize_state(raw_state),
         error=_opt_str(data.get("error")),
-        nodes=tuple(_parse_node(n) for n in raw_nodes),
+        nodes=tuple(_parse_node(n, position) for position, n in enumerate(raw_nodes, start=1)),
     )
 
 
@@ -569,6 +594,8 @@ def parse_usage(body: Any) -> CreditUsage:
 def resolve_unknown_nodes(status: PipelineStatus, lookups: Mapping[int, ExecutionStatus]) -> PipelineStatus:
     """Replace node states the pipeline endpoint spelled in an unknown way with the execution's own state.
 
+    ``lookups`` maps a node's :attr:`~PipelineNodeStatus.position` to its execution's status.
+
     The execution status endpoint has a documented state enum; a node whose execution state is still not
     recognised stays ``UNKNOWN`` (and so never counts as success).
     """
@@ -576,7 +603,7 @@ def resolve_unknown_nodes(status: PipelineStatus, lookups: Mapping[int, Executio
         return status
     nodes = []
     for node in status.nodes:
-        execution = lookups.get(node.node_id)
+        execution = lookups.get(node.position)
         if node.state is RunState.UNKNOWN and execution is not None:
             node = replace(node, state=execution.state, error=node.error or execution.error_message)
         nodes.append(node)

@@ -388,7 +388,7 @@ class DuneHook(BaseHook):
             self.run(endpoints.get_pipeline_status(pipeline_execution_id)), pipeline_execution_id
         )
         lookups = {
-            node.node_id: self.get_execution_status(node.execution_id)
+            node.position: self.get_execution_status(node.execution_id)
             for node in status.unknown_nodes
             if node.execution_id
         }
@@ -399,7 +399,7 @@ class DuneHook(BaseHook):
             await self.arun(endpoints.get_pipeline_status(pipeline_execution_id)), pipeline_execution_id
         )
         lookups = {
-            node.node_id: await self.aget_execution_status(node.execution_id)
+            node.position: await self.aget_execution_status(node.execution_id)
             for node in status.unknown_nodes
             if node.execution_id
         }

@@ -639,17 +639,93 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 self._log(None, path)
                 return
+            if fault.kind in ("oversized", "echo_key", "redirect"):
+                status = self._hostile_answer(record, fault)
+                self._log(status, path)
+                return
             if fault.kind == "slow":
                 emulator._stopping.wait(fault.seconds)
-            after_processing = fault.kind == "drop_after_processing"
+            after_processing = fault.kind in ("drop_after_processing", "drip", "truncated")
 
         status, payload, headers = self._answer(endpoint, path_params, query, body, has_body, body_error)
-        if after_processing:
-            self._drop()
-            self._log(None, path)
+        if fault is not None and after_processing:
+            answer = json.dumps(payload).encode()
+            if fault.kind != "drop_after_processing":  # a dropped answer was never sent: no status recorded
+                record.response_body, record.status = answer, status
+            if fault.kind == "drip":
+                self._drip(status, answer, fault.seconds)
+            elif fault.kind == "truncated":
+                self._send_truncated(status, answer)
+            else:
+                self._drop()
+            self._log(None if fault.kind == "drop_after_processing" else status, path)
             return
         self._reply(record, status, payload, headers=headers)
         self._log(status, path)
+
+    def _hostile_answer(self, record: RecordedRequest, fault: Fault) -> int:
+        """Answer for the faults that do not perform the request: oversized body, echoed key, redirect."""
+        code = cast(int, fault.code) if fault.kind != "oversized" else 200
+        if fault.kind == "echo_key":
+            key = self.headers.get(API_KEY_HEADER) or ""
+            self._reply(record, code, {"error": f"invalid API Key {key} (sent in {API_KEY_HEADER})"})
+        elif fault.kind == "redirect":
+            record.status = code
+            self._send(code, b"", headers={"Location": fault.location or "/"})
+        else:
+            record.status = 200
+            self._send_stream(fault.size)
+        return code
+
+    def _send_stream(self, size: int) -> None:
+        """HTTP 200 with a ``size``-byte JSON-looking body, written in chunks (never built in memory)."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            prefix = b'{"padding": "'
+            self.wfile.write(prefix[:size])
+            left = size - min(size, len(prefix))
+            chunk = b"x" * 65536
+            while left > 0 and not self.server.emulator._stopping.is_set():
+                self.wfile.write(chunk[:left])
+                left -= min(left, len(chunk))
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def _drip(self, status: int, body: bytes, seconds_per_byte: float) -> None:
+        """Send the headers, then the body one byte at a time (each read on the client gets a byte in time)."""
+        stopping = self.server.emulator._stopping
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            for index in range(len(body)):
+                if stopping.wait(seconds_per_byte):
+                    break
+                self.wfile.write(body[index : index + 1])
+                self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def _send_truncated(self, status: int, body: bytes) -> None:
+        """Promise the whole body in ``Content-Length``, send half of it, close."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+        except OSError:
+            pass
+        self._drop()
 
     def _answer(
         self,

@@ -13,8 +13,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-FaultKind = Literal["status", "slow", "malformed", "drop", "drop_after_processing"]
-FAULT_KINDS: tuple[str, ...] = ("status", "slow", "malformed", "drop", "drop_after_processing")
+FaultKind = Literal[
+    "status",
+    "slow",
+    "malformed",
+    "drop",
+    "drop_after_processing",
+    "drip",
+    "oversized",
+    "echo_key",
+    "truncated",
+    "redirect",
+]
+FAULT_KINDS: tuple[str, ...] = (
+    "status",
+    "slow",
+    "malformed",
+    "drop",
+    "drop_after_processing",
+    "drip",
+    "oversized",
+    "echo_key",
+    "truncated",
+    "redirect",
+)
 
 #: Messages Dune sends (or that a proxy in front of it would send) for common status codes.
 DEFAULT_ERROR_MESSAGES: dict[int, str] = {
@@ -48,12 +70,18 @@ class Fault:
 
     :param kind: ``status`` (answer with an HTTP error), ``slow`` (sleep, then answer normally),
         ``malformed`` (HTTP 200 whose body is not JSON; the request is not performed), ``drop`` (read the
-        request, close the connection without answering; not performed) or ``drop_after_processing``
-        (perform the request, then close the connection without answering).
-    :param code: HTTP status code, for ``status``.
+        request, close the connection without answering; not performed), ``drop_after_processing``
+        (perform the request, then close the connection without answering), ``drip`` (perform the request,
+        then send the answer one byte every ``seconds``), ``oversized`` (HTTP 200 with a body of ``size``
+        bytes; not performed), ``echo_key`` (an HTTP ``code`` error whose message repeats the API key the
+        request carried; not performed), ``truncated`` (perform the request, then send only half of the
+        answer's body and close) or ``redirect`` (an HTTP ``code`` redirect to ``location``; not performed).
+    :param code: HTTP status code, for ``status``, ``echo_key`` and ``redirect``.
     :param message: the ``{"error": ...}`` message, for ``status``; a realistic default otherwise.
     :param retry_after: seconds to send in a ``Retry-After`` header, for ``status``.
-    :param seconds: delay, for ``slow``.
+    :param seconds: delay, for ``slow``; delay between bytes, for ``drip``.
+    :param size: body size in bytes, for ``oversized``.
+    :param location: the ``Location`` header, for ``redirect``.
     :param times: number of requests the fault applies to.
     """
 
@@ -63,17 +91,23 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     times: int = 1
+    size: int = 0
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {', '.join(FAULT_KINDS)}")
         if not isinstance(self.times, int) or isinstance(self.times, bool) or self.times < 1:
             raise ValueError(f"times must be a positive integer, got {self.times!r}")
-        if self.kind == "status":
+        if self.kind in ("status", "echo_key"):
             if not isinstance(self.code, int) or not 100 <= self.code <= 599:
-                raise ValueError(f"status fault needs an HTTP status code 100-599, got {self.code!r}")
+                raise ValueError(f"{self.kind} fault needs an HTTP status code 100-599, got {self.code!r}")
             if self.code < 400:
-                raise ValueError(f"status fault code must be an error code (>= 400), got {self.code}")
+                raise ValueError(f"{self.kind} fault code must be an error code (>= 400), got {self.code}")
+        if self.kind == "redirect" and (not isinstance(self.code, int) or not 300 <= self.code <= 399):
+            raise ValueError(f"redirect fault needs an HTTP status code 300-399, got {self.code!r}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise ValueError(f"size must be a non-negative integer, got {self.size!r}")
         if self.retry_after is not None and (not math.isfinite(self.retry_after) or self.retry_after < 0):
             raise ValueError(f"retry_after must be a non-negative number, got {self.retry_after!r}")
         if not math.isfinite(self.seconds) or self.seconds < 0:
@@ -104,6 +138,31 @@ class Fault:
         """Perform the request (e.g. really start the run), then close the connection without answering."""
         return cls("drop_after_processing", times=times)
 
+    @classmethod
+    def drip(cls, seconds_per_byte: float, times: int = 1) -> Fault:
+        """Perform the request, then send the answer one byte every ``seconds_per_byte`` (a slowloris server)."""
+        return cls("drip", seconds=float(seconds_per_byte), times=times)
+
+    @classmethod
+    def oversized(cls, size: int, times: int = 1) -> Fault:
+        """Answer HTTP 200 with a body of ``size`` bytes (streamed, never held in memory), without performing."""
+        return cls("oversized", size=size, times=times)
+
+    @classmethod
+    def echo_key(cls, code: int = 401, times: int = 1) -> Fault:
+        """Answer HTTP ``code`` with an error message that repeats the request's API key."""
+        return cls("echo_key", code=code, times=times)
+
+    @classmethod
+    def truncated(cls, times: int = 1) -> Fault:
+        """Perform the request, then send half of the answer's body (its full ``Content-Length``) and close."""
+        return cls("truncated", times=times)
+
+    @classmethod
+    def redirect(cls, location: str, code: int = 307, times: int = 1) -> Fault:
+        """Answer with an HTTP ``code`` redirect to ``location``, without performing the request."""
+        return cls("redirect", code=code, location=location, times=times)
+
     @property
     def error_message(self) -> str:
         """The message a ``status`` fault puts in its body."""
@@ -114,14 +173,19 @@ class Fault:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by the control API (``POST /_emulator/faults``)."""
         data: dict[str, Any] = {"kind": self.kind, "times": self.times}
-        if self.kind == "status":
+        if self.kind in ("status", "echo_key", "redirect"):
             data["code"] = self.code
+        if self.kind == "status":
             if self.message is not None:
                 data["message"] = self.message
             if self.retry_after is not None:
                 data["retry_after"] = self.retry_after
-        elif self.kind == "slow":
+        elif self.kind in ("slow", "drip"):
             data["seconds"] = self.seconds
+        elif self.kind == "oversized":
+            data["size"] = self.size
+        elif self.kind == "redirect":
+            data["location"] = self.location
         return data
 
     @classmethod
@@ -129,7 +193,7 @@ class Fault:
         """Build a fault from its JSON form (see :meth:`to_dict`); raises ``ValueError`` when invalid."""
         if not isinstance(data, Mapping):
             raise ValueError("a fault must be a JSON object")
-        allowed = {"kind", "code", "message", "retry_after", "seconds", "times"}
+        allowed = {"kind", "code", "message", "retry_after", "seconds", "times", "size", "location"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ValueError(f"unknown fault field(s): {', '.join(unknown)}")
@@ -146,13 +210,18 @@ class Fault:
         message = data.get("message")
         if message is not None and not isinstance(message, str):
             raise ValueError("message must be a string")
+        location = data.get("location")
+        if location is not None and not isinstance(location, str):
+            raise ValueError("location must be a string")
         return cls(
             kind,
-            code=data.get("code"),
+            code=data.get("code", 401 if kind == "echo_key" else 307 if kind == "redirect" else None),
             message=message,
             retry_after=None if retry_after is None else float(retry_after),
             seconds=float(seconds),
             times=times,
+            size=data.get("size", 0),
+            location=location,
         )
 
 

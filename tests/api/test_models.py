@@ -165,7 +165,7 @@ def test_to_dict_is_json_serialisable() -> None:
         "nope",
         {"status": "executing", "node_executions": "x"},
         {"status": "executing", "node_executions": [{"id": 1}]},
-        {"status": "executing", "node_executions": [{"query_execution_status": {}}]},
+        {"status": "executing", "node_executions": [{"id": 1, "query_execution_status": "x"}]},
     ],
 )
 def test_malformed_pipeline_status_raises_response_error(body: object) -> None:

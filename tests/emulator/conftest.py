@@ -151,8 +151,8 @@ class SpecChecker:
         jsonschema.Draft7Validator(schema, registry=self.registry).validate(body)
 
     def check(self, request: RecordedRequest) -> None:
-        """Validate one recorded exchange (dropped connections and injected malformed bodies are skipped)."""
-        if request.status is None or request.fault == "malformed":
+        """Validate one recorded exchange (dropped connections and deliberately hostile answers are skipped)."""
+        if request.status is None or request.fault in ("malformed", "oversized", "echo_key", "redirect"):
             return
         body = json.loads(request.response_body)
         self.validate(request.endpoint, request.status, body)

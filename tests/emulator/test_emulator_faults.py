@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
-from tests.emulator.conftest import Api, FakeClock
+from tests.emulator.conftest import WRITE_KEY, Api, FakeClock
 
 
 @pytest.mark.parametrize(
@@ -174,12 +174,38 @@ def test_fault_json_round_trip() -> None:
         Fault.malformed(),
         Fault.drop(times=3),
         Fault.drop_after_processing(),
+        Fault.drip(0.2, times=2),
+        Fault.oversized(1024),
+        Fault.echo_key(403),
+        Fault.truncated(),
+        Fault.redirect("https://elsewhere.example/", code=301),
     ]
     assert [Fault.from_dict(json.loads(json.dumps(f.to_dict()))) for f in faults] == faults
     with pytest.raises(ValueError, match="unknown fault kind"):
         Fault.from_dict({"kind": "explode"})
     with pytest.raises(ValueError, match="unknown fault field"):
         Fault.from_dict({"kind": "drop", "sometimes": True})
+
+
+def test_hostile_faults_over_raw_http(api: Api, emu: DuneEmulator) -> None:
+    """What the hostile faults put on the wire, seen by a plain HTTP client."""
+    emu.inject("usage", Fault.oversized(3 * 1024 * 1024))
+    big = api.post("/v1/usage", json={})
+    assert big.status_code == 200 and len(big.content) == 3 * 1024 * 1024
+    emu.inject("usage", Fault.echo_key(401))
+    echoed = api.post("/v1/usage", json={})
+    assert echoed.status_code == 401 and WRITE_KEY in echoed.json()["error"]
+    emu.inject("usage", Fault.redirect("https://elsewhere.example/api"))
+    moved = api.post("/v1/usage", json={}, allow_redirects=False)
+    assert moved.status_code == 307 and moved.headers["Location"] == "https://elsewhere.example/api"
+    emu.inject("execute_query_pipeline", Fault.truncated())
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        api.post("/v1/query/1001/pipeline/execute", json={"performance": "medium"})
+    assert emu.executions_started(1001) == 1  # performed, then the answer was cut
+    emu.inject("usage", Fault.drip(0.01))
+    started = time.monotonic()
+    dripped = api.post("/v1/usage", json={})
+    assert dripped.status_code == 200 and time.monotonic() - started >= 0.01 * len(dripped.content) * 0.8
 
 
 # -- rate limits ------------------------------------------------------------------------------------------------
