@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from airflow_provider_dune.api.connection_fields import (
     DEFAULT_BASE_URL,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_DATAPOINTS_PER_REQUEST,
     DEFAULT_TIMEOUT,
     EXTRA_SETTINGS,
 )
@@ -205,6 +206,7 @@ class DuneConnectionSettings:
     :param timeout: read timeout per request in seconds.
     :param connect_timeout: TCP/TLS connect timeout in seconds.
     :param retry: retry policy for transient failures.
+    :param max_datapoints_per_request: the account's cap on rows x columns per results request.
     """
 
     base_url: str
@@ -213,6 +215,7 @@ class DuneConnectionSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     key_from_extra: bool = False
+    max_datapoints_per_request: int = DEFAULT_MAX_DATAPOINTS_PER_REQUEST
 
     @property
     def is_loopback(self) -> bool:
@@ -276,4 +279,5 @@ def settings_from_connection(
         connect_timeout=read_extra_setting(extra, "connect_timeout"),
         retry=retry,
         key_from_extra=key_from_extra,
+        max_datapoints_per_request=read_extra_setting(extra, "max_datapoints_per_request"),
     )

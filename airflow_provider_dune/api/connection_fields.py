@@ -14,6 +14,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_MIN_WAIT = 1.0
 DEFAULT_RETRY_MAX_WAIT = 60.0
+#: Dune's default cap on datapoints (rows x columns) per results request; an account setting.
+DEFAULT_MAX_DATAPOINTS_PER_REQUEST = 250_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,15 @@ EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
         DEFAULT_RETRY_MAX_WAIT,
         f"Cap on one backoff step (default {DEFAULT_RETRY_MAX_WAIT:g}).",
         minimum=0,
+    ),
+    ExtraSetting(
+        "max_datapoints_per_request",
+        "Datapoints per results request",
+        "integer",
+        DEFAULT_MAX_DATAPOINTS_PER_REQUEST,
+        "Your Dune account's cap on rows x columns per results request (default "
+        f"{DEFAULT_MAX_DATAPOINTS_PER_REQUEST:,}); result pages are sized to stay under it.",
+        minimum=1,
     ),
     ExtraSetting(
         "allow_insecure_http",

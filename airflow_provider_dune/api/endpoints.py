@@ -20,6 +20,7 @@ from airflow_provider_dune.api.validation import (
     validate_query_id,
     validate_query_parameters,
     validate_view_name,
+    validate_view_performance,
 )
 
 #: Largest answer read for a status or start call; Dune's are a few KB.
@@ -184,7 +185,7 @@ def refresh_materialized_view(name: Any, performance: Any = "medium") -> DuneReq
         "POST",
         f"/v1/materialized-views/{_segment(view)}/refresh",
         "POST /v1/materialized-views/{name}/refresh",
-        json_body={"performance": validate_performance(performance)},
+        json_body={"performance": validate_view_performance(performance)},
         starts_run=True,
         target=f"materialized view {view}",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -117,6 +118,34 @@ class DuneNotFoundError(DuneAPIError):
     )
 
 
+class DuneInvalidIdError(DuneNotFoundError):
+    """Dune says the id itself is invalid (HTTP 400 "The requested execution ID (ID: ...) is invalid.").
+
+    A subclass of :class:`DuneNotFoundError`: no run can have that id, so it is handled like a missing one.
+    """
+
+    hint = (
+        "This id is invalid: check that it was copied whole (execution ids are 26 characters such as "
+        "01HKZJ2683PHF9Q9PHHQ8FW4Q1; query ids are the number in the query's dune.com URL)."
+    )
+
+
+class DuneDatapointLimitError(DuneBadRequestError):
+    """A results request would return more datapoints (rows x columns) than the account allows per request."""
+
+    hint = (
+        "Dune caps each results request at the account's datapoints-per-request limit (250,000 by default). "
+        "Set max_datapoints_per_request in the Dune connection's extra to your account's limit, or lower the "
+        "operator's page_size; pages are then sized to stay under it."
+    )
+
+
+class DunePartialResultError(DuneBadRequestError):
+    """Dune truncated the result and refused it because partial results were not allowed."""
+
+    hint = "Set allow_partial_results=True on the operator to accept the truncated result."
+
+
 class DuneCreditsExhaustedError(DuneAPIError):
     """The request would exceed the plan's credit limits for this billing cycle (402)."""
 
@@ -219,6 +248,26 @@ _STATUS_CLASSES: dict[int, type[DuneAPIError]] = {
 
 _MAX_MESSAGE_CHARS = 500
 
+# Dune's words for refusals that arrive under a general status code (wording in REAL_SHAPES.md).
+_DATAPOINT_LIMIT_WORDS = "limits per request"
+_PARTIAL_RESULT_WORDS = "allow_partial_results"
+_INVALID_ID = re.compile(r"\bID\b.*\bis invalid\b", re.IGNORECASE)
+
+
+def _error_class_for(status_code: int, message: str) -> type[DuneAPIError]:
+    """The error class for a non-2xx status, refined by Dune's wording where one code means several things."""
+    if status_code >= 500:
+        return DuneServerError
+    if 400 <= status_code < 500 and status_code != 429:
+        lowered = message.lower()
+        if _DATAPOINT_LIMIT_WORDS in lowered:
+            return DuneDatapointLimitError
+        if _PARTIAL_RESULT_WORDS in lowered:
+            return DunePartialResultError
+        if status_code == 400 and _INVALID_ID.search(message):
+            return DuneInvalidIdError
+    return _STATUS_CLASSES.get(status_code, DuneAPIError)
+
 
 def error_message_from_body(body: bytes | str | None, status_code: int) -> str:
     """Extract Dune's ``{"error": "..."}`` message, falling back to a trimmed body or the reason phrase."""
@@ -279,8 +328,5 @@ def error_from_response(
         )
     message = error_message_from_body(body, status_code)
     retry_after = parse_retry_after(lowered.get("retry-after"))
-    if status_code >= 500:
-        error_class: type[DuneAPIError] = DuneServerError
-    else:
-        error_class = _STATUS_CLASSES.get(status_code, DuneAPIError)
+    error_class = _error_class_for(status_code, message)
     return error_class(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after)

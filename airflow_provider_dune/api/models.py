@@ -43,6 +43,21 @@ def _opt_int(value: Any) -> int | None:
     return None
 
 
+#: Timestamps Dune sends for "not set" instead of leaving the field out (``expires_at`` on a running execution).
+_ZERO_TIMESTAMP_PREFIXES = ("1970-01-01T00:00:00", "0001-01-01T00:00:00")
+
+
+def _opt_timestamp(value: Any) -> str | None:
+    """A timestamp string, or ``None`` when absent, empty or one of the zero timestamps meaning "not set"."""
+    text = _opt_str(value)
+    if text is None or not text.strip():
+        return None
+    stripped = text.strip()
+    if stripped.startswith(_ZERO_TIMESTAMP_PREFIXES) and not stripped[19:].strip(".0Z+:"):
+        return None
+    return text
+
+
 def _opt_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else []
 
@@ -328,8 +343,12 @@ class ResultMetadata:
         return data
 
 
+_METADATA_KEYS = frozenset(field_name for field_name in ResultMetadata.__dataclass_fields__)
+
+
 def parse_result_metadata(raw: Any) -> ResultMetadata | None:
-    if not isinstance(raw, Mapping):
+    """Result metadata from its mapping; ``None`` when absent or when none of its fields is there."""
+    if not isinstance(raw, Mapping) or not _METADATA_KEYS.intersection(raw):
         return None
     return ResultMetadata(
         column_names=tuple(str(c) for c in raw.get("column_names") or ()),
@@ -361,6 +380,8 @@ class ExecutionStatus:
     queue_position: int | None = None
     error_type: str | None = None
     error_message: str | None = None
+    error_line: int | None = None
+    error_column: int | None = None
     execution_cost_credits: float | None = None
     result_metadata: ResultMetadata | None = None
 
@@ -411,7 +432,9 @@ class ExecutionStatus:
             text += f" (unrecognised Dune state {self.raw_state!r})"
         if self.error_message:
             kind = f"{self.error_type}: " if self.error_type else ""
-            text += f": {kind}{self.error_message}"
+            text += (
+                f": {kind}{self.error_message}{error_location(self.error_message, self.error_line, self.error_column)}"
+            )
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -420,6 +443,29 @@ class ExecutionStatus:
         data["outcome"] = self.outcome.value
         data["result_metadata"] = self.result_metadata.to_dict() if self.result_metadata else None
         return data
+
+
+def error_location(message: str, line: int | None, column: int | None) -> str:
+    """`` (line 3, column 8)`` for a SQL error, unless the message already says where."""
+    if line is None:
+        return ""
+    if f"line {line}:{column}" in message or f"line {line}," in message:
+        return ""
+    return f" (line {line}" + (f", column {column})" if column is not None else ")")
+
+
+def _error_fields(error: Any) -> tuple[str | None, str | None, int | None, int | None]:
+    """``(type, message, line, column)`` from Dune's error object, or from a bare error string."""
+    if not isinstance(error, Mapping):
+        return None, _opt_str(error), None, None
+    metadata = error.get("metadata")
+    where = metadata if isinstance(metadata, Mapping) else {}
+    return (
+        _opt_str(error.get("type")),
+        _opt_str(error.get("message")),
+        _opt_int(where.get("line")),
+        _opt_int(where.get("column")),
+    )
 
 
 def is_partial_result(details: Mapping[str, Any] | None) -> bool:
@@ -432,9 +478,7 @@ def parse_execution_status(body: Any) -> ExecutionStatus:
     data = _require_mapping(body, "execution status")
     execution_id = _require_str(data, "execution_id", "execution status")
     raw_state = data.get("state")
-    error = data.get("error")
-    error_map = error if isinstance(error, Mapping) else {}
-    error_message = _opt_str(error_map.get("message")) or _opt_str(error)
+    error_type, error_message, error_line, error_column = _error_fields(data.get("error"))
     finished = data.get("is_execution_finished")
     return ExecutionStatus(
         execution_id=execution_id,
@@ -442,14 +486,16 @@ def parse_execution_status(body: Any) -> ExecutionStatus:
         state=normalize_state(raw_state),
         query_id=_opt_int(data.get("query_id")),
         is_execution_finished=finished if isinstance(finished, bool) else None,
-        submitted_at=_opt_str(data.get("submitted_at")),
-        execution_started_at=_opt_str(data.get("execution_started_at")),
-        execution_ended_at=_opt_str(data.get("execution_ended_at")),
-        expires_at=_opt_str(data.get("expires_at")),
-        cancelled_at=_opt_str(data.get("cancelled_at")),
+        submitted_at=_opt_timestamp(data.get("submitted_at")),
+        execution_started_at=_opt_timestamp(data.get("execution_started_at")),
+        execution_ended_at=_opt_timestamp(data.get("execution_ended_at")),
+        expires_at=_opt_timestamp(data.get("expires_at")),
+        cancelled_at=_opt_timestamp(data.get("cancelled_at")),
         queue_position=_opt_int(data.get("queue_position")),
-        error_type=_opt_str(error_map.get("type")),
+        error_type=error_type,
         error_message=error_message,
+        error_line=error_line,
+        error_column=error_column,
         execution_cost_credits=_opt_float(data.get("execution_cost_credits")),
         result_metadata=parse_result_metadata(data.get("result_metadata")),
     )
@@ -493,6 +539,7 @@ class ResultPage:
     query_id: int | None = None
     next_offset: int | None = None
     next_uri: str | None = None
+    error_message: str | None = None
 
     @property
     def has_more(self) -> bool:
@@ -507,14 +554,20 @@ def parse_result_page(body: Any) -> ResultPage:
     rows = result_map.get("rows") or []
     if not isinstance(rows, list):
         raise DuneResponseError("the results response has 'rows' that is not a list")
+    # Older Dune answers put the metadata fields straight into ``result`` instead of ``result.metadata``.
+    metadata = parse_result_metadata(result_map.get("metadata")) or parse_result_metadata(result_map)
+    _, error_message, line, column = _error_fields(data.get("error"))
+    if error_message:
+        error_message += error_location(error_message, line, column)
     return ResultPage(
         execution_id=_require_str(data, "execution_id", "execution results"),
         state=normalize_state(data.get("state")),
         rows=[dict(r) for r in rows if isinstance(r, Mapping)],
-        metadata=parse_result_metadata(result_map.get("metadata")),
+        metadata=metadata,
         query_id=_opt_int(data.get("query_id")),
         next_offset=_opt_int(data.get("next_offset")),
         next_uri=_opt_str(data.get("next_uri")),
+        error_message=error_message,
     )
 
 

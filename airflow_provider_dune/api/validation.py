@@ -15,6 +15,8 @@ from typing import Any
 from airflow_provider_dune.api.errors import DuneConfigurationError
 
 PERFORMANCE_TIERS = ("medium", "large")
+#: Dune's newer docs for materialized views (duneanalytics/skills, matview-management) add ``small``.
+VIEW_PERFORMANCE_TIERS = ("small", "medium", "large")
 #: Longest interval or timeout accepted: anything longer is a mistake (and overflows Airflow's own timers).
 MAX_SECONDS = 366 * 24 * 3600.0
 NODE_ACTIONS = ("query_execution", "materialized_view_refresh")
@@ -34,11 +36,21 @@ def validate_query_id(value: Any, *, what: str = "query_id") -> int:
     return value
 
 
-def validate_performance(value: Any, *, what: str = "performance") -> str:
-    """Return the performance tier in lower case; Dune accepts ``medium`` and ``large``."""
-    if isinstance(value, str) and value.strip().lower() in PERFORMANCE_TIERS:
+def validate_performance(value: Any, *, what: str = "performance", allow_small: bool = False) -> str:
+    """Return the performance tier in lower case: ``medium`` or ``large`` (Dune's spec).
+
+    :param allow_small: also accept ``small``, which Dune's newer docs list for materialized views only.
+    """
+    tiers = VIEW_PERFORMANCE_TIERS if allow_small else PERFORMANCE_TIERS
+    if isinstance(value, str) and value.strip().lower() in tiers:
         return value.strip().lower()
-    raise DuneConfigurationError(f"{what} must be one of {', '.join(PERFORMANCE_TIERS)}, got {value!r}")
+    note = "" if allow_small or value != "small" else " ('small' is accepted for materialized-view refreshes only)"
+    raise DuneConfigurationError(f"{what} must be one of {', '.join(tiers)}, got {value!r}{note}")
+
+
+def validate_view_performance(value: Any, *, what: str = "performance") -> str:
+    """Return a materialized-view refresh tier: ``small``, ``medium`` or ``large``."""
+    return validate_performance(value, what=what, allow_small=True)
 
 
 def validate_query_parameters(value: Any, *, what: str = "query_parameters") -> dict[str, Any]:

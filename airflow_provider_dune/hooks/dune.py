@@ -47,6 +47,7 @@ from airflow_provider_dune.api.models import (
     parse_usage,
     resolve_unknown_nodes,
 )
+from airflow_provider_dune.api.paging import check_result_page, rows_per_page
 from airflow_provider_dune.api.rate_limit import COOLDOWN
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
@@ -441,11 +442,13 @@ class DuneHook(BaseHook):
         offset: int | None = None,
         allow_partial_results: bool = False,
     ) -> ResultPage:
-        """One page of an execution's result rows."""
+        """One page of an execution's result rows; a 200 answer without a result raises."""
         request = endpoints.get_execution_results(
             execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
         )
-        return parse_result_page(self.run(request))
+        page = parse_result_page(self.run(request))
+        check_result_page(page, request.description)
+        return page
 
     async def aget_execution_results(
         self,
@@ -458,24 +461,41 @@ class DuneHook(BaseHook):
         request = endpoints.get_execution_results(
             execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
         )
-        return parse_result_page(await self.arun(request))
+        page = parse_result_page(await self.arun(request))
+        check_result_page(page, request.description)
+        return page
 
     def iter_execution_results(
-        self, execution_id: str, *, page_size: int = 10_000, allow_partial_results: bool = False
+        self,
+        execution_id: str,
+        *,
+        page_size: int = 10_000,
+        allow_partial_results: bool = False,
+        column_count: int | None = None,
     ) -> Iterator[ResultPage]:
         """Every page of an execution's results, one request per page.
+
+        A page holds at most ``page_size`` rows, fewer when rows x columns would cross the connection's
+        ``max_datapoints_per_request`` (Dune refuses such a request). ``column_count``, when known (from the
+        execution status), sizes the first page; later pages use the columns Dune reports.
 
         Pages are followed by ``next_offset`` on the configured base URL, never by the ``next_uri`` Dune
         returns, so the API key is only ever sent to the host of the connection.
         """
         if page_size < 1:
             raise DuneError(f"page_size must be at least 1, got {page_size}")
+        max_datapoints = self.settings.max_datapoints_per_request
         offset: int | None = 0
         while offset is not None:
             page = self.get_execution_results(
-                execution_id, limit=page_size, offset=offset, allow_partial_results=allow_partial_results
+                execution_id,
+                limit=rows_per_page(page_size, column_count, max_datapoints),
+                offset=offset,
+                allow_partial_results=allow_partial_results,
             )
             yield page
+            if page.metadata and page.metadata.column_names:
+                column_count = len(page.metadata.column_names)
             next_offset = page.next_offset
             offset = next_offset if next_offset is not None and next_offset > offset and page.rows else None
 

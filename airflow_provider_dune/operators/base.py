@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
-from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError, DuneError, DuneNotFoundError
+from airflow_provider_dune.api.errors import (
+    DuneAPIError,
+    DuneConfigurationError,
+    DuneDatapointLimitError,
+    DuneError,
+    DuneNotFoundError,
+    DunePartialResultError,
+)
 from airflow_provider_dune.api.models import PipelineOutcome
 from airflow_provider_dune.api.validation import (
     validate_optional_seconds,
@@ -315,7 +322,7 @@ class DuneRunOperator(BaseOperator):
             self.log.info(message)
             try:
                 result = self.on_success(context, self.hook, run_id, details)
-            except DuneConfigurationError as err:
+            except (DuneConfigurationError, DuneDatapointLimitError, DunePartialResultError) as err:
                 run_registry.forget(context)
                 # The same run, the same settings: another try would fail the same way.
                 raise AirflowFailException(str(err)) from None

@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.models import is_partial_result
 from airflow_provider_dune.api.states import RunState
-from airflow_provider_dune.api.validation import validate_performance, validate_positive_int, validate_view_name
+from airflow_provider_dune.api.validation import (
+    validate_positive_int,
+    validate_view_name,
+    validate_view_performance,
+)
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.operators.base import DuneRunOperator, is_template, query_run_request, validated
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
@@ -54,7 +58,8 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
     :param output_path: stream every row to this file or object-storage URL (``s3://bucket/key.csv``,
         ``/data/out.jsonl``), page by page, without holding the result in memory (templated).
     :param output_format: ``jsonl`` or ``csv``; inferred from the ``output_path`` suffix when omitted.
-    :param page_size: rows per results request.
+    :param page_size: most rows per results request; fewer when rows x columns would cross the
+        connection's ``max_datapoints_per_request`` (Dune's per-request cap).
     :param max_xcom_rows: largest result ``fetch_results`` accepts.
     :param allow_partial_results: accept ``QUERY_STATE_COMPLETED_PARTIAL`` (a result Dune truncated); by
         default it fails the task.
@@ -131,7 +136,14 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
     def on_success(self, context: Context, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None) -> Any:
         summary: dict[str, Any] = dict(details or {"execution_id": run_id})
         partial = summary.get("state") == RunState.COMPLETED_PARTIAL.value
-        pages = hook.iter_execution_results(run_id, page_size=self.page_size, allow_partial_results=partial)
+        metadata = summary.get("result_metadata")
+        columns = metadata.get("column_names") if isinstance(metadata, Mapping) else None
+        pages = hook.iter_execution_results(
+            run_id,
+            page_size=self.page_size,
+            allow_partial_results=partial,
+            column_count=len(columns) if isinstance(columns, list) and columns else None,
+        )
         if self.output_path:
             fmt = output_format_for(self.output_path, self.output_format)
             count = write_pages(pages, self.output_path, fmt)
@@ -163,7 +175,8 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
     """Refresh one Dune materialized view and wait for the refresh execution.
 
     :param view_name: full view name, e.g. ``dune.team.result_daily_volume`` (templated).
-    :param performance: ``medium`` or ``large`` (templated).
+    :param performance: ``small``, ``medium`` or ``large`` (templated); ``small`` comes from Dune's newer
+        materialized-view docs, not its API spec.
 
     Other parameters are those of :class:`~airflow_provider_dune.operators.base.DuneRunOperator`.
     """
@@ -183,7 +196,7 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         return {
             "view_name": validated(self.view_name, validate_view_name, allow_templates=allow_templates),
-            "performance": validated(self.performance, validate_performance, allow_templates=allow_templates),
+            "performance": validated(self.performance, validate_view_performance, allow_templates=allow_templates),
         }
 
     def where_to_check(self, request: Mapping[str, Any]) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+from airflow_provider_dune.testing._profiles import DATAPOINT_LIMIT_MESSAGE, PARTIAL_RESULT_MESSAGE
 from airflow_provider_dune.testing.faults import Fault
 
 Clock = Callable[[], float]
@@ -187,10 +188,8 @@ _QUERY_STATES = {
     "failed": "QUERY_STATE_FAILED",
     "cancelled": "QUERY_STATE_CANCELLED",
 }
-PARTIAL_RESULT_MESSAGE = (
-    "The result is larger than the allowed size and only a partial result is available; "
-    "request it with allow_partial_results=true"
-)
+#: Dune's default cap on datapoints (rows x columns) per results request.
+DEFAULT_MAX_DATAPOINTS = 250_000
 
 
 def _is_partial(view: _NodeView) -> bool:
@@ -300,6 +299,7 @@ class EmulatorState:
         self.queries: dict[int, QuerySpec] = {}
         self.views: dict[str, ViewSpec] = {}
         self.read_per_minute: int | None = None
+        self.datapoint_limits: dict[str | None, int] = {None: DEFAULT_MAX_DATAPOINTS}
         self.write_per_minute: int | None = None
         self._record_limit = record_limit
         self._init_runs()
@@ -428,8 +428,7 @@ class EmulatorState:
             allowed = ", ".join(query.parameters) if query.parameters else "none"
             raise ApiError(
                 400,
-                f"{where}unknown query parameter(s) for query {query.query_id}: {', '.join(unknown)} "
-                f"(the query's parameters are: {allowed})",
+                f"{where}unknown parameters ({', '.join(unknown)}); query {query.query_id} has: {allowed}",
             )
 
     # ------------------------------------------------------------------------------------- pipeline plans
@@ -760,12 +759,19 @@ class EmulatorState:
             return body
 
     def execution_results(
-        self, execution_id: str, limit: int | None, offset: int, base_url: str, allow_partial: bool = False
+        self,
+        execution_id: str,
+        limit: int | None,
+        offset: int,
+        base_url: str,
+        allow_partial: bool = False,
+        max_datapoints: int | None = None,
     ) -> dict[str, Any]:
         """The ``GET /v1/execution/{id}/results`` body (``limit``/``offset`` paginated)."""
         with self.lock:
             now = self.clock()
-            return self._results(self._execution(execution_id, now), now, limit, offset, base_url, allow_partial)
+            view = self._execution(execution_id, now)
+            return self._results(view, now, limit, offset, base_url, allow_partial, max_datapoints)
 
     def _results(
         self,
@@ -775,6 +781,7 @@ class EmulatorState:
         offset: int,
         base_url: str,
         allow_partial: bool = False,
+        max_datapoints: int | None = None,
     ) -> dict[str, Any]:
         body = self._status_fields(view, now)
         body.pop("queue_position", None)
@@ -787,6 +794,9 @@ class EmulatorState:
             return body
         all_rows = view.node.rows
         end = len(all_rows) if limit is None else min(len(all_rows), offset + limit)
+        datapoints = max(0, end - offset) * len(_columns(all_rows)[0])
+        if max_datapoints is not None and datapoints > max_datapoints:
+            raise ApiError(400, DATAPOINT_LIMIT_MESSAGE)
         page = [dict(row) for row in all_rows[offset:end]]
         body["result"] = {"rows": page, "metadata": self._metadata(view, page)}
         if limit is not None and end < len(all_rows):
@@ -795,7 +805,13 @@ class EmulatorState:
         return body
 
     def query_results(
-        self, query_id: int, limit: int | None, offset: int, base_url: str, allow_partial: bool = False
+        self,
+        query_id: int,
+        limit: int | None,
+        offset: int,
+        base_url: str,
+        allow_partial: bool = False,
+        max_datapoints: int | None = None,
     ) -> dict[str, Any]:
         """The ``GET /v1/query/{id}/results`` body: the latest finished run of the query.
 
@@ -816,7 +832,7 @@ class EmulatorState:
                         latest = view
             if latest is None:
                 latest = self._historical_run(query)
-            return self._results(latest, now, limit, offset, base_url, allow_partial)
+            return self._results(latest, now, limit, offset, base_url, allow_partial, max_datapoints)
 
     def _historical_run(self, query: QuerySpec) -> _NodeView:
         node = _Node(
@@ -977,6 +993,17 @@ class EmulatorState:
                     fault: Fault = entry[0]
                     return fault
             return None
+
+    def set_datapoint_limit(self, limit: int, api_key: str | None = None) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_datapoints_per_request must be a positive integer, got {limit!r}")
+        with self.lock:
+            self.datapoint_limits[api_key] = limit
+
+    def datapoint_limit(self, api_key: str) -> int:
+        """The datapoints-per-request cap of ``api_key`` (the emulator-wide one unless set for the key)."""
+        with self.lock:
+            return self.datapoint_limits.get(api_key, self.datapoint_limits[None])
 
     def set_rate_limit(self, read_per_minute: int | None, write_per_minute: int | None) -> None:
         """Enable (or with ``None`` disable) the per-key read and write token buckets."""

@@ -125,6 +125,7 @@ from typing import Any, TextIO, cast
 import jsonschema
 
 from airflow_provider_dune.testing import _spec
+from airflow_provider_dune.testing._profiles import DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SEED_ENV, ResponseProfile
 from airflow_provider_dune.testing._state import (
     ENDPOINTS,
     PERFORMANCE_TIERS,
@@ -157,6 +158,11 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 _MALFORMED_BODY = b'{"execution_id": "01HKZJ2683PHF9Q9PHHQ8FW4Q1", "state": "QUERY_STAT'
 _FORBIDDEN_EXECUTE = "Not allowed to execute query. Query is archived, unsaved or not enough permissions"
 _FORBIDDEN_OTHER = "not enough permissions: this action needs an API key with write access"
+
+#: What Dune's execution ids look like (26 characters of Crockford base32); others get Dune's 400.
+_EXECUTION_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}", re.IGNORECASE)
+#: Dune's query ids are 32-bit; a larger number is "invalid", not "not found".
+_MAX_QUERY_ID = 2**31 - 1
 
 _Q = r"(?P<query_id>[^/]+)"
 _E = r"(?P<execution_id>[^/]+)"
@@ -262,7 +268,9 @@ class _Request:
         body: Any,
         has_body: bool,
         base_url: str,
+        api_key: str = "",
     ) -> None:
+        self.api_key = api_key
         self.endpoint = endpoint
         self.path_params = path_params
         self.query = query
@@ -272,9 +280,15 @@ class _Request:
 
     def query_id(self) -> int:
         raw = self.path_params["query_id"]
-        if not raw.isdigit() or int(raw) <= 0:
-            raise ApiError(400, f"invalid query id {raw!r}: must be a positive integer")
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= _MAX_QUERY_ID:
+            raise ApiError(400, f"The requested query ID (ID: {raw}) is invalid.")
         return int(raw)
+
+    def execution_id(self) -> str:
+        raw = self.path_params["execution_id"]
+        if not _EXECUTION_ID.fullmatch(raw):
+            raise ApiError(400, f"The requested execution ID (ID: {raw}) is invalid.")
+        return raw
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object body (``{}`` when there is no body)."""
@@ -324,11 +338,11 @@ class _Request:
         return value
 
 
-def _performance(value: Any, where: str = "performance") -> str:
+def _performance(value: Any, where: str = "performance", tiers: Sequence[str] = PERFORMANCE_TIERS) -> str:
     if value is None:
         return "medium"
-    if value not in PERFORMANCE_TIERS:
-        raise ApiError(400, f"invalid {where} {value!r}: must be one of {', '.join(PERFORMANCE_TIERS)}")
+    if value not in tiers:
+        raise ApiError(400, f"invalid {where} {value!r}: must be one of {', '.join(tiers)}")
     return str(value)
 
 
@@ -369,6 +383,11 @@ class _Api:
         params = request.json_arg("query_parameters") or {}
         return {"pipeline": {"nodes": self.state.plan_query_pipeline(query_id, performance, params)}}
 
+    def _max_datapoints(self, request: _Request) -> int | None:
+        if request.bool_arg("ignore_max_datapoints_per_request"):
+            return None
+        return self.state.datapoint_limit(request.api_key)
+
     def pipeline_status(self, request: _Request) -> dict[str, Any]:
         return self.state.pipeline_status(request.path_params["pipeline_execution_id"])
 
@@ -384,27 +403,30 @@ class _Api:
         return {"execution_id": execution_id, "state": "QUERY_STATE_PENDING"}
 
     def execution_status(self, request: _Request) -> dict[str, Any]:
-        return self.state.execution_status(request.path_params["execution_id"])
+        return self.state.execution_status(request.execution_id())
 
     def execution_results(self, request: _Request) -> dict[str, Any]:
+        execution_id = request.execution_id()
         limit, offset = request.int_arg("limit", 1), request.int_arg("offset", 0) or 0
-        execution_id = request.path_params["execution_id"]
         allow = request.bool_arg("allow_partial_results")
-        return self.state.execution_results(execution_id, limit, offset, request.base_url, allow)
+        return self.state.execution_results(
+            execution_id, limit, offset, request.base_url, allow, self._max_datapoints(request)
+        )
 
     def query_results(self, request: _Request) -> dict[str, Any]:
         query_id = request.query_id()
         limit, offset = request.int_arg("limit", 1), request.int_arg("offset", 0) or 0
         allow = request.bool_arg("allow_partial_results")
-        return self.state.query_results(query_id, limit, offset, request.base_url, allow)
+        return self.state.query_results(query_id, limit, offset, request.base_url, allow, self._max_datapoints(request))
 
     def cancel_execution(self, request: _Request) -> dict[str, Any]:
-        return {"success": self.state.cancel(request.path_params["execution_id"])}
+        return {"success": self.state.cancel(request.execution_id())}
 
     def refresh_materialized_view(self, request: _Request) -> dict[str, Any]:
         body = request.json_object()
         request.validate(self._body_validator(request.endpoint), body)
-        performance = _performance(body.get("performance"))
+        # Dune's newer materialized-view docs add a small tier the spec does not list.
+        performance = _performance(body.get("performance"), tiers=("small", *PERFORMANCE_TIERS))
         execution_id, sql_id = self.state.refresh_view(request.path_params["name"], performance)
         return {"execution_id": execution_id, "sql_id": sql_id}
 
@@ -750,11 +772,12 @@ class _Handler(BaseHTTPRequestHandler):
             return 400, {"error": body_error}, {}
         host = self.headers.get("Host")
         base_url = f"http://{host}/api" if host else emulator.url
-        request = _Request(endpoint, path_params, query, body, has_body, base_url)
+        request = _Request(endpoint, path_params, query, body, has_body, base_url, key)
         try:
-            status, payload = emulator._api.handle(request)
+            _, payload = emulator._api.handle(request)
         except ApiError as exc:
-            return exc.status, {"error": exc.message}, {}
+            return emulator.profile.error_status(endpoint, exc.status, exc.message), {"error": exc.message}, {}
+        status, payload = emulator.profile.answer(endpoint, payload)
         return status, payload, {}
 
 
@@ -773,6 +796,11 @@ class DuneEmulator:
     :param node_state_style: how node statuses are spelled in pipeline status, see :attr:`node_state_style`.
     :param record_limit: how many requests :attr:`requests` keeps (oldest dropped first); ``None`` = all.
     :param log_stream: where ``verbose`` logging goes (default ``sys.stderr``).
+    :param profile: ``realistic`` (answers drawn from the shapes real Dune was seen to send) or ``strict``
+        (the spec's ideal shape every time); ``None`` reads ``$DUNE_EMULATOR_PROFILE``, default realistic.
+        See :mod:`airflow_provider_dune.testing._profiles`.
+    :param profile_seed: seed of the realistic draws; ``None`` reads ``$DUNE_EMULATOR_SEED``, else picks one
+        (:attr:`profile` tells which).
     """
 
     def __init__(
@@ -789,6 +817,8 @@ class DuneEmulator:
         node_state_style: NodeStateStyle = "lower",
         record_limit: int | None = 100_000,
         log_stream: TextIO | None = None,
+        profile: str | None = None,
+        profile_seed: int | None = None,
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise ValueError(
@@ -807,6 +837,7 @@ class DuneEmulator:
         self.control_api = control_api
         self.verbose = verbose
         self.log_stream: TextIO = log_stream or sys.stderr
+        self.profile = ResponseProfile(profile, profile_seed)
         self._state = EmulatorState(clock=clock, record_limit=record_limit)
         self._api = _Api(self._state)
         self._server: _Server | None = None
@@ -1001,6 +1032,13 @@ class DuneEmulator:
         """
         self._state.add_faults(endpoint, faults, query_id)
 
+    def set_datapoint_limit(self, limit: int, api_key: str | None = None) -> None:
+        """Cap datapoints (rows x columns) per results request, for ``api_key`` or (``None``) every key.
+
+        Dune's default is 250,000, an account setting; ``ignore_max_datapoints_per_request=true`` lifts it.
+        """
+        self._state.set_datapoint_limit(limit, api_key)
+
     def set_rate_limit(self, read_per_minute: int | None, write_per_minute: int | None) -> None:
         """Enable per-key token buckets (``None`` disables one); exceeding them answers 429."""
         self._state.set_rate_limit(read_per_minute, write_per_minute)
@@ -1046,6 +1084,7 @@ class DuneEmulator:
     def reset(self) -> None:
         """Forget runs, counts, requests, faults and the connection count; keep queries, views, keys and settings."""
         self._state.reset()
+        self.profile.reset()
         server = self._server
         if server is not None:
             with server._connections_lock:
@@ -1101,7 +1140,9 @@ class DuneEmulator:
                     raise ValueError("expected a JSON object")
                 if "node_state_style" in payload:
                     self.node_state_style = payload["node_state_style"]
-                return 200, {"ok": True, "node_state_style": self.node_state_style}
+                if "max_datapoints_per_request" in payload:
+                    self.set_datapoint_limit(payload["max_datapoints_per_request"], payload.get("api_key"))
+                return 200, {"ok": True, "node_state_style": self.node_state_style, "profile": self.profile.describe()}
             if action == ("POST", "/seed"):
                 try:
                     time_scale = float(query.get("time_scale", "1"))
@@ -1271,6 +1312,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
     parser.add_argument("--no-control-api", action="store_true", help="do not serve the /_emulator/ control API")
     parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="response shapes: realistic (drawn from what Dune was seen to send) or strict (the spec's ideal); "
+        f"default ${PROFILE_ENV}, else {DEFAULT_PROFILE}",
+    )
+    parser.add_argument(
+        "--profile-seed", type=int, default=None, help=f"seed of the realistic draws (default ${SEED_ENV}, else random)"
+    )
+    parser.add_argument(
         "--node-state-style",
         choices=("lower", "query_state"),
         default="lower",
@@ -1295,6 +1346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose=args.verbose,
             allow_remote=args.allow_remote,
             node_state_style=args.node_state_style,
+            profile=args.profile,
+            profile_seed=args.profile_seed,
         )
         if not args.no_seed:
             emulator.load_seed(args.seed or DEFAULT_SEED_PATH, time_scale=args.time_scale)
@@ -1315,6 +1368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dune-emulator: error: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     print(f"Dune API emulator listening on {emulator.url}", flush=True)
+    print(f"Dune API emulator answers with {emulator.profile.describe()}", flush=True)
     try:
         while not stop.wait(0.5):
             pass

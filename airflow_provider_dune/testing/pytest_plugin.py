@@ -18,15 +18,27 @@ port, accepting ``test-key`` (read/write) and ``read-key`` (read only), loaded w
             1007 whale_wallets                            lineage: result_wallet_balances (pipeline fails)
             1010 long_running_backfill                    0.05 s + 1.0 s (for cancellation)
             1099 broken_query                             FAILS ("line 3:8: Column 'amount_usdd' ...")
+
+Every emulator answers with the ``realistic`` response profile unless ``DUNE_EMULATOR_PROFILE=strict`` is set.
+The plugin picks one seed per test session (or takes ``DUNE_EMULATOR_SEED``), exports it so emulators in
+child processes use it too, prints it in the report header and under every failed test: rerun with
+``DUNE_EMULATOR_SEED=<seed>`` to replay the same shapes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from airflow_provider_dune.testing._profiles import (
+    PROFILE_ENV,
+    SEED_ENV,
+    ResponseProfile,
+    new_profile_seed,
+)
 from airflow_provider_dune.testing.emulator import DEFAULT_SEED_PATH, DuneEmulator
 
 TEST_API_KEY = "test-key"
@@ -41,6 +53,34 @@ __all__ = [
     "dune_emulator_session",
     "make_test_emulator",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Fix the session's profile seed before any emulator (or child process) starts."""
+    os.environ.setdefault(SEED_ENV, str(new_profile_seed()))
+
+
+def session_profile() -> str:
+    """``profile realistic, seed N`` (or ``profile strict``): what this session's emulators answer with."""
+    return ResponseProfile().describe()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"dune emulator: {session_profile()} (replay with {SEED_ENV}={os.environ.get(SEED_ENV)})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        report.sections.append(
+            (
+                "dune emulator",
+                f"{session_profile()}: replay with {SEED_ENV}={os.environ.get(SEED_ENV)} "
+                f"({PROFILE_ENV}=strict for the spec's ideal shapes)",
+            )
+        )
 
 
 def make_test_emulator(**kwargs: Any) -> DuneEmulator:

@@ -17,6 +17,7 @@ import requests
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from airflow_provider_dune.testing._profiles import PROFILE_ENV
 from airflow_provider_dune.testing._spec import load_spec
 from airflow_provider_dune.testing.emulator import SPEC_OPERATIONS, DuneEmulator, RecordedRequest
 from airflow_provider_dune.testing.pytest_plugin import dune_emulator, dune_emulator_session  # noqa: F401
@@ -167,6 +168,13 @@ class SpecChecker:
                     f"{request.method} {request.path} -> {request.status} does not match Dune's spec: {exc.message}\n"
                     f"body: {request.response_body[:500]!r}"
                 )
+
+
+@pytest.fixture(autouse=True)
+def strict_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator's own behaviour is checked against the spec's ideal shapes (the realistic profile has its
+    own tests in ``test_emulator_profiles.py``)."""
+    monkeypatch.setenv(PROFILE_ENV, "strict")
 
 
 @pytest.fixture(scope="session")

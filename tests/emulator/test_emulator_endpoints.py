@@ -83,7 +83,7 @@ def test_query_without_lineage_has_a_single_node_plan(api: Api) -> None:
 @pytest.mark.parametrize(
     ("params", "fragment"),
     [
-        ({"query_parameters": '{"nope": 1}'}, "unknown query parameter(s) for query 1001: nope"),
+        ({"query_parameters": '{"nope": 1}'}, "unknown parameters (nope); query 1001 has: date"),
         ({"query_parameters": "{not json"}, "query_parameters: not valid JSON"),
         ({"query_parameters": "[1]"}, "must be a JSON object"),
         ({"performance": "huge"}, "invalid performance 'huge'"),
@@ -124,10 +124,10 @@ def test_execute_query_with_query_string_form(api: Api, emu: DuneEmulator) -> No
     [
         ("/v1/query/1003/execute", {"json": {"performance": "huge"}}, 400, "'huge' is not one of ['medium', 'large']"),
         ("/v1/query/1003/execute", {"json": {"query_parameters": "symbol=WETH"}}, 400, "is not of type 'object'"),
-        ("/v1/query/1003/execute", {"json": {"query_parameters": {"date": "x"}}}, 400, "unknown query parameter"),
+        ("/v1/query/1003/execute", {"json": {"query_parameters": {"date": "x"}}}, 400, "unknown parameters (date)"),
         ("/v1/query/1003/execute", {"data": b"{broken", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
         ("/v1/query/1003/execute", {"json": [1, 2]}, 400, "expected a JSON object"),
-        ("/v1/query/abc/execute", {"json": {}}, 400, "invalid query id"),
+        ("/v1/query/abc/execute", {"json": {}}, 400, "The requested query ID (ID: abc) is invalid."),
         ("/v1/query/424242/execute", {"json": {}}, 404, "not found: Query not found or private"),
     ],
 )

@@ -226,7 +226,7 @@ MV = {"materialized_view_refresh": {"name": "dune.demo.result_dex_trades_daily"}
         (
             _explicit({"id": 3, "query_execution": {"query_id": 1003, "query_parameters": {"zzz": 1}}}),
             400,
-            "pipeline node 3: unknown query parameter(s) for query 1003: zzz",
+            "pipeline node 3: unknown parameters (zzz); query 1003 has: symbol",
         ),
     ],
 )
@@ -246,7 +246,7 @@ def test_explicit_pipeline_validation(
         ({}, 400, "'performance' is a required property"),
         ({"performance": "small"}, 400, "'small' is not one of ['medium', 'large']"),
         ({"performance": "medium", "query_parameters": []}, 400, "is not of type 'object'"),
-        ({"performance": "medium", "query_parameters": {"day": "x"}}, 400, "unknown query parameter(s)"),
+        ({"performance": "medium", "query_parameters": {"day": "x"}}, 400, "unknown parameters (day)"),
     ],
 )
 def test_query_pipeline_body_validation(

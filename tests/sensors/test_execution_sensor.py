@@ -101,6 +101,12 @@ def test_an_id_that_renders_invalid_fails_before_any_request(emulator: DuneEmula
 
 def test_unknown_execution_fails(emulator: DuneEmulator) -> None:
     with pytest.raises(AirflowException, match="404"):
+        sensor("01HKZJ2683PHF9Q9PHHQ8FW4Q1").poke(CONTEXT)
+
+
+def test_invalid_execution_id_fails_saying_it_is_invalid(emulator: DuneEmulator) -> None:
+    """REAL_SHAPES.md, Errors: a bad execution id gets 400 "The requested execution ID (ID: ...) is invalid."."""
+    with pytest.raises(AirflowException, match=r"HTTP 400.*ID: 01NOSUCHEXECUTION\) is invalid.*This id is invalid"):
         sensor("01NOSUCHEXECUTION").poke(CONTEXT)
 
 

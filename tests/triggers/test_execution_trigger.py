@@ -6,6 +6,8 @@ import importlib
 import json
 import time
 
+import pytest
+
 from airflow_provider_dune.api.models import PipelineOutcome, parse_execution_status
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
@@ -60,10 +62,21 @@ async def test_timeout_after_a_final_check(dune_emulator: DuneEmulator, dune_con
     assert dune_emulator.counts.get("cancel_execution", 0) == 0  # the trigger itself only reads
 
 
-async def test_unknown_execution_is_an_error_event(dune_emulator: DuneEmulator, dune_conn_id: str) -> None:
-    events = await collect(DuneExecutionTrigger(execution_id="01NOPE", dune_conn_id=dune_conn_id, poll_interval=0.05))
+@pytest.mark.parametrize(
+    ("execution_id", "expected"),
+    [
+        ("01HKZJ2683PHF9Q9PHHQ8FW4Q1", "HTTP 404"),  # well formed, unknown
+        ("01NOPE", "HTTP 400"),  # REAL_SHAPES.md, Errors: Dune's 400 for an invalid execution id
+    ],
+)
+async def test_unknown_execution_is_an_error_event(
+    dune_emulator: DuneEmulator, dune_conn_id: str, execution_id: str, expected: str
+) -> None:
+    trigger = DuneExecutionTrigger(execution_id=execution_id, dune_conn_id=dune_conn_id, poll_interval=0.05)
+    events = await collect(trigger)
     assert [e["status"] for e in events] == ["error"]
-    assert "HTTP 404" in events[0]["message"]
+    assert expected in events[0]["message"]
+    assert execution_id in events[0]["message"]
 
 
 async def test_on_kill_cancels_and_can_be_disabled(dune_emulator: DuneEmulator, dune_conn_id: str) -> None:
