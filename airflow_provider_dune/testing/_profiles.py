@@ -47,6 +47,24 @@ _FINISHED_STATES = frozenset(
 )
 
 
+#: Every shape the realistic profile draws, by name (``ResponseProfile(always=...)`` forces some on).
+SHAPES: tuple[str, ...] = (
+    "no_finished_flag",  # is_execution_finished left out (dune-client PR #17)
+    "large_queue_position",  # pending with a queue position in the tens of thousands (PR #17)
+    "zero_expires_at",  # "1970-01-01T00:00:00Z" on a running execution (docs, execution-status page)
+    "cancelled_at_when_completed",  # a completed status carrying cancelled_at (older docs example)
+    "canceled_one_l",  # QUERY_STATE_CANCELED (docs state list)
+    "extra_status_fields",  # max_inflight_interactive_* (docs example)
+    "error_without_location",  # a SQL error without metadata line/column (dune-client #89 has both)
+    "metadata_fields_absent",  # no row_count / pending_time_millis (dune-client issue #22)
+    "flat_result_metadata",  # metadata flat inside result (older latest-results docs page)
+    "both_node_status_objects",  # a node carrying an empty sibling status object (docs example, inference)
+    "extra_pipeline_fields",  # unknown fields on a pipeline status and its nodes
+    "extra_view_fields",  # unknown fields on a materialized view
+    "partial_refusal_as_http_400",  # the partial-result refusal as HTTP 400 (docs) instead of a failed state
+)
+
+
 def new_profile_seed() -> int:
     """A fresh seed for a realistic profile (print it: it replays the same shapes)."""
     return secrets.randbelow(1_000_000_000)
@@ -70,9 +88,10 @@ class ResponseProfile:
     :param name: ``realistic`` or ``strict``; ``None`` reads ``DUNE_EMULATOR_PROFILE`` (default realistic).
     :param seed: seed of the realistic draws; ``None`` reads ``DUNE_EMULATOR_SEED``, else picks one (see
         :attr:`seed`).
+    :param always: names from :data:`SHAPES` to send whenever they apply instead of drawing them.
     """
 
-    def __init__(self, name: str | None = None, seed: int | None = None) -> None:
+    def __init__(self, name: str | None = None, seed: int | None = None, always: tuple[str, ...] = ()) -> None:
         env_name, env_seed = profile_from_environment()
         name = env_name if name is None else name
         seed = env_seed if seed is None else seed
@@ -80,8 +99,13 @@ class ResponseProfile:
             raise ValueError(f"unknown response profile {name!r}: use one of {', '.join(PROFILES)}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"the profile seed must be an integer, got {seed!r}")
+        unknown = sorted(set(always) - set(SHAPES))
+        if unknown:
+            raise ValueError(f"unknown response shapes {', '.join(unknown)}: use {', '.join(SHAPES)}")
         self.name = name
         self.seed = new_profile_seed() if seed is None else seed
+        #: Shapes sent every time they apply (tests that need one shape for sure).
+        self.always = frozenset(always)
         self._lock = threading.Lock()
         self._drawn: dict[str, int] = {}
 
@@ -97,29 +121,30 @@ class ResponseProfile:
         with self._lock:
             self._drawn.clear()
 
-    def _rng(self, endpoint: str) -> random.Random:
+    def _draw(self, endpoint: str) -> _Draw:
         # One stream per endpoint and answer number: an answer's shape does not depend on other endpoints' traffic.
         with self._lock:
             index = self._drawn.get(endpoint, 0)
             self._drawn[endpoint] = index + 1
-        return random.Random(f"{self.seed}:{endpoint}:{index}")
+        return _Draw(random.Random(f"{self.seed}:{endpoint}:{index}"), self.always)
 
     def answer(self, endpoint: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """The status and body to send for a successful ``endpoint`` call whose ideal body is ``payload``."""
         if not self.realistic:
             return 200, payload
-        rng = self._rng(endpoint)
-        if endpoint in ("execution_results", "query_results") and _is_partial_refusal(payload) and rng.random() < 0.5:
+        draw = self._draw(endpoint)
+        results = endpoint in ("execution_results", "query_results")
+        if results and _is_partial_refusal(payload) and draw("partial_refusal_as_http_400", 0.5):
             return 400, {"error": PARTIAL_RESULT_MESSAGE}
         shaper = _SHAPERS.get(endpoint)
         if shaper is not None:
-            shaper(payload, rng)
+            shaper(payload, draw)
         return 200, payload
 
     def error_status(self, endpoint: str, status: int, message: str) -> int:
         """The status code of an error answer; the datapoint refusal's is not documented, so it varies."""
         if self.realistic and message == DATAPOINT_LIMIT_MESSAGE:
-            return self._rng(endpoint + ":error").choice((400, 402, 403))
+            return self._draw(endpoint + ":error").rng.choice((400, 402, 403))
         return status
 
 
@@ -128,75 +153,82 @@ def _is_partial_refusal(payload: dict[str, Any]) -> bool:
     return isinstance(error, dict) and error.get("message") == PARTIAL_RESULT_MESSAGE
 
 
-def _maybe(rng: random.Random, probability: float) -> bool:
-    return rng.random() < probability
+class _Draw:
+    """Decides, for one answer, whether each shape is sent: forced ones always, the others by chance."""
+
+    def __init__(self, rng: random.Random, always: frozenset[str]) -> None:
+        self.rng = rng
+        self.always = always
+
+    def __call__(self, shape: str, probability: float) -> bool:
+        drawn = self.rng.random() < probability  # drawn even when forced, so the other draws stay the same
+        return shape in self.always or drawn
 
 
-def _status_fields(body: dict[str, Any], rng: random.Random) -> None:
+def _status_fields(body: dict[str, Any], draw: _Draw) -> None:
     """Execution status fields, as in the status and results answers."""
     state = body.get("state")
-    if "is_execution_finished" in body and _maybe(rng, 0.5):
+    if "is_execution_finished" in body and draw("no_finished_flag", 0.5):
         del body["is_execution_finished"]
-    if state == "QUERY_STATE_PENDING" and _maybe(rng, 0.5):
-        body["queue_position"] = rng.randint(1_000, 60_000)
-    if state not in _FINISHED_STATES and "expires_at" not in body and _maybe(rng, 0.5):
+    if state == "QUERY_STATE_PENDING" and draw("large_queue_position", 0.5):
+        body["queue_position"] = draw.rng.randint(1_000, 60_000)
+    if state not in _FINISHED_STATES and "expires_at" not in body and draw("zero_expires_at", 0.5):
         body["expires_at"] = ZERO_TIMESTAMP
-    if state == "QUERY_STATE_COMPLETED" and "cancelled_at" not in body and _maybe(rng, 0.3):
+    if state == "QUERY_STATE_COMPLETED" and "cancelled_at" not in body and draw("cancelled_at_when_completed", 0.3):
         body["cancelled_at"] = body.get("execution_ended_at") or ZERO_TIMESTAMP
-    if state == "QUERY_STATE_CANCELLED" and _maybe(rng, 0.5):
+    if state == "QUERY_STATE_CANCELLED" and draw("canceled_one_l", 0.5):
         body["state"] = "QUERY_STATE_CANCELED"
-    if _maybe(rng, 0.5):
+    if draw("extra_status_fields", 0.5):
         body.update(_STATUS_EXTRAS)
     error = body.get("error")
-    if isinstance(error, dict) and "metadata" in error and _maybe(rng, 0.5):
+    if isinstance(error, dict) and "metadata" in error and draw("error_without_location", 0.5):
         del error["metadata"]
 
 
-def _drop_metadata_fields(metadata: Any, rng: random.Random) -> None:
+def _drop_metadata_fields(metadata: Any, draw: _Draw) -> None:
     if isinstance(metadata, dict):
         for key in _METADATA_OPTIONAL:
-            if key in metadata and _maybe(rng, 0.5):
+            if key in metadata and draw("metadata_fields_absent", 0.5):
                 del metadata[key]
 
 
-def _execution_status(body: dict[str, Any], rng: random.Random) -> None:
-    _status_fields(body, rng)
-    _drop_metadata_fields(body.get("result_metadata"), rng)
+def _execution_status(body: dict[str, Any], draw: _Draw) -> None:
+    _status_fields(body, draw)
+    _drop_metadata_fields(body.get("result_metadata"), draw)
 
 
-def _results(body: dict[str, Any], rng: random.Random) -> None:
-    _status_fields(body, rng)
+def _results(body: dict[str, Any], draw: _Draw) -> None:
+    _status_fields(body, draw)
     result = body.get("result")
     if not isinstance(result, dict):
         return
     metadata = result.get("metadata")
-    _drop_metadata_fields(metadata, rng)
-    if isinstance(metadata, dict) and _maybe(rng, 0.3):
-        # The older documented shape: the metadata fields straight inside ``result``.
+    _drop_metadata_fields(metadata, draw)
+    if isinstance(metadata, dict) and draw("flat_result_metadata", 0.3):
         del result["metadata"]
         result.update(metadata)
 
 
-def _pipeline_status(body: dict[str, Any], rng: random.Random) -> None:
+def _pipeline_status(body: dict[str, Any], draw: _Draw) -> None:
     for node in body.get("node_executions") or ():
         if not isinstance(node, dict):
             continue
         has_query = "query_execution_status" in node
         sibling = "materialized_view_refresh_status" if has_query else "query_execution_status"
-        if _maybe(rng, 0.3):
-            node[sibling] = {}  # Dune's docs example: one node carrying both status objects.
-        if _maybe(rng, 0.2):
+        if draw("both_node_status_objects", 0.3):
+            node[sibling] = {}
+        if draw("extra_pipeline_fields", 0.2):
             node["attempt"] = 1
-    if _maybe(rng, 0.3):
+    if draw("extra_pipeline_fields", 0.3):
         body["pipeline_execution_started_at"] = ZERO_TIMESTAMP
 
 
-def _materialized_view(body: dict[str, Any], rng: random.Random) -> None:
-    if _maybe(rng, 0.5):
+def _materialized_view(body: dict[str, Any], draw: _Draw) -> None:
+    if draw("extra_view_fields", 0.5):
         body.update(cron_expression=None, performance="medium")
 
 
-_SHAPERS: dict[str, Callable[[dict[str, Any], random.Random], None]] = {
+_SHAPERS: dict[str, Callable[[dict[str, Any], _Draw], None]] = {
     "execution_status": _execution_status,
     "execution_results": _results,
     "query_results": _results,

@@ -798,7 +798,7 @@ class DuneEmulator:
     :param log_stream: where ``verbose`` logging goes (default ``sys.stderr``).
     :param profile: ``realistic`` (answers drawn from the shapes real Dune was seen to send) or ``strict``
         (the spec's ideal shape every time); ``None`` reads ``$DUNE_EMULATOR_PROFILE``, default realistic.
-        See :mod:`airflow_provider_dune.testing._profiles`.
+        A :class:`~airflow_provider_dune.testing._profiles.ResponseProfile` may force chosen shapes on.
     :param profile_seed: seed of the realistic draws; ``None`` reads ``$DUNE_EMULATOR_SEED``, else picks one
         (:attr:`profile` tells which).
     """
@@ -817,7 +817,7 @@ class DuneEmulator:
         node_state_style: NodeStateStyle = "lower",
         record_limit: int | None = 100_000,
         log_stream: TextIO | None = None,
-        profile: str | None = None,
+        profile: str | ResponseProfile | None = None,
         profile_seed: int | None = None,
     ) -> None:
         if not allow_remote and not is_loopback(host):
@@ -837,7 +837,7 @@ class DuneEmulator:
         self.control_api = control_api
         self.verbose = verbose
         self.log_stream: TextIO = log_stream or sys.stderr
-        self.profile = ResponseProfile(profile, profile_seed)
+        self.profile = profile if isinstance(profile, ResponseProfile) else ResponseProfile(profile, profile_seed)
         self._state = EmulatorState(clock=clock, record_limit=record_limit)
         self._api = _Api(self._state)
         self._server: _Server | None = None
