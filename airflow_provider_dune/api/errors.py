@@ -146,6 +146,10 @@ class DunePartialResultError(DuneBadRequestError):
     hint = "Set allow_partial_results=True on the operator to accept the truncated result."
 
 
+class DuneResultUnavailableError(DuneAPIError):
+    """Dune answered a results request without a result (the run failed, was cancelled or its result expired)."""
+
+
 class DuneCreditsExhaustedError(DuneAPIError):
     """The request would exceed the plan's credit limits for this billing cycle (402)."""
 

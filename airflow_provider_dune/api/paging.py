@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow_provider_dune.api.errors import DuneAPIError, DunePartialResultError
+from airflow_provider_dune.api.errors import DunePartialResultError, DuneResultUnavailableError
 from airflow_provider_dune.api.models import ResultPage
 from airflow_provider_dune.api.states import RunState
 
@@ -12,10 +12,6 @@ ASSUMED_COLUMNS = 100
 _NO_RESULT_STATES = frozenset(
     {RunState.FAILED, RunState.CANCELLED, RunState.EXPIRED, RunState.PENDING, RunState.EXECUTING}
 )
-
-
-class DuneResultUnavailableError(DuneAPIError):
-    """Dune answered a results request without a result (the run failed, was cancelled or its result expired)."""
 
 
 def rows_per_page(page_size: int, column_count: int | None, max_datapoints: int) -> int:

@@ -22,6 +22,7 @@ from airflow_provider_dune.api.errors import (
     DuneNotFoundError,
     DunePartialResultError,
     DuneRateLimitError,
+    DuneResultUnavailableError,
     DuneServerError,
     error_from_response,
 )
@@ -33,7 +34,7 @@ from airflow_provider_dune.api.models import (
     parse_pipeline_status,
     parse_result_page,
 )
-from airflow_provider_dune.api.paging import DuneResultUnavailableError, check_result_page, rows_per_page
+from airflow_provider_dune.api.paging import check_result_page, rows_per_page
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.api.validation import validate_performance, validate_view_performance
 
