@@ -92,6 +92,8 @@ class AirflowStack:
     api_key: str
     fernet_key: str
     admin_password: str | None = None
+    #: the PostgreSQL server holding the metadata DB (``tests.e2e.services.PostgresServer``); SQLite when ``None``
+    postgres: Any = None
     processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
     #: trigger kwargs seen while triggers were alive (the rows are deleted once triggers end)
     trigger_kwargs_seen: list[str] = field(default_factory=list)
@@ -106,12 +108,13 @@ class AirflowStack:
 
     # -- processes ------------------------------------------------------------------------------------
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[Any]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
+        """Start ``airflow *args`` as process ``name`` (``env`` adds to the stack's environment)."""
         self.process_log_dir.mkdir(exist_ok=True)
         log = (self.process_log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [AIRFLOW_BIN, *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -143,7 +146,23 @@ class AirflowStack:
     # -- metadata DB ----------------------------------------------------------------------------------
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Read the metadata DB (read-only; retries while Airflow holds a write lock)."""
+        """Read the metadata DB (read-only; retries while Airflow holds a write lock); ``?`` marks parameters."""
+        if self.postgres is not None:
+            import psycopg2
+
+            with (
+                contextlib.closing(
+                    psycopg2.connect(
+                        host="127.0.0.1",
+                        port=self.postgres.port,
+                        user=self.postgres.user,
+                        dbname=self.postgres.database,
+                    )
+                ) as conn,
+                conn.cursor() as cursor,
+            ):
+                cursor.execute(sql.replace("?", "%s"), params)
+                return list(cursor.fetchall())
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -276,7 +295,7 @@ class AirflowStack:
             return json.load(response)
 
 
-def _start_emulator(api_key: str, log_path: Path, seed: bool) -> tuple[subprocess.Popen[str], str]:
+def start_emulator(api_key: str, log_path: Path, seed: bool) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -346,7 +365,7 @@ def running_stack(home: Path, options: StackOptions) -> Iterator[AirflowStack]:
         (home / "dags" / name).write_text(source)
     api_key = f"e2e-secret-key-{secrets.token_hex(8)}"
     started = time.monotonic()
-    emulator_process, emulator_url = _start_emulator(api_key, home / "emulator.log", options.seed_emulator)
+    emulator_process, emulator_url = start_emulator(api_key, home / "emulator.log", options.seed_emulator)
     stack: AirflowStack | None = None
     try:
         emulator = DuneEmulatorClient(emulator_url)
