@@ -40,11 +40,17 @@ def dune_conn_id(dune_emulator, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say plainly when the browser test did not run, and why (it is easy to miss among the skips)."""
+    """Say plainly when a test that needs system packages did not run, and why (easy to miss among the skips)."""
+    notes = {
+        "browser test skipped": "the web UI browser test did not run",
+        "production stack skipped": "the production-shaped stack (PostgreSQL, Redis, Celery) did not run",
+        "no Docker Compose CLI": "docker-compose.yaml was not checked by Docker Compose",
+    }
+    said: set[str] = set()
     for report in terminalreporter.stats.get("skipped", []):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        if "browser test skipped" in reason:
-            terminalreporter.write_line("")
-            terminalreporter.write_line(
-                f"NOTE: the web UI browser test did not run: {reason.split(': ', 1)[-1]}", yellow=True
-            )
+        for marker, what in notes.items():
+            if marker in reason and marker not in said:
+                said.add(marker)
+                terminalreporter.write_line("")
+                terminalreporter.write_line(f"NOTE: {what}: {reason.split(': ', 1)[-1]}", yellow=True)

@@ -161,7 +161,7 @@ class AirflowStack:
                 ) as conn,
                 conn.cursor() as cursor,
             ):
-                cursor.execute(sql.replace("?", "%s"), params)
+                cursor.execute(sql.replace("?", "%s"), params or None)
                 return list(cursor.fetchall())
         deadline = time.monotonic() + 20
         while True:

@@ -67,7 +67,7 @@ class PostgresServer:
 
     @property
     def celery_result_backend(self) -> str:
-        return f"db+postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+        return f"db+postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
     def dump(self) -> bytes:
         """Every table's data (``pg_dump --data-only``), to search it for secrets."""
