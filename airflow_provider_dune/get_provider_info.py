@@ -7,6 +7,13 @@ from typing import Any
 from airflow_provider_dune import __version__
 from airflow_provider_dune.hooks.connection_form import provider_info_connection_fields
 
+_DUNE_URIS = {
+    "schemes": ["dune"],
+    "handler": "airflow_provider_dune.assets.sanitize_uri",
+    "factory": "airflow_provider_dune.assets.create_asset",
+    "to_openlineage_converter": "airflow_provider_dune.assets.convert_asset_to_openlineage",
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider description Airflow uses to register hooks, connection types and links."""
@@ -51,10 +58,14 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_dune.triggers.pipeline",
                     "airflow_provider_dune.triggers.execution",
+                    "airflow_provider_dune.triggers.materialized_view",
                 ],
             }
         ],
         "extra-links": ["airflow_provider_dune.links.DuneQueryLink"],
+        # dune://views/<name> and dune://queries/<id> (Airflow 3 reads asset-uris, Airflow 2.11 dataset-uris).
+        "asset-uris": [_DUNE_URIS],
+        "dataset-uris": [_DUNE_URIS],
         "config": {
             "dune": {
                 "description": "Options of the Dune provider.",

@@ -32,6 +32,7 @@ from airflow_provider_dune.api.validation import (
     validate_query_parameters,
     validate_seconds,
 )
+from airflow_provider_dune.assets import RefreshedObject, emit_asset_events
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
 from airflow_provider_dune.utils import run_registry
@@ -164,6 +165,10 @@ class DuneRunOperator(BaseOperator):
     def accept_failure(self, details: Mapping[str, Any] | None) -> bool:
         """Whether a ``failed`` event is acceptable after all (e.g. a partial result the user allowed)."""
         return False
+
+    def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
+        """The Dune objects a successful run refreshed, for the task's ``dune://`` outlets and asset aliases."""
+        return []
 
     def on_success(self, context: Context, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None) -> Any:
         """Return value of the task once the run succeeded."""
@@ -327,6 +332,7 @@ class DuneRunOperator(BaseOperator):
                 # The same run, the same settings: another try would fail the same way.
                 raise AirflowFailException(str(err)) from None
             run_registry.forget(context)
+            emit_asset_events(context, self.outlets, self.refreshed_objects(details or {}), self.log)
             return result
         cancelled = self.cancel_running(run_id, details)
         run_registry.forget(context)

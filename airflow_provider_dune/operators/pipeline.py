@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.api.validation import validate_performance, validate_pipeline_nodes
+from airflow_provider_dune.assets import RefreshedObject, refreshed_by_pipeline
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.operators.base import (
     DEFAULT_TIMEOUT,
@@ -93,6 +94,9 @@ class DuneExecutePipelineOperator(DuneRunOperator):
 
     def run_label(self, run_id: str) -> str:
         return f"Dune pipeline {run_id}"
+
+    def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
+        return refreshed_by_pipeline(details)
 
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         if self.nodes is not None:

@@ -13,6 +13,7 @@ from airflow_provider_dune.api.validation import (
     validate_view_name,
     validate_view_performance,
 )
+from airflow_provider_dune.assets import RefreshedObject, refreshed_by_query, refreshed_by_view_refresh
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.operators.base import DuneRunOperator, is_template, query_run_request, validated
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
@@ -107,6 +108,9 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id} of query {self.query_id}"
 
+    def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
+        return refreshed_by_query(details, self.query_id)
+
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         if self.output_path is not None and not (allow_templates and is_template(self.output_path)):
             output_format_for(self.output_path, self.output_format)
@@ -192,6 +196,9 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
 
     def run_label(self, run_id: str) -> str:
         return f"Dune refresh {run_id} of materialized view {self.view_name}"
+
+    def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
+        return refreshed_by_view_refresh(details, self.view_name)
 
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         return {

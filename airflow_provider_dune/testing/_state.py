@@ -91,6 +91,7 @@ class ViewSpec:
     pending: float
     error: str | None
     depends_on: tuple[str, ...]
+    refresh_every: float | None = None
 
 
 @dataclass
@@ -313,11 +314,16 @@ class EmulatorState:
         self.started: list[tuple[str, tuple[int, ...]]] = []
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._ids: set[str] = set()
+        #: Dune-side schedules: view name -> (clock time of the schedule's start, refreshes started so far).
+        self.schedules: dict[str, tuple[float, int]] = {}
 
     def reset(self) -> None:
         """Forget runs, counts, requests, faults and rate-limit buckets; keep queries and views."""
         with self.lock:
             self._init_runs()
+            for name, view in self.views.items():
+                if view.refresh_every is not None:
+                    self.schedules[name] = (self.clock(), 0)
 
     # ----------------------------------------------------------------------------------------- time & ids
 
@@ -390,8 +396,13 @@ class EmulatorState:
         pending: float = 0.0,
         error: str | None = None,
         depends_on: Sequence[str] = (),
+        refresh_every: float | None = None,
     ) -> None:
-        """Register (or replace) a materialized view; its query is registered too if unknown."""
+        """Register (or replace) a materialized view; its query is registered too if unknown.
+
+        ``refresh_every`` makes Dune refresh it on its own every so many seconds (a view's ``cron_expression``);
+        replacing a scheduled view keeps its schedule running (so a test can make the next refreshes fail).
+        """
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"invalid materialized view name {name!r}")
         if not _is_int(query_id) or query_id <= 0:
@@ -399,9 +410,19 @@ class EmulatorState:
         if isinstance(depends_on, str):
             raise TypeError("depends_on must be a sequence of names, not a string")
         _check_times(duration, pending)
-        spec = ViewSpec(name, query_id, float(duration), float(pending), error or None, _unique(depends_on))
+        if refresh_every is not None and (_is_int(refresh_every) or isinstance(refresh_every, float)):
+            if not refresh_every > 0:
+                raise ValueError(f"refresh_every must be a positive number of seconds, got {refresh_every!r}")
+        elif refresh_every is not None:
+            raise ValueError(f"refresh_every must be a positive number of seconds, got {refresh_every!r}")
+        every = float(refresh_every) if refresh_every is not None else None
+        spec = ViewSpec(name, query_id, float(duration), float(pending), error or None, _unique(depends_on), every)
         with self.lock:
             self.views[name] = spec
+            if every is None:
+                self.schedules.pop(name, None)
+            elif name not in self.schedules:
+                self.schedules[name] = (self.clock(), 0)
             if query_id not in self.queries:
                 self.add_query(query_id, name=name.rsplit(".", 1)[-1], duration=duration, implicit=True)
 
@@ -588,9 +609,11 @@ class EmulatorState:
         *,
         exposed: bool,
         root_query_id: int | None = None,
+        started_at: float | None = None,
     ) -> _Pipeline:
         nodes = [self._make_node(spec) for spec in node_specs]
-        pipeline = _Pipeline(self.new_id(), self.clock(), nodes, exposed, root_query_id)
+        start = self.clock() if started_at is None else started_at
+        pipeline = _Pipeline(self.new_id(), start, nodes, exposed, root_query_id)
         self.pipelines[pipeline.pipeline_id] = pipeline
         for node in nodes:
             self.executions[node.execution_id] = (pipeline, node)
@@ -600,8 +623,26 @@ class EmulatorState:
             started_ids = tuple(dict.fromkeys(n.query_id for n in nodes if n.kind == "query"))
             if not started_ids:
                 started_ids = tuple(dict.fromkeys(n.query_id for n in nodes))
-        self.started.append((endpoint, started_ids))
+        if endpoint != "scheduled_refresh":  # Dune's own refreshes are not requests of the API key
+            self.started.append((endpoint, started_ids))
         return pipeline
+
+    def run_schedules(self) -> None:
+        """Start the Dune-side scheduled refreshes that are due (lazily, whenever runs are read)."""
+        with self.lock:
+            now = self.clock()
+            for name, (origin, count) in list(self.schedules.items()):
+                view = self.views.get(name)
+                if view is None or view.refresh_every is None:
+                    continue
+                while origin + (count + 1) * view.refresh_every <= now:
+                    count += 1
+                    spec = {"id": 1, "dependencies": [], "materialized_view_refresh": {"name": name}}
+                    started = origin + count * view.refresh_every
+                    self._start(
+                        "scheduled_refresh", [spec], exposed=False, root_query_id=view.query_id, started_at=started
+                    )
+                self.schedules[name] = (origin, count)
 
     def execute_query_pipeline(self, query_id: int, performance: str, params: Mapping[str, Any]) -> str:
         """Start the query pipeline of ``query_id``; return the pipeline execution id."""
@@ -652,6 +693,7 @@ class EmulatorState:
         return [_NodeView(n, timelines[n.node_id], _state_at(timelines[n.node_id], now)) for n in pipeline.nodes]
 
     def _execution(self, execution_id: str, now: float) -> _NodeView:
+        self.run_schedules()
         found = self.executions.get(execution_id)
         if found is None:
             raise ApiError(404, NOT_FOUND)
@@ -868,6 +910,7 @@ class EmulatorState:
     def get_view(self, name: str) -> dict[str, Any]:
         """The ``GET /v1/materialized-views/{name}`` body."""
         with self.lock:
+            self.run_schedules()
             now = self.clock()
             view = self._view(name)
             refreshes: list[tuple[float, str]] = []

@@ -226,6 +226,7 @@ _VIEW_SCHEMA: dict[str, Any] = {
         "pending": _NUMBER,
         "error": {"type": ["string", "null"]},
         "depends_on": _NAMES,
+        "refresh_every": {"type": ["number", "null"], "exclusiveMinimum": 0},
     },
 }
 _SEED_SCHEMA: dict[str, Any] = {
@@ -984,6 +985,7 @@ class DuneEmulator:
         pending: float = 0.0,
         error: str | None = None,
         depends_on: Sequence[str] = (),
+        refresh_every: float | None = None,
     ) -> None:
         """Register (or replace) a materialized view.
 
@@ -993,9 +995,17 @@ class DuneEmulator:
         :param pending: seconds a refresh spends pending before executing.
         :param error: when set, refreshes end failed with this message.
         :param depends_on: names of other materialized views it reads (besides its query's ``depends_on``).
+        :param refresh_every: Dune refreshes the view on its own every so many seconds (its ``cron_expression``),
+            counted from now; replacing the view keeps the schedule (e.g. to make the next refreshes fail).
         """
         self._state.add_view(
-            name, query_id=query_id, duration=duration, pending=pending, error=error, depends_on=depends_on
+            name,
+            query_id=query_id,
+            duration=duration,
+            pending=pending,
+            error=error,
+            depends_on=depends_on,
+            refresh_every=refresh_every,
         )
 
     def load_seed(self, seed: Mapping[str, Any] | str | os.PathLike[str], *, time_scale: float = 1.0) -> None:
@@ -1163,8 +1173,8 @@ def _require(schema: dict[str, Any], payload: Any, what: str) -> None:
 
 def _scaled(item: Mapping[str, Any], time_scale: float) -> dict[str, Any]:
     kwargs = dict(item)
-    for key in ("duration", "pending"):
-        if key in kwargs:
+    for key in ("duration", "pending", "refresh_every"):
+        if kwargs.get(key) is not None:
             kwargs[key] = float(kwargs[key]) * time_scale
     if "duration" not in kwargs:
         kwargs["duration"] = 0.5 * time_scale

@@ -1,0 +1,206 @@
+"""dune:// assets: URIs, their registration with Airflow, and the events the operators emit."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from airflow_provider_dune.api.errors import DuneConfigurationError
+from airflow_provider_dune.assets import (
+    create_asset,
+    dune_query_asset,
+    dune_view_asset,
+    parse_uri,
+    query_uri,
+    refreshed_by_pipeline,
+    sanitize_uri,
+    view_uri,
+)
+from airflow_provider_dune.get_provider_info import get_provider_info
+from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
+from airflow_provider_dune.testing.emulator import DuneEmulator
+from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.version_compat import AIRFLOW_V_3_0_PLUS
+from tests.operators.fakes import FakeTI, FakeVariables
+
+if AIRFLOW_V_3_0_PLUS:
+    from airflow.sdk import Asset, AssetAlias
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+else:
+    from airflow.datasets import Dataset as Asset
+    from airflow.datasets import DatasetAlias as AssetAlias
+    from airflow.utils.context import OutletEventAccessors
+
+VIEW = "dune.demo.result_dex_trades_daily"
+
+
+def test_uris() -> None:
+    assert view_uri(" Dune.Team.Result_X ") == "dune://views/dune.team.result_x"
+    assert query_uri("1234") == "dune://queries/1234"
+    assert parse_uri("dune://views/dune.t.result_x") == ("views", "dune.t.result_x")
+    with pytest.raises(DuneConfigurationError):
+        query_uri(0)
+
+
+@pytest.mark.parametrize(
+    ("uri", "normalised"),
+    [
+        ("dune://views/DUNE.Team.Result_X", "dune://views/dune.team.result_x"),
+        ("dune://VIEWS/dune.t.v/", "dune://views/dune.t.v"),
+        ("dune://queries/0042", "dune://queries/42"),
+    ],
+)
+def test_sanitize_uri_normalises(uri: str, normalised: str) -> None:
+    assert sanitize_uri(urlsplit(uri)).geturl() == normalised
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("dune://tables/x", "use dune://views/<view full name> or dune://queries/<id>"),
+        ("dune://queries/abc", "positive integer"),
+        ("dune://views/", "non-empty"),
+        ("dune://views/a/b", "not allowed"),
+        ("dune://queries/1?x=1", "no query or fragment"),
+    ],
+)
+def test_sanitize_uri_refuses_with_a_reason(uri: str, says: str) -> None:
+    with pytest.raises(ValueError, match=r"invalid dune:// asset URI|no query or fragment") as info:
+        sanitize_uri(urlsplit(uri))
+    assert says in str(info.value)
+
+
+def test_the_scheme_is_registered_with_airflow() -> None:
+    info = get_provider_info()
+    for key in ("asset-uris", "dataset-uris"):
+        (entry,) = info[key]
+        assert entry["schemes"] == ["dune"]
+        assert entry["handler"] == "airflow_provider_dune.assets.sanitize_uri"
+    # Airflow itself normalises and refuses dune:// URIs through the registered handler.
+    assert Asset(uri="dune://views/DUNE.Team.Result_X").uri == "dune://views/dune.team.result_x"
+    with pytest.raises(ValueError, match="dune://views/<view full name>"):
+        Asset(uri="dune://tables/x")
+
+
+def test_helpers_build_assets() -> None:
+    assert dune_view_asset(VIEW).uri == f"dune://views/{VIEW}"
+    assert dune_query_asset(7).uri == "dune://queries/7"
+    assert create_asset(view_name=VIEW).uri == f"dune://views/{VIEW}"
+    assert create_asset(query_id=7).uri == "dune://queries/7"
+    with pytest.raises(ValueError, match="exactly one"):
+        create_asset()
+
+
+def test_only_completed_nodes_count_as_refreshed() -> None:
+    details = {
+        "pipeline_execution_id": "P",
+        "nodes": [
+            {"kind": "materialized_view_refresh", "view_name": "dune.t.a", "state": "completed", "execution_id": "1"},
+            {"kind": "materialized_view_refresh", "view_name": "dune.t.b", "state": "failed", "execution_id": "2"},
+            {"kind": "query_execution", "query_id": 5, "state": "completed", "execution_id": "3"},
+        ],
+    }
+    refreshed = refreshed_by_pipeline(details)
+    assert [r.uri for r in refreshed] == ["dune://views/dune.t.a", "dune://queries/5"]
+    assert refreshed[0].extra == {"pipeline_execution_id": "P", "execution_id": "1"}
+
+
+# -- events emitted by the operators ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run(dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+
+    def _run(task: Any) -> tuple[Any, OutletEventAccessors]:
+        events = OutletEventAccessors()
+        result = task.execute({"ti": FakeTI(dune_emulator), "outlet_events": events})
+        return result, events
+
+    return _run
+
+
+def _alias_events(events: OutletEventAccessors, alias: Any) -> dict[str, dict[str, Any]]:
+    found = {}
+    for event in events[alias].asset_alias_events:
+        key = getattr(event, "dest_asset_key", None)
+        uri = key.uri if key is not None else event.dest_dataset_uri
+        found[uri] = dict(event.extra)
+    return found
+
+
+def test_pipeline_outlets_and_alias_get_what_the_run_refreshed(run: Any) -> None:
+    view_asset, alias = dune_view_asset(VIEW), AssetAlias("dune_refreshed")
+    task = DuneExecutePipelineOperator(
+        task_id="p",
+        query_id=1001,
+        query_parameters={"date": "2024-06-01"},
+        poll_interval=0.05,
+        deferrable=False,
+        outlets=[view_asset, alias],
+    )
+    result, events = run(task)
+    executions = {node["view_name"] or node["query_id"]: node["execution_id"] for node in result["nodes"]}
+    assert events[view_asset].extra == {
+        "pipeline_execution_id": result["pipeline_execution_id"],
+        "execution_id": executions[VIEW],
+    }
+    by_uri = _alias_events(events, alias)
+    assert set(by_uri) == {f"dune://views/{VIEW}", "dune://queries/1001"}
+    assert by_uri["dune://queries/1001"]["execution_id"] == executions[1001]
+
+
+def test_query_and_view_operators_give_their_outlet_the_execution(run: Any) -> None:
+    query_asset = dune_query_asset(1003)
+    result, events = run(
+        DuneExecuteQueryOperator(
+            task_id="q",
+            query_id=1003,
+            query_parameters={"symbol": "ETH"},
+            poll_interval=0.05,
+            deferrable=False,
+            outlets=[query_asset],
+        )
+    )
+    assert events[query_asset].extra == {"execution_id": result["execution_id"], "row_count": 3}
+    view_asset = dune_view_asset(VIEW)
+    result, events = run(
+        DuneRefreshMaterializedViewOperator(
+            task_id="v", view_name=VIEW, poll_interval=0.05, deferrable=False, outlets=[view_asset]
+        )
+    )
+    assert events[view_asset].extra == {"execution_id": result["execution_id"]}
+
+
+def test_an_outlet_the_run_did_not_refresh_is_left_alone_with_a_warning(
+    run: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = dune_view_asset("dune.demo.not_in_this_pipeline")
+    unrelated = Asset(uri="s3://bucket/key")
+    _, events = run(
+        DuneExecuteQueryOperator(
+            task_id="q",
+            query_id=1003,
+            query_parameters={"symbol": "ETH"},
+            poll_interval=0.05,
+            deferrable=False,
+            outlets=[other, unrelated],
+        )
+    )
+    assert events[other].extra == {} and events[unrelated].extra == {}
+    printed = capsys.readouterr()
+    assert "was not refreshed by this run" in caplog.text + printed.out + printed.err
+
+
+def test_no_events_when_the_run_fails(run: Any, dune_emulator: DuneEmulator) -> None:
+    alias = AssetAlias("dune_refreshed")
+    task = DuneExecutePipelineOperator(
+        task_id="p", query_id=1007, poll_interval=0.05, deferrable=False, outlets=[alias]
+    )
+    events = OutletEventAccessors()
+    with pytest.raises(Exception, match="failed"):
+        task.execute({"ti": FakeTI(dune_emulator), "outlet_events": events})
+    assert events[alias].asset_alias_events == []
