@@ -17,6 +17,10 @@ Point it at your own query with environment variables (read when the DAG file is
     DUNE_POLL_INTERVAL=30           # seconds between status calls (``make demo`` uses 1)
     DUNE_RETRIES=1                  # task retries, 5 minutes apart (``make demo`` uses 0 to fail fast)
 
+The task emits an asset event for the query's result (``dune://queries/<id>``, extra: execution ids) and one
+per view the pipeline refreshed through the ``dune_nightly_refreshed_views`` alias; ``dune_after_nightly_refresh``
+(in ``dune_assets.py``) is scheduled on the first.
+
 A retry does not start a second billed pipeline while the first one still runs: the operator re-attaches
 to it (``reuse_existing_execution``). Unpausing the DAG (also the trigger dialog's "Unpause on trigger") does
 not run last night's refresh on top of the manual run on Airflow 3 (see ``dune_example_schedules``); on
@@ -34,7 +38,13 @@ except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
 from dune_example_schedules import RUN_DATE, cron_schedule
 
+from airflow_provider_dune.assets import dune_query_asset
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+
+try:
+    from airflow.sdk import AssetAlias
+except ImportError:  # Airflow 2.11
+    from airflow.datasets import DatasetAlias as AssetAlias  # type: ignore[no-redef]
 
 QUERY_ID = int(os.environ.get("DUNE_NIGHTLY_QUERY_ID") or 1001)
 CONN_ID = os.environ.get("DUNE_CONN_ID") or "dune_default"
@@ -60,4 +70,7 @@ with DAG(
         deferrable=True,
         poll_interval=POLL_INTERVAL,
         timeout=timedelta(hours=2),
+        # A fresh query result for DAGs scheduled on it (see dune_assets.py), and every view the pipeline
+        # refreshed, found at run time, through the alias.
+        outlets=[dune_query_asset(QUERY_ID), AssetAlias("dune_nightly_refreshed_views")],
     )

@@ -170,6 +170,36 @@ class DuneRunOperator(BaseOperator):
         """The Dune objects a successful run refreshed, for the task's ``dune://`` outlets and asset aliases."""
         return []
 
+    def lineage_subject(self) -> dict[str, Any]:
+        """The ``dune`` OpenLineage job facet's fields: ``operation`` and the query id or view name."""
+        return {"operation": type(self).__name__}
+
+    # -- OpenLineage (read by apache-airflow-providers-openlineage when it is installed) ----------------------
+
+    _lineage_details: dict[str, Any] | None = None
+    _lineage_error: str | None = None
+
+    def _lineage(self, *, failed: bool) -> Any:
+        from airflow_provider_dune.utils.openlineage import operator_lineage
+
+        details = self._lineage_details or {}
+        return operator_lineage(
+            refreshed=[] if failed else self.refreshed_objects(details),
+            run_id_field=self.id_field,
+            run_id=self.run_id,
+            details=details,
+            error=self._lineage_error if failed else None,
+            **self.lineage_subject(),
+        )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Outputs: what the run refreshed; facets: the Dune run ids and the query or view."""
+        return self._lineage(failed=False)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """No outputs; the run facets carry the Dune run ids and the error."""
+        return self._lineage(failed=True)
+
     def on_success(self, context: Context, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None) -> Any:
         """Return value of the task once the run succeeded."""
         return dict(details or {self.id_field: run_id, "outcome": SUCCESS})
@@ -323,6 +353,7 @@ class DuneRunOperator(BaseOperator):
             raise AirflowException(f"received a trigger event without a {self.id_field.replace('_', ' ')}: {event!r}")
         self.run_id = run_id
         status, message, details = validate_event(event, self.target(run_id))
+        self._lineage_details = dict(details or {})
         if status == SUCCESS or (status == "failed" and self.accept_failure(details)):
             self.log.info(message)
             try:
@@ -340,6 +371,7 @@ class DuneRunOperator(BaseOperator):
             message += f"\nCancelled {cancelled} still-running {self.cancelled_noun} so they use no more credits."
         if status == TIMEOUT and self.timeout is not None:
             message += f"\nTimeout was {self.timeout:g} s; raise `timeout` if the run legitimately needs longer."
+        self._lineage_error = message
         raise AirflowException(message)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:

@@ -98,6 +98,10 @@ class DuneExecutePipelineOperator(DuneRunOperator):
     def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
         return refreshed_by_pipeline(details)
 
+    def lineage_subject(self) -> dict[str, Any]:
+        query_id = self.query_id if isinstance(self.query_id, int) else None
+        return {"operation": "query_pipeline" if self.nodes is None else "pipeline", "query_id": query_id}
+
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         if self.nodes is not None:
             performance = validated(self.performance, validate_performance, allow_templates=allow_templates)

@@ -111,6 +111,9 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
     def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
         return refreshed_by_query(details, self.query_id)
 
+    def lineage_subject(self) -> dict[str, Any]:
+        return {"operation": "query_execution", "query_id": int(self.query_id)}
+
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         if self.output_path is not None and not (allow_templates and is_template(self.output_path)):
             output_format_for(self.output_path, self.output_format)
@@ -199,6 +202,9 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
 
     def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
         return refreshed_by_view_refresh(details, self.view_name)
+
+    def lineage_subject(self) -> dict[str, Any]:
+        return {"operation": "materialized_view_refresh", "view_name": self.view_name}
 
     def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
         return {

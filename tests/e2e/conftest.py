@@ -67,6 +67,7 @@ class StackOptions:
     :param login: users log in as ``admin`` with :attr:`AirflowStack.admin_password` (else everyone is admin).
     :param paused_at_creation: new DAGs start paused, as in a default installation.
     :param extra_env: more environment for the Airflow processes.
+    :param emulator_args: more command line options of the emulator, e.g. ``("--time-scale", "0.25")``.
     """
 
     dag_files: dict[str, str]
@@ -77,6 +78,7 @@ class StackOptions:
     login: bool = False
     paused_at_creation: bool = False
     extra_env: tuple[tuple[str, str], ...] = ()
+    emulator_args: tuple[str, ...] = ()
 
 
 ADMIN_USER = "admin"
@@ -295,7 +297,9 @@ class AirflowStack:
             return json.load(response)
 
 
-def start_emulator(api_key: str, log_path: Path, seed: bool) -> tuple[subprocess.Popen[str], str]:
+def start_emulator(
+    api_key: str, log_path: Path, seed: bool, args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -304,6 +308,7 @@ def start_emulator(api_key: str, log_path: Path, seed: bool) -> tuple[subprocess
             "--port",
             "0",
             *([] if seed else ["--no-seed"]),
+            *args,
         ],
         env={**os.environ, "DUNE_EMULATOR_API_KEY": api_key},  # not on the command line (visible in ps)
         stdout=subprocess.PIPE,
@@ -365,7 +370,9 @@ def running_stack(home: Path, options: StackOptions) -> Iterator[AirflowStack]:
         (home / "dags" / name).write_text(source)
     api_key = f"e2e-secret-key-{secrets.token_hex(8)}"
     started = time.monotonic()
-    emulator_process, emulator_url = start_emulator(api_key, home / "emulator.log", options.seed_emulator)
+    emulator_process, emulator_url = start_emulator(
+        api_key, home / "emulator.log", options.seed_emulator, options.emulator_args
+    )
     stack: AirflowStack | None = None
     try:
         emulator = DuneEmulatorClient(emulator_url)
