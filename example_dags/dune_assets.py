@@ -51,8 +51,11 @@ def report_refresh(**context: Any) -> list[dict[str, Any]]:
     for asset, asset_events in events.items():
         for event in asset_events:
             uri = getattr(asset, "uri", asset)
-            refreshes.append({"uri": str(uri), **dict(event.extra or {})})
-            print(f"Fresh from Dune: {uri} {dict(event.extra or {})}")
+            extra = dict(event.extra or {})
+            # An AssetWatcher's event keeps the trigger's payload under "payload".
+            details = extra.get("payload") if extra.get("from_trigger") else extra
+            refreshes.append({"uri": str(uri), **dict(details or {})})
+            print(f"Fresh from Dune: {uri} {details}")
     return refreshes
 
 

@@ -72,7 +72,12 @@ STACK_OPTIONS = StackOptions(
     parallelism=8,
     seed_emulator=True,
     emulator_args=("--time-scale", str(TIME_SCALE)),
-    extra_env=(("DUNE_POLL_INTERVAL", "1"), ("DUNE_RETRIES", "0")),
+    extra_env=(
+        ("DUNE_POLL_INTERVAL", "1"),
+        ("DUNE_RETRIES", "0"),
+        # OpenLineage events to a file in AIRFLOW_HOME (the processes' working directory).
+        ("AIRFLOW__OPENLINEAGE__TRANSPORT", '{"type": "file", "log_file_path": "openlineage.jsonl", "append": true}'),
+    ),
 )
 
 
@@ -108,6 +113,14 @@ def _reported(stack: AirflowStack, dag_id: str) -> list[dict[str, Any]]:
     return reported
 
 
+def _lineage_events(stack: AirflowStack, job: str) -> list[dict[str, Any]]:
+    path = stack.home / "openlineage.jsonl"
+    if not path.exists():
+        return []
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [event for event in events if event.get("job", {}).get("name") == job]
+
+
 def test_the_nightly_refresh_starts_its_downstream_dag_once_with_the_execution(airflow_stack: AirflowStack) -> None:
     stack = airflow_stack
     stack.rest("POST", "/api/v2/dags/dune_nightly_refresh/dagRuns", {"dag_run_id": "manual", "logical_date": None})
@@ -129,6 +142,20 @@ def test_the_nightly_refresh_starts_its_downstream_dag_once_with_the_execution(a
     view_event = by_uri["dune://views/dune.demo.result_dex_trades_daily"]  # found at run time, through the alias
     assert view_event["extra"]["pipeline_execution_id"] == pipeline_id
     print(f"\n[e2e] nightly refresh -> {downstream['dag_run_id']}; asset events: {sorted(by_uri)}")
+    (complete,) = _wait(
+        lambda: [
+            e
+            for e in _lineage_events(stack, "dune_nightly_refresh.refresh_daily_dex_volume")
+            if e["eventType"] == "COMPLETE"
+        ],
+        30,
+        "no OpenLineage COMPLETE event for the nightly refresh",
+    )
+    outputs = {(o["namespace"], o["name"]) for o in complete["outputs"]}
+    assert outputs == {("dune", "views/dune.demo.result_dex_trades_daily"), ("dune", "queries/1001")}
+    assert complete["run"]["facets"]["dune"]["run_id"] == pipeline_id
+    assert complete["run"]["facets"]["externalQuery"]["externalQueryId"] == pipeline_id
+    assert complete["job"]["facets"]["dune"]["query_id"] == 1001
 
 
 def test_a_failed_refresh_starts_nothing_downstream(airflow_stack: AirflowStack) -> None:
@@ -138,6 +165,14 @@ def test_a_failed_refresh_starts_nothing_downstream(airflow_stack: AirflowStack)
     assert run["state"] == "failed"
     time.sleep(8)  # what the scheduler would need to queue a downstream run
     assert _runs(stack, "e2e_after_failing_refresh") == []
+    (failed,) = _wait(
+        lambda: [e for e in _lineage_events(stack, "e2e_failing_refresh.refresh") if e["eventType"] == "FAIL"],
+        30,
+        "no OpenLineage FAIL event for the failing refresh",
+    )
+    # Only the declared outlet, which OpenLineage converts with the provider's dune:// converter.
+    assert [(o["namespace"], o["name"]) for o in failed["outputs"]] in ([], [("dune", "queries/1007")])
+    assert "balance_raw" in failed["run"]["facets"]["errorMessage"]["message"]
 
 
 def test_the_watcher_runs_its_dag_once_per_completed_scheduled_refresh(airflow_stack: AirflowStack) -> None:
