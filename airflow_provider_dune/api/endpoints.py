@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition
 from airflow_provider_dune.api.validation import (
     validate_execution_id,
     validate_performance,
     validate_pipeline_nodes,
     validate_query_id,
     validate_query_parameters,
+    validate_sql,
     validate_view_name,
     validate_view_performance,
 )
@@ -41,6 +43,8 @@ class DuneRequest:
     :param starts_run: the call starts billed work on Dune (execute/refresh).
     :param target: what the call is about, for messages: ``query 1234``, ``execution 01H...``.
     :param max_response_bytes: longest answer read; a longer one is refused (results pages get more room).
+    :param effect: what a ``starts_run`` request does on Dune, for messages about a request that may have
+        reached Dune without an answer.
     """
 
     method: str
@@ -51,6 +55,7 @@ class DuneRequest:
     starts_run: bool = False
     target: str | None = None
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    effect: str = "started a run"
 
     @property
     def description(self) -> str:
@@ -60,6 +65,17 @@ class DuneRequest:
 
 def _segment(value: str) -> str:
     return quote(value, safe="")
+
+
+def _page_params(limit: int | None, offset: int | None, allow_partial_results: bool) -> dict[str, str] | None:
+    params: dict[str, str] = {}
+    if limit is not None:
+        params["limit"] = str(int(limit))
+    if offset is not None:
+        params["offset"] = str(int(offset))
+    if allow_partial_results:
+        params["allow_partial_results"] = "true"
+    return params or None
 
 
 def execute_query_pipeline(query_id: Any, performance: Any = "medium", query_parameters: Any = None) -> DuneRequest:
@@ -150,18 +166,11 @@ def get_execution_results(
 ) -> DuneRequest:
     """``GET /v1/execution/{execution_id}/results`` (one page)."""
     eid = validate_execution_id(execution_id)
-    params: dict[str, str] = {}
-    if limit is not None:
-        params["limit"] = str(int(limit))
-    if offset is not None:
-        params["offset"] = str(int(offset))
-    if allow_partial_results:
-        params["allow_partial_results"] = "true"
     return DuneRequest(
         "GET",
         f"/v1/execution/{_segment(eid)}/results",
         "GET /v1/execution/{execution_id}/results",
-        params=params or None,
+        params=_page_params(limit, offset, allow_partial_results),
         target=f"execution {eid}",
         max_response_bytes=RESULTS_MAX_RESPONSE_BYTES,
     )
@@ -198,6 +207,92 @@ def get_materialized_view(name: Any) -> DuneRequest:
         "GET",
         f"/v1/materialized-views/{_segment(view)}",
         "GET /v1/materialized-views/{name}",
+        target=f"materialized view {view}",
+    )
+
+
+def get_query_results(
+    query_id: Any,
+    *,
+    limit: int | None = None,
+    offset: int | None = None,
+    allow_partial_results: bool = False,
+) -> DuneRequest:
+    """``GET /v1/query/{query_id}/results``: the latest result of a query, without running it."""
+    qid = validate_query_id(query_id)
+    return DuneRequest(
+        "GET",
+        f"/v1/query/{qid}/results",
+        "GET /v1/query/{query_id}/results",
+        params=_page_params(limit, offset, allow_partial_results),
+        target=f"query {qid}",
+        max_response_bytes=RESULTS_MAX_RESPONSE_BYTES,
+    )
+
+
+def execute_sql(sql: Any, performance: Any = "medium") -> DuneRequest:
+    """``POST /v1/sql/execute``: run SQL that is not saved as a query (billed like a query execution)."""
+    return DuneRequest(
+        "POST",
+        "/v1/sql/execute",
+        "POST /v1/sql/execute",
+        json_body={"sql": validate_sql(sql), "performance": validate_performance(performance)},
+        starts_run=True,
+        target="raw SQL",
+    )
+
+
+def get_query(query_id: Any) -> DuneRequest:
+    """``GET /v1/query/{queryId}``: a saved query's SQL, name, parameters and flags."""
+    qid = validate_query_id(query_id)
+    return DuneRequest("GET", f"/v1/query/{qid}", "GET /v1/query/{queryId}", target=f"query {qid}")
+
+
+def create_query(definition: QueryDefinition) -> DuneRequest:
+    """``POST /v1/query``: save a new query (no run, no credits)."""
+    # Not billed, but not idempotent either: a resent POST after a lost answer could save the query twice.
+    return DuneRequest(
+        "POST",
+        "/v1/query",
+        "POST /v1/query",
+        json_body=definition.to_request(),
+        starts_run=True,
+        target=f"query {definition.name!r}",
+        effect="saved the query",
+    )
+
+
+def update_query(query_id: Any, definition: QueryDefinition) -> DuneRequest:
+    """``PATCH /v1/query/{queryId}``: replace a saved query's SQL, name, parameters and flags (no run)."""
+    qid = validate_query_id(query_id)
+    return DuneRequest(
+        "PATCH",
+        f"/v1/query/{qid}",
+        "PATCH /v1/query/{queryId}",
+        json_body=definition.to_request(),
+        target=f"query {qid}",
+    )
+
+
+def upsert_materialized_view(definition: MaterializedViewDefinition) -> DuneRequest:
+    """``POST /v1/materialized-views``: create or change a view; Dune refreshes it right away (billed)."""
+    return DuneRequest(
+        "POST",
+        "/v1/materialized-views",
+        "POST /v1/materialized-views",
+        json_body=definition.to_request(),
+        starts_run=True,
+        target=f"materialized view {definition.name}",
+    )
+
+
+def delete_materialized_view(name: Any) -> DuneRequest:
+    """``DELETE /v1/materialized-views/{name}``."""
+    view = validate_view_name(name)
+    return DuneRequest(
+        "DELETE",
+        f"/v1/materialized-views/{_segment(view)}",
+        "DELETE /v1/materialized-views/{name}",
         target=f"materialized view {view}",
     )
 

@@ -523,6 +523,36 @@ def parse_execution_started(body: Any) -> ExecutionStarted:
     )
 
 
+def parse_query_id(body: Any, what: str) -> int:
+    """The ``query_id`` of a create/update answer."""
+    query_id = _opt_int(_require_mapping(body, what).get("query_id"))
+    if query_id is None:
+        raise DuneResponseError(f"the {what} response has no integer 'query_id'")
+    return query_id
+
+
+def parse_query(body: Any) -> dict[str, Any]:
+    """A ``GET /v1/query/{queryId}`` answer, checked to be about a query."""
+    data = dict(_require_mapping(body, "get query"))
+    parse_query_id(data, "get query")
+    return data
+
+
+@dataclass(frozen=True)
+class MaterializedViewUpsert:
+    """Answer to a view upsert: its name and the refresh Dune started."""
+
+    name: str
+    execution_id: str | None
+
+
+def parse_materialized_view_upsert(body: Any) -> MaterializedViewUpsert:
+    data = _require_mapping(body, "upsert materialized view")
+    return MaterializedViewUpsert(
+        name=_require_str(data, "name", "upsert materialized view"), execution_id=_opt_str(data.get("execution_id"))
+    )
+
+
 def parse_pipeline_execution_id(body: Any) -> str:
     """Read ``pipeline_execution_id`` from either pipeline execute endpoint."""
     return _require_str(_require_mapping(body, "execute pipeline"), "pipeline_execution_id", "execute pipeline")

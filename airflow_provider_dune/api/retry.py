@@ -92,6 +92,11 @@ def may_have_started_run(request: DuneRequest, error: BaseException) -> bool:
 
 def describe_unsafe_retry(request: DuneRequest) -> str:
     """Why an execute call was not retried, for the error message."""
+    if request.effect != "started a run":
+        return (
+            f"{request.description} may have reached Dune and {request.effect}, so it was not retried to avoid "
+            "doing it twice. Check on dune.com before running it again."
+        )
     return (
         f"{request.description} may have reached Dune and started a run, so it was not retried to avoid a second "
         "billed run. Check the executions on dune.com before running it again."

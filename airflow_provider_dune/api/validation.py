@@ -123,6 +123,24 @@ def validate_execution_id(value: Any, *, what: str = "execution id") -> str:
     return value
 
 
+#: Longest SQL accepted (Dune's editor handles far less; this only stops a wrong file from being sent).
+MAX_SQL_CHARS = 1_000_000
+
+
+def validate_sql(value: Any, *, what: str = "sql") -> str:
+    """Return SQL text: a non-empty string without NUL characters (surrounding whitespace removed)."""
+    if not isinstance(value, str):
+        raise DuneConfigurationError(f"{what} must be a string of SQL, got {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise DuneConfigurationError(f"{what} is empty: give the SQL to run (or the path of a .sql file)")
+    if "\x00" in text:
+        raise DuneConfigurationError(f"{what} contains a NUL character: is it a binary file?")
+    if len(text) > MAX_SQL_CHARS:
+        raise DuneConfigurationError(f"{what} has {len(text):,} characters, more than {MAX_SQL_CHARS:,}")
+    return text
+
+
 def validate_view_name(value: Any, *, what: str = "materialized view name") -> str:
     """Return a materialized view name such as ``dune.team.result_x``."""
     if not isinstance(value, str) or not value.strip():

@@ -52,6 +52,7 @@ from airflow_provider_dune.api.rate_limit import COOLDOWN
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
 from airflow_provider_dune.hooks import connection_form
+from airflow_provider_dune.hooks.definitions import DuneDefinitionsMixin
 from airflow_provider_dune.utils import transport
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
 from airflow_provider_dune.utils.transport import new_session
@@ -66,7 +67,7 @@ USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSI
 API_KEY_HEADER = "X-Dune-Api-Key"
 
 
-class DuneHook(BaseHook):
+class DuneHook(DuneDefinitionsMixin, BaseHook):
     """Talk to the Dune API (https://api.dune.com/api) with the key stored in an Airflow connection.
 
     Sync methods (for workers) use a pooled ``requests.Session``; methods prefixed with ``a`` are async (for

@@ -1,0 +1,122 @@
+"""The part of :class:`~airflow_provider_dune.hooks.dune.DuneHook` that manages Dune objects as code and reads
+results without running anything: saved queries, raw SQL, latest results, materialized-view definitions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from airflow_provider_dune.api import endpoints
+from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition
+from airflow_provider_dune.api.endpoints import DuneRequest
+from airflow_provider_dune.api.errors import DuneError
+from airflow_provider_dune.api.models import (
+    ExecutionStarted,
+    MaterializedViewUpsert,
+    ResultPage,
+    parse_execution_started,
+    parse_materialized_view_upsert,
+    parse_query,
+    parse_query_id,
+    parse_result_page,
+)
+from airflow_provider_dune.api.paging import check_result_page, rows_per_page
+
+T = TypeVar("T")
+
+
+class DuneDefinitionsMixin:
+    """Queries, SQL and views as code; mixed into ``DuneHook`` (which provides ``run``, ``_start``, ``settings``)."""
+
+    run: Callable[..., Any]
+    _start: Callable[[DuneRequest, Callable[[Any], Any]], Any]
+    settings: Any
+
+    # -- saved queries ---------------------------------------------------------------------------------------
+
+    def get_query(self, query_id: int) -> dict[str, Any]:
+        """A saved query: ``query_sql``, ``name``, ``parameters``, ``is_private``, ``tags``, ``version``..."""
+        return parse_query(self.run(endpoints.get_query(query_id)))
+
+    def create_query(self, definition: QueryDefinition) -> int:
+        """Save a new query; returns its id. Saving is free: nothing runs."""
+        created: int = self._start(
+            endpoints.create_query(definition), lambda body: parse_query_id(body, "create query")
+        )
+        return created
+
+    def update_query(self, query_id: int, definition: QueryDefinition) -> int:
+        """Replace a saved query's SQL, name, parameters and flags (a new version on dune.com)."""
+        return parse_query_id(self.run(endpoints.update_query(query_id, definition)), "update query")
+
+    def sync_query(self, definition: QueryDefinition, query_id: int | None = None) -> tuple[int, str, list[str]]:
+        """Make Dune's query match ``definition``: ``(query_id, "created" | "updated" | "unchanged", changed)``.
+
+        With ``query_id`` the query is read first and only updated when something differs, so a re-run makes no
+        new version; without one a query is created.
+        """
+        if query_id is None:
+            return self.create_query(definition), "created", ["all"]
+        changed = definition.changes_from(self.get_query(query_id))
+        if not changed:
+            return query_id, "unchanged", []
+        return self.update_query(query_id, definition), "updated", changed
+
+    # -- raw SQL and latest results --------------------------------------------------------------------------
+
+    def execute_sql(self, sql: str, performance: str = "medium") -> ExecutionStarted:
+        """Run SQL that is not saved as a query (billed); follow it with ``get_execution_status``."""
+        started: ExecutionStarted = self._start(endpoints.execute_sql(sql, performance), parse_execution_started)
+        return started
+
+    def get_query_results(
+        self,
+        query_id: int,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        allow_partial_results: bool = False,
+    ) -> ResultPage:
+        """One page of the query's latest result, without running it (no execution credits)."""
+        request = endpoints.get_query_results(
+            query_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
+        )
+        page = parse_result_page(self.run(request))
+        check_result_page(page, request.description)
+        return page
+
+    def iter_query_results(
+        self, query_id: int, *, page_size: int = 10_000, allow_partial_results: bool = False
+    ) -> Iterator[ResultPage]:
+        """Every page of the query's latest result, sized under the connection's datapoint cap."""
+        if page_size < 1:
+            raise DuneError(f"page_size must be at least 1, got {page_size}")
+        column_count: int | None = None
+        offset: int | None = 0
+        while offset is not None:
+            page = self.get_query_results(
+                query_id,
+                limit=rows_per_page(page_size, column_count, self.settings.max_datapoints_per_request),
+                offset=offset,
+                allow_partial_results=allow_partial_results,
+            )
+            yield page
+            if page.metadata and page.metadata.column_names:
+                column_count = len(page.metadata.column_names)
+            offset = (
+                page.next_offset if page.next_offset is not None and page.next_offset > offset and page.rows else None
+            )
+
+    # -- materialized views as code --------------------------------------------------------------------------
+
+    def upsert_materialized_view(self, definition: MaterializedViewDefinition) -> MaterializedViewUpsert:
+        """Create or change a view. Dune refreshes it right away, which is billed: compare before calling."""
+        upsert: MaterializedViewUpsert = self._start(
+            endpoints.upsert_materialized_view(definition), parse_materialized_view_upsert
+        )
+        return upsert
+
+    def delete_materialized_view(self, name: str) -> str:
+        """Drop a view; returns Dune's message."""
+        body = self.run(endpoints.delete_materialized_view(name))
+        return str((body or {}).get("message") or f"deleted {name}") if isinstance(body, dict) else f"deleted {name}"
