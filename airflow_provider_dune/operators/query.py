@@ -44,16 +44,9 @@ class _DuneExecutionOperator(DuneRunOperator):
         return [] if status.is_terminal else [(self.run_label(run_id), run_id)]
 
 
-class DuneExecuteQueryOperator(_DuneExecutionOperator):
-    """Execute one Dune query and wait for it; optionally fetch its result rows.
+class _DuneResultsOperator(_DuneExecutionOperator):
+    """An execution whose result rows can go to XCom or to a file: the options shared by queries and raw SQL.
 
-    The execution id is pushed to XCom under ``execution_id`` before waiting. The return value holds the final
-    execution status and result metadata, plus the rows (``fetch_results=True`` without ``output_path``) or
-    the path and row count of the written file.
-
-    :param query_id: Dune query id (templated).
-    :param query_parameters: parameters, e.g. ``{"date": "{{ ds }}"}`` (templated).
-    :param performance: ``medium`` or ``large`` (templated).
     :param fetch_results: put the rows in the return value (XCom); meant for small results, refused above
         ``max_xcom_rows`` rows (write them to ``output_path`` instead).
     :param output_path: stream every row to this file or object-storage URL (``s3://bucket/key.csv``,
@@ -64,23 +57,11 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
     :param max_xcom_rows: largest result ``fetch_results`` accepts.
     :param allow_partial_results: accept ``QUERY_STATE_COMPLETED_PARTIAL`` (a result Dune truncated); by
         default it fails the task.
-
-    Other parameters (``dune_conn_id``, ``deferrable``, ``poll_interval``, ``timeout``, ``wait_for_completion``,
-    ``reuse_existing_execution``, ``cancel_on_kill``) are those of
-    :class:`~airflow_provider_dune.operators.base.DuneRunOperator`.
     """
-
-    template_fields: Sequence[str] = ("dune_conn_id", "query_id", "query_parameters", "performance", "output_path")
-    template_fields_renderers = {"query_parameters": "json"}
-    operator_extra_links = (DuneQueryLink(),)
-    ui_color = "#ffb199"
 
     def __init__(
         self,
         *,
-        query_id: int | str,
-        query_parameters: Mapping[str, Any] | str | None = None,
-        performance: str = "medium",
         fetch_results: bool = False,
         output_path: str | None = None,
         output_format: str | None = None,
@@ -90,9 +71,6 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.query_id = query_id
-        self.query_parameters = query_parameters
-        self.performance = performance
         self.fetch_results = fetch_results
         self.output_path = output_path
         self.output_format = output_format
@@ -103,36 +81,11 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
             raise DuneConfigurationError(f"max_xcom_rows must be a whole number >= 0, got {max_xcom_rows!r}")
         self.max_xcom_rows = max_xcom_rows
         self.allow_partial_results = allow_partial_results
-        self.build_request(allow_templates=True)
 
-    def run_label(self, run_id: str) -> str:
-        return f"Dune execution {run_id} of query {self.query_id}"
-
-    def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
-        return refreshed_by_query(details, self.query_id)
-
-    def lineage_subject(self) -> dict[str, Any]:
-        return {"operation": "query_execution", "query_id": int(self.query_id)}
-
-    def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
+    def check_output(self, *, allow_templates: bool) -> None:
+        """Refuse an ``output_path`` whose format cannot be told, before anything runs."""
         if self.output_path is not None and not (allow_templates and is_template(self.output_path)):
             output_format_for(self.output_path, self.output_format)
-        return query_run_request(
-            self.query_id, self.performance, self.query_parameters, allow_templates=allow_templates
-        )
-
-    def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
-        started = hook.execute_query(request["query_id"], request["performance"], request["query_parameters"])
-        self.log.info(
-            "Started Dune execution %s of query %s (%s)",
-            started.execution_id,
-            request["query_id"],
-            DuneQueryLink.url_for(request["query_id"]),
-        )
-        return started.execution_id
-
-    def where_to_check(self, request: Mapping[str, Any]) -> str:
-        return f"the latest executions of query {request['query_id']} at {DuneQueryLink.url_for(request['query_id'])}"
 
     def accept_failure(self, details: Mapping[str, Any] | None) -> bool:
         partial = is_partial_result(details)
@@ -176,6 +129,73 @@ class DuneExecuteQueryOperator(_DuneExecutionOperator):
             f"the result of {run_id} has {count}, more than max_xcom_rows={self.max_xcom_rows}: too big for XCom. "
             "Set output_path to stream it to a file or object storage, or raise max_xcom_rows"
         )
+
+
+class DuneExecuteQueryOperator(_DuneResultsOperator):
+    """Execute one Dune query and wait for it; optionally fetch its result rows.
+
+    The execution id is pushed to XCom under ``execution_id`` before waiting. The return value holds the final
+    execution status and result metadata, plus the rows (``fetch_results=True`` without ``output_path``) or
+    the path and row count of the written file.
+
+    :param query_id: Dune query id (templated).
+    :param query_parameters: parameters, e.g. ``{"date": "{{ ds }}"}`` (templated).
+    :param performance: ``medium`` or ``large`` (templated).
+
+    Results options (``fetch_results``, ``output_path``, ``output_format``, ``page_size``, ``max_xcom_rows``,
+    ``allow_partial_results``) are those of ``_DuneResultsOperator``.
+
+    Other parameters (``dune_conn_id``, ``deferrable``, ``poll_interval``, ``timeout``, ``wait_for_completion``,
+    ``reuse_existing_execution``, ``cancel_on_kill``) are those of
+    :class:`~airflow_provider_dune.operators.base.DuneRunOperator`.
+    """
+
+    template_fields: Sequence[str] = ("dune_conn_id", "query_id", "query_parameters", "performance", "output_path")
+    template_fields_renderers = {"query_parameters": "json"}
+    operator_extra_links = (DuneQueryLink(),)
+    ui_color = "#ffb199"
+
+    def __init__(
+        self,
+        *,
+        query_id: int | str,
+        query_parameters: Mapping[str, Any] | str | None = None,
+        performance: str = "medium",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.query_id = query_id
+        self.query_parameters = query_parameters
+        self.performance = performance
+        self.build_request(allow_templates=True)
+
+    def run_label(self, run_id: str) -> str:
+        return f"Dune execution {run_id} of query {self.query_id}"
+
+    def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
+        return refreshed_by_query(details, self.query_id)
+
+    def lineage_subject(self) -> dict[str, Any]:
+        return {"operation": "query_execution", "query_id": int(self.query_id)}
+
+    def build_request(self, *, allow_templates: bool) -> dict[str, Any]:
+        self.check_output(allow_templates=allow_templates)
+        return query_run_request(
+            self.query_id, self.performance, self.query_parameters, allow_templates=allow_templates
+        )
+
+    def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
+        started = hook.execute_query(request["query_id"], request["performance"], request["query_parameters"])
+        self.log.info(
+            "Started Dune execution %s of query %s (%s)",
+            started.execution_id,
+            request["query_id"],
+            DuneQueryLink.url_for(request["query_id"]),
+        )
+        return started.execution_id
+
+    def where_to_check(self, request: Mapping[str, Any]) -> str:
+        return f"the latest executions of query {request['query_id']} at {DuneQueryLink.url_for(request['query_id'])}"
 
 
 class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
