@@ -43,6 +43,8 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_dune.operators.base",
                     "airflow_provider_dune.operators.pipeline",
                     "airflow_provider_dune.operators.query",
+                    "airflow_provider_dune.operators.sql",
+                    "airflow_provider_dune.operators.definitions",
                 ],
             }
         ],
@@ -63,6 +65,9 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_dune.links.DuneQueryLink"],
+        "task-decorators": [
+            {"name": "dune_sql", "class-name": "airflow_provider_dune.decorators.dune_sql.dune_sql_task"}
+        ],
         # dune://views/<name> and dune://queries/<id> (Airflow 3 reads asset-uris, Airflow 2.11 dataset-uris).
         "asset-uris": [_DUNE_URIS],
         "dataset-uris": [_DUNE_URIS],

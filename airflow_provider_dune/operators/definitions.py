@@ -25,6 +25,11 @@ VIEW_VARIABLE_PREFIX = "airflow_provider_dune_view__"
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 
 
+def _slug(name: str) -> str:
+    """A Variable-safe key from a query name: ``"Daily volume (v2)"`` -> ``"daily_volume_v2"``."""
+    return re.sub(r"[^a-z0-9_.\-]+", "_", name.lower()).strip("_")[:200] or "query"
+
+
 def _variable_key(prefix: str, key: str, what: str) -> str:
     if not isinstance(key, str) or not _KEY.match(key):
         raise DuneConfigurationError(
@@ -47,7 +52,8 @@ class DuneSyncQueryOperator(BaseOperator):
     :param name: the query's name on dune.com (templated).
     :param query_id: an existing query to keep in sync; when omitted, the one remembered for ``query_key``,
         else a new one.
-    :param query_key: the name under which the query id is remembered (default: ``name``).
+    :param query_key: the name under which the query id is remembered (default: ``name`` in lower case, with
+        ``_`` for characters other than letters, digits, ``.`` and ``-``).
     :param description: free text.
     :param parameters: parameter names used in the SQL as ``{{name}}``, or mappings ``{"key", "type",
         "value", "enumOptions"}``.
@@ -81,9 +87,9 @@ class DuneSyncQueryOperator(BaseOperator):
         self.query_id = query_id
         self.query_key = query_key
         self.description = description
-        self.parameters = list(parameters or [])
+        self.parameters = parameters
         self.is_private = is_private
-        self.tags = list(tags or [])
+        self.tags = tags
         self.dune_conn_id = dune_conn_id
         if query_key is not None:
             _variable_key(QUERY_ID_VARIABLE_PREFIX, query_key, "query_key")
@@ -100,7 +106,7 @@ class DuneSyncQueryOperator(BaseOperator):
 
     def execute(self, context: Context) -> int:
         definition = self.definition()
-        variable = _variable_key(QUERY_ID_VARIABLE_PREFIX, self.query_key or definition.name, "query_key")
+        variable = _variable_key(QUERY_ID_VARIABLE_PREFIX, self.query_key or _slug(definition.name), "query_key")
         remembered = Variable.get(variable, default=None)
         known = self.query_id if self.query_id is not None else (int(remembered) if remembered else None)
         with DuneHook(self.dune_conn_id) as hook:

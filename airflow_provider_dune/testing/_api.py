@@ -46,6 +46,16 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str, str], ...] = tuple(
         ("GET", "/v1/materialized-views/(?P<name>[^/]+)", "get_materialized_view", "/v1/materialized-views/{name}"),
         ("GET", "/v1/query/(?P<query_id>[^/]+)", "get_query", "/v1/query/{queryId}"),
         ("POST", "/v1/usage", "usage", "/v1/usage"),
+        ("POST", "/v1/query", "create_query", "/v1/query"),
+        ("PATCH", "/v1/query/(?P<query_id>[^/]+)", "update_query", "/v1/query/{queryId}"),
+        ("POST", "/v1/sql/execute", "execute_sql", "/v1/sql/execute"),
+        ("POST", "/v1/materialized-views", "upsert_materialized_view", "/v1/materialized-views"),
+        (
+            "DELETE",
+            "/v1/materialized-views/(?P<name>[^/]+)",
+            "delete_materialized_view",
+            "/v1/materialized-views/{name}",
+        ),
     )
 )
 #: Endpoint name -> (OpenAPI path, method) in Dune's spec.
@@ -230,6 +240,39 @@ class _Api:
 
     def get_query(self, request: _Request) -> dict[str, Any]:
         return self.state.get_query(request.query_id())
+
+    def create_query(self, request: _Request) -> dict[str, Any]:
+        body = request.json_object()
+        request.validate(self._body_validator(request.endpoint), body)
+        return {"query_id": self.state.save_query(None, body)}
+
+    def update_query(self, request: _Request) -> dict[str, Any]:
+        query_id = request.query_id()
+        body = request.json_object()
+        if not body:
+            raise ApiError(400, "invalid request body: nothing to update")
+        return {"query_id": self.state.save_query(query_id, body)}
+
+    def execute_sql(self, request: _Request) -> dict[str, Any]:
+        body = request.json_object()
+        request.validate(self._body_validator(request.endpoint), body)
+        execution_id = self.state.execute_sql(str(body["sql"]), _performance(body.get("performance")))
+        return {"execution_id": execution_id, "state": "QUERY_STATE_PENDING"}
+
+    def upsert_materialized_view(self, request: _Request) -> dict[str, Any]:
+        body = request.json_object()
+        request.validate(self._body_validator(request.endpoint), body)
+        for key in ("name", "query_id"):
+            if key not in body:
+                raise ApiError(400, f"invalid request body: {key} is required")
+        performance = _performance(body.get("performance"), tiers=("small", *PERFORMANCE_TIERS))
+        execution_id = self.state.upsert_view(body, performance)
+        return {"name": body["name"], "execution_id": execution_id}
+
+    def delete_materialized_view(self, request: _Request) -> dict[str, Any]:
+        name = request.path_params["name"]
+        self.state.delete_view(name)
+        return {"message": f"materialized view {name} deleted"}
 
     def usage(self, request: _Request) -> dict[str, Any]:
         request.validate(self._body_validator(request.endpoint), request.json_object())

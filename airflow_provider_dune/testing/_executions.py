@@ -4,6 +4,7 @@ results of a query, cancellation, result metadata, costs and the ``POST /v1/usag
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -57,6 +58,11 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
     return names, [types[name] for name in names]
 
 
+#: Raw SQL runs get a query id from this range (one per distinct SQL text), as Dune attaches them to a query.
+RAW_SQL_QUERY_IDS_FROM = 900_000_000
+_FAIL_MARKER = re.compile(r"^\s*--\s*emulator:\s*fail\s+(.+)$", re.MULTILINE)
+
+
 class ExecutionsMixin(_StateBase):
     """Executions of :class:`~airflow_provider_dune.testing._state.EmulatorState`: status, results, cancel, costs."""
 
@@ -77,6 +83,24 @@ class ExecutionsMixin(_StateBase):
                 pipeline = self._start("execute_query", [spec], exposed=False, root_query_id=query_id)
             except ApiError as exc:
                 raise ApiError(exc.status, exc.message.removeprefix("pipeline node 1: ")) from None
+            return pipeline.nodes[0].execution_id
+
+    def execute_sql(self, sql: str, performance: str) -> str:
+        """Run SQL that is not a saved query (``POST /v1/sql/execute``); return the execution id.
+
+        The run behaves like a query's: generated rows, or a failure when the SQL has a line
+        ``-- emulator: fail <message>`` (a way for tests to make raw SQL fail).
+        """
+        with self.lock:
+            query_id = RAW_SQL_QUERY_IDS_FROM + zlib.crc32(sql.encode()) % 100_000_000
+            match = _FAIL_MARKER.search(sql)
+            self.add_query(query_id, name="raw SQL", implicit=True, error=match.group(1).strip() if match else None)
+            spec = {
+                "id": 1,
+                "dependencies": [],
+                "query_execution": {"query_id": query_id, "performance": performance, "query_parameters": {}},
+            }
+            pipeline = self._start("execute_sql", [spec], exposed=False, root_query_id=query_id)
             return pipeline.nodes[0].execution_id
 
     def _execution(self, execution_id: str, now: float) -> _NodeView:

@@ -31,13 +31,30 @@ ENDPOINTS: tuple[str, ...] = (
     "get_materialized_view",
     "get_query",
     "usage",
+    "create_query",
+    "update_query",
+    "execute_sql",
+    "upsert_materialized_view",
+    "delete_materialized_view",
 )
 #: Endpoints that need a key with write access and count against the write rate-limit bucket.
 WRITE_ENDPOINTS: frozenset[str] = frozenset(
-    {"execute_query_pipeline", "execute_pipeline", "execute_query", "refresh_materialized_view"}
+    {
+        "execute_query_pipeline",
+        "execute_pipeline",
+        "execute_query",
+        "refresh_materialized_view",
+        "execute_sql",
+        "upsert_materialized_view",
+    }
 )
 #: Endpoints that need a key with write access (a read-only key gets 403).
-WRITE_ACCESS_ENDPOINTS: frozenset[str] = WRITE_ENDPOINTS | {"cancel_execution"}
+WRITE_ACCESS_ENDPOINTS: frozenset[str] = WRITE_ENDPOINTS | {
+    "cancel_execution",
+    "create_query",
+    "update_query",
+    "delete_materialized_view",
+}
 PERFORMANCE_TIERS: tuple[str, ...] = ("medium", "large")
 NOT_FOUND = "not found: Query not found or private"
 RESULT_RETENTION_SECONDS = 90 * 24 * 3600
@@ -66,6 +83,8 @@ class QuerySpec:
     parameters: tuple[str, ...]
     implicit: bool = False
     partial: bool = False
+    #: Set for queries saved through ``POST /v1/query`` / ``PATCH`` (``GET /v1/query`` returns them).
+    saved: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,7 @@ class ViewSpec:
     error: str | None
     depends_on: tuple[str, ...]
     refresh_every: float | None = None
+    is_private: bool = False
 
 
 @dataclass

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from airflow_provider_dune.testing._model import (
@@ -29,6 +30,10 @@ def generated_rows(query_id: int) -> tuple[dict[str, Any], ...]:
         }
         for day, project in enumerate(projects)
     )
+
+
+#: Queries saved through the API get ids above this one (the demo catalog uses small ids).
+SAVED_QUERY_IDS_FROM = 2_000_000
 
 
 class QueriesMixin(_StateBase):
@@ -87,10 +92,54 @@ class QueriesMixin(_StateBase):
                 f"{where}unknown parameters ({', '.join(unknown)}); query {query.query_id} has: {allowed}",
             )
 
+    def save_query(self, query_id: int | None, body: Mapping[str, Any]) -> int:
+        """``POST /v1/query`` (``query_id`` None: a new query) or ``PATCH /v1/query/{queryId}``; returns the id."""
+        with self.lock:
+            if query_id is None:
+                for key in ("name", "query_sql"):
+                    if not isinstance(body.get(key), str) or not body[key].strip():
+                        raise ApiError(400, f"invalid request body: {key} is required")
+                query_id = max([SAVED_QUERY_IDS_FROM, *self.queries]) + 1
+                saved: dict[str, Any] = {
+                    "description": "",
+                    "parameters": [],
+                    "is_private": False,
+                    "tags": [],
+                    "version": 0,
+                }
+                current: QuerySpec | None = None
+            else:
+                current = self._query(query_id)
+                saved = dict(current.saved or self.get_query(query_id))
+            for key in ("name", "query_sql", "description", "parameters", "is_private", "tags"):
+                if key in body:
+                    saved[key] = body[key]
+            if not isinstance(saved.get("parameters"), list) or not all(
+                isinstance(p, Mapping) and isinstance(p.get("key"), str) for p in saved["parameters"]
+            ):
+                raise ApiError(400, "invalid request body: parameters must be a list of objects with a key")
+            saved["version"] = int(saved.get("version") or 0) + 1
+            keys = tuple(str(p["key"]) for p in saved["parameters"])
+            if current is None:
+                self.add_query(query_id, name=str(saved["name"]), parameters=keys)
+            else:
+                self.queries[query_id] = replace(current, name=str(saved["name"]), parameters=keys)
+            self.queries[query_id] = replace(self.queries[query_id], saved=saved)
+            return query_id
+
     def get_query(self, query_id: int) -> dict[str, Any]:
         """The ``GET /v1/query/{queryId}`` body."""
         with self.lock:
             query = self._query(query_id)
+            if query.saved is not None:
+                return {
+                    "query_id": query.query_id,
+                    "owner": "demo",
+                    "query_engine": "medium",
+                    "is_archived": False,
+                    "is_unsaved": False,
+                    **{k: v for k, v in query.saved.items()},
+                }
             sources = ", ".join(query.depends_on) or "dex.trades"
             sql = f"-- {query.name}\nSELECT *\nFROM {sources}"
             if query.parameters:

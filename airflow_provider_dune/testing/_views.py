@@ -4,7 +4,8 @@ body and the refreshes Dune runs on its own schedule."""
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from airflow_provider_dune.testing._model import (
@@ -16,6 +17,22 @@ from airflow_provider_dune.testing._model import (
     _StateBase,
     _unique,
 )
+
+
+def cron_period(cron: Any) -> float | None:
+    """Seconds between Dune-side refreshes for the cron forms the emulator runs (``*/N * * * *`` every N minutes,
+    ``0 */N * * *`` every N hours); ``None`` for no schedule or a form it does not emulate."""
+    if not isinstance(cron, str):
+        return None
+    fields = cron.split()
+    if len(fields) != 5 or fields[2:] != ["*", "*", "*"]:
+        return None
+    minute, hour = fields[0], fields[1]
+    if minute.startswith("*/") and hour == "*" and minute[2:].isdigit() and int(minute[2:]) > 0:
+        return int(minute[2:]) * 60.0
+    if minute == "0" and hour.startswith("*/") and hour[2:].isdigit() and int(hour[2:]) > 0:
+        return int(hour[2:]) * 3600.0
+    return None
 
 
 class ViewsMixin(_StateBase):
@@ -104,6 +121,34 @@ class ViewsMixin(_StateBase):
             pipeline = self._start("refresh_materialized_view", [spec], exposed=False, root_query_id=view.query_id)
             return pipeline.nodes[0].execution_id, view.name
 
+    def upsert_view(self, body: Mapping[str, Any], performance: str) -> str:
+        """``POST /v1/materialized-views``: create or change a view, then refresh it; return the execution id."""
+        name, raw_query_id = body.get("name"), body.get("query_id")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ApiError(400, f"invalid name {name!r}")
+        if not _is_int(raw_query_id) or int(raw_query_id) <= 0:  # type: ignore[arg-type]
+            raise ApiError(400, f"invalid query_id {raw_query_id!r}")
+        query_id = int(raw_query_id)  # type: ignore[arg-type]
+        with self.lock:
+            self._query(query_id)
+            current = self.views.get(name)
+            self.add_view(
+                name,
+                query_id=query_id,
+                duration=current.duration if current else 0.5,
+                pending=current.pending if current else 0.0,
+                refresh_every=cron_period(body.get("cron_expression")),
+            )
+            self.views[name] = replace(self.views[name], is_private=bool(body.get("is_private")))
+            execution_id, _ = self.refresh_view(name, performance)
+            return execution_id
+
+    def delete_view(self, name: str) -> None:
+        with self.lock:
+            self._view(name)
+            del self.views[name]
+            self.schedules.pop(name, None)
+
     def get_view(self, name: str) -> dict[str, Any]:
         """The ``GET /v1/materialized-views/{name}`` body."""
         with self.lock:
@@ -120,7 +165,7 @@ class ViewsMixin(_StateBase):
                 "id": view.name,
                 "sql_id": view.name,
                 "query_id": view.query_id,
-                "is_private": False,
+                "is_private": view.is_private,
                 "owner_user_id": 1,
                 "owner_team_id": 1,
                 "table_size_bytes": 1_000_000 + zlib.crc32(name.encode()) % 1_000_000_000,

@@ -1,0 +1,229 @@
+"""Dune as code against the emulator: saved queries from SQL, raw SQL runs, materialized views, latest results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from airflow.exceptions import AirflowException
+
+from airflow_provider_dune.api.definitions import QueryDefinition
+from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError
+from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.operators import definitions as definitions_module
+from airflow_provider_dune.operators.definitions import (
+    DuneDeleteMaterializedViewOperator,
+    DuneSyncQueryOperator,
+    DuneUpsertMaterializedViewOperator,
+)
+from airflow_provider_dune.operators.sql import DuneExecuteSQLOperator
+from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.utils import run_registry
+from tests.operators.fakes import FakeTI, FakeVariables
+
+SQL = "SELECT block_date, SUM(amount_usd) AS volume\nFROM dex.trades\nWHERE block_date = DATE '{{day}}'\nGROUP BY 1"
+
+
+@pytest.fixture
+def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
+    fake = FakeVariables()
+    monkeypatch.setattr(run_registry, "Variable", fake)
+    monkeypatch.setattr(definitions_module, "Variable", fake)
+    return fake
+
+
+@pytest.fixture
+def context(dune_emulator: DuneEmulator, dune_conn_id: str, variables: FakeVariables) -> dict[str, Any]:
+    return {"ti": FakeTI(dune_emulator)}
+
+
+def sync(**kwargs: Any) -> DuneSyncQueryOperator:
+    kwargs.setdefault("task_id", "sync")
+    kwargs.setdefault("name", "daily volume")
+    kwargs.setdefault("sql", SQL)
+    kwargs.setdefault("parameters", [{"key": "day", "type": "text", "value": "2024-06-01"}])
+    return DuneSyncQueryOperator(**kwargs)
+
+
+# -- saved queries ------------------------------------------------------------------------------------------
+
+
+def test_sync_creates_once_then_changes_nothing_then_updates(
+    dune_emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
+) -> None:
+    query_id = sync().execute(context)
+    assert variables.store["airflow_provider_dune_query__daily_volume"] == str(query_id)
+    assert sync().execute(context) == query_id  # unchanged: nothing sent
+    assert dune_emulator.counts.get("create_query") == 1 and "update_query" not in dune_emulator.counts
+    changed = sync(sql=SQL.replace("SUM", "AVG"), tags=["dex"]).execute(context)
+    assert changed == query_id and dune_emulator.counts["update_query"] == 1
+    with DuneHook() as hook:
+        saved = hook.get_query(query_id)
+    assert saved["query_sql"] == SQL.replace("SUM", "AVG") and saved["tags"] == ["dex"] and saved["version"] == 2
+    assert context["ti"].xcom["query_uri"] == f"dune://queries/{query_id}"
+
+
+def test_sync_ignores_whitespace_editors_add(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    sync().execute(context)
+    sync(sql="\n" + SQL.replace("\n", "   \n") + "\n\n").execute(context)
+    assert "update_query" not in dune_emulator.counts
+
+
+def test_sync_recreates_a_query_deleted_on_dune(
+    dune_emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
+) -> None:
+    variables.store["airflow_provider_dune_query__daily_volume"] = "1999999"  # remembered, but gone
+    query_id = sync().execute(context)
+    assert query_id != 1999999 and variables.store["airflow_provider_dune_query__daily_volume"] == str(query_id)
+
+
+def test_sync_of_an_explicit_query_id_updates_it(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    assert sync(query_id=1003, sql="SELECT 1", parameters=[], name="token_prices_latest").execute(context) == 1003
+    assert dune_emulator.counts["update_query"] == 1 and "create_query" not in dune_emulator.counts
+
+
+def test_an_unanswered_create_is_not_sent_twice(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    dune_emulator.inject("create_query", Fault.drop_after_processing())
+    with pytest.raises(DuneAPIError, match="saved the query"):
+        sync().execute(context)
+    assert dune_emulator.counts["create_query"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sql": "   "}, "is empty"),
+        ({"sql": "SELECT 1", "parameters": ["day"]}, r"\['day'\] do not appear in the SQL"),
+        ({"parameters": [{"key": "day", "type": "date"}]}, "'type' must be one of"),
+        ({"parameters": ["day", "day"]}, "repeat a key"),
+        ({"name": " "}, "query name must be a non-empty string"),
+        ({"tags": "dex"}, "tags must be a list"),
+    ],
+)
+def test_bad_definitions_fail_before_any_request(
+    dune_emulator: DuneEmulator, context: dict[str, Any], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DuneConfigurationError, match=message):
+        sync(**kwargs).execute(context)
+    assert dune_emulator.counts == {}
+
+
+def test_query_key_is_checked_when_the_dag_is_parsed() -> None:
+    with pytest.raises(DuneConfigurationError, match="names an Airflow Variable"):
+        sync(query_key="a/b")
+
+
+def test_definition_changes() -> None:
+    definition = QueryDefinition.build(name="q", sql="SELECT {{x}}", parameters=["x"])
+    current = {"query_sql": "SELECT {{x}}", "name": "q", "parameters": [{"key": "x", "type": "text", "value": ""}]}
+    assert definition.changes_from(current) == []
+    assert definition.changes_from({**current, "is_private": True, "name": "r"}) == ["name", "is_private"]
+
+
+# -- raw SQL ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "triggerer"])
+def test_raw_sql_runs_once_and_returns_rows(
+    dune_emulator: DuneEmulator, context: dict[str, Any], deferrable: bool
+) -> None:
+    from airflow.exceptions import TaskDeferred
+
+    task = DuneExecuteSQLOperator(
+        task_id="sql", sql="SELECT 42 AS answer", fetch_results=True, poll_interval=0.05, deferrable=deferrable
+    )
+    if deferrable:
+        import asyncio
+
+        with pytest.raises(TaskDeferred) as info:
+            task.execute(context)
+
+        async def last_event() -> Any:
+            return [event.payload async for event in info.value.trigger.run()][-1]
+
+        result = task.execute_complete(context, asyncio.run(last_event()))
+    else:
+        result = task.execute(context)
+    assert result["state"] == "completed" and result["rows"]
+    assert dune_emulator.counts["execute_sql"] == 1
+    assert context["ti"].xcom["execution_id"] == result["execution_id"]
+
+
+def test_failing_raw_sql_fails_with_dunes_message(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    task = DuneExecuteSQLOperator(
+        task_id="sql",
+        sql="-- emulator: fail line 1:8: Column 'x' cannot be resolved\nSELECT x",
+        poll_interval=0.05,
+        deferrable=False,
+    )
+    with pytest.raises(AirflowException, match="Column 'x' cannot be resolved"):
+        task.execute(context)
+
+
+def test_raw_sql_is_checked_before_anything_runs() -> None:
+    with pytest.raises(DuneConfigurationError, match="is empty"):
+        DuneExecuteSQLOperator(task_id="sql", sql="  ")
+
+
+# -- materialized views -------------------------------------------------------------------------------------
+
+
+def view(**kwargs: Any) -> DuneUpsertMaterializedViewOperator:
+    kwargs.setdefault("task_id", "view")
+    kwargs.setdefault("name", "dune.demo.result_code_view")
+    kwargs.setdefault("query_id", 1001)
+    kwargs.setdefault("cron_expression", "0 */6 * * *")
+    return DuneUpsertMaterializedViewOperator(**kwargs)
+
+
+def test_view_upsert_only_when_the_definition_changed(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    created = view().execute(context)
+    assert created["action"] == "created" and created["execution_id"]
+    assert view().execute(context) == {
+        "name": "dune.demo.result_code_view",
+        "action": "unchanged",
+        "execution_id": None,
+    }
+    assert dune_emulator.counts["upsert_materialized_view"] == 1  # an upsert is a billed refresh: only one
+    updated = view(cron_expression="0 */12 * * *").execute(context)
+    assert updated["action"] == "updated" and dune_emulator.counts["upsert_materialized_view"] == 2
+    assert view(is_private=True).execute(context)["action"] == "updated"
+    with DuneHook() as hook:
+        assert hook.get_materialized_view("dune.demo.result_code_view").is_private is True
+
+
+def test_view_delete_is_idempotent(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    view().execute(context)
+    delete = DuneDeleteMaterializedViewOperator(task_id="drop", name="dune.demo.result_code_view")
+    assert "deleted" in delete.execute(context)
+    assert "did not exist" in delete.execute(context)
+    with pytest.raises(AirflowException, match="404"):
+        DuneDeleteMaterializedViewOperator(task_id="drop", name="dune.demo.result_code_view", missing_ok=False).execute(
+            context
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cron_expression": "every day"}, "five fields"),
+        ({"performance": "huge"}, "performance"),
+        ({"expires_at": "tomorrow"}, "RFC 3339"),
+    ],
+)
+def test_bad_view_definitions_fail_before_any_request(
+    dune_emulator: DuneEmulator, context: dict[str, Any], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DuneConfigurationError, match=message):
+        view(**kwargs).execute(context)
+    assert dune_emulator.counts == {}
+
+
+# -- latest results -----------------------------------------------------------------------------------------
+
+
+def test_latest_results_without_running(dune_emulator: DuneEmulator, dune_conn_id: str) -> None:
+    with DuneHook() as hook:
+        rows = [row for page in hook.iter_query_results(1001, page_size=3) for row in page.rows]
+    assert len(rows) == 7
+    assert dune_emulator.executions_started() == 0
