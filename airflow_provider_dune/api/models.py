@@ -7,8 +7,10 @@ XCom and trigger events).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
@@ -466,6 +468,23 @@ def _error_fields(error: Any) -> tuple[str | None, str | None, int | None, int |
         _opt_int(where.get("line")),
         _opt_int(where.get("column")),
     )
+
+
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
+
+
+def result_age_seconds(ended_at: str | None, now: datetime | None = None) -> float | None:
+    """Seconds since ``ended_at`` (Dune's RFC 3339 time, nanoseconds allowed); ``None`` if absent or unreadable."""
+    if not ended_at:
+        return None
+    match = _TIMESTAMP.match(ended_at.strip())
+    if match is None:
+        return None
+    fraction = (match.group(2) or "0")[:6].ljust(6, "0")
+    zone = match.group(3) or "Z"
+    zone = "+00:00" if zone == "Z" else zone
+    when = datetime.fromisoformat(f"{match.group(1)}.{fraction}{zone}")
+    return ((now or datetime.now(timezone.utc)) - when).total_seconds()
 
 
 def is_partial_result(details: Mapping[str, Any] | None) -> bool:

@@ -170,6 +170,10 @@ class DuneRunOperator(BaseOperator):
         """The Dune objects a successful run refreshed, for the task's ``dune://`` outlets and asset aliases."""
         return []
 
+    def reusable_run(self, hook: DuneHook, request: Mapping[str, Any]) -> tuple[str, Snapshot] | None:
+        """A finished run to use instead of starting one (e.g. a fresh enough latest result); none by default."""
+        return None
+
     def lineage_subject(self) -> dict[str, Any]:
         """The ``dune`` OpenLineage job facet's fields: ``operation`` and the query id or view name."""
         return {"operation": type(self).__name__}
@@ -219,19 +223,22 @@ class DuneRunOperator(BaseOperator):
         fingerprint = run_registry.request_fingerprint({"operator": type(self).__name__, **request})
         hook = self.hook
         previous = self._previous_run(context, hook, fingerprint)
-        if previous is None:
+        reused = self.reusable_run(hook, request) if previous is None else None
+        if reused is not None:
+            previous = reused
+        elif previous is None:
             run_id = self._start(hook, request)
             run_registry.remember(context, run_id, fingerprint)
-        else:
+        elif previous[1].outcome is PipelineOutcome.SUCCESS:
+            self.log.info(
+                "%s of a previous try of this task already succeeded; using it instead of starting another run",
+                self.run_label(previous[0]),
+            )
+        if previous is not None:
             run_id = previous[0]
         self.run_id = run_id
         context["ti"].xcom_push(key=self.id_field, value=run_id)
 
-        if previous is not None and previous[1].outcome is PipelineOutcome.SUCCESS:
-            self.log.info(
-                "%s of a previous try of this task already succeeded; using it instead of starting another run",
-                self.run_label(run_id),
-            )
         if not self.wait_for_completion:
             status = previous[1] if previous else self.get_status(hook, run_id)
             self.log.info("Not waiting for %s: %s", self.run_label(run_id), status.progress_summary())

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_dune.api.errors import DuneConfigurationError
-from airflow_provider_dune.api.models import is_partial_result
+from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError
+from airflow_provider_dune.api.models import is_partial_result, result_age_seconds
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.api.validation import (
     validate_positive_int,
+    validate_seconds,
     validate_view_name,
     validate_view_performance,
 )
@@ -141,6 +143,9 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
     :param query_id: Dune query id (templated).
     :param query_parameters: parameters, e.g. ``{"date": "{{ ds }}"}`` (templated).
     :param performance: ``medium`` or ``large`` (templated).
+    :param reuse_latest_result_max_age: seconds (or a ``timedelta``): when the query's latest result (whoever
+        ran it) completed less than this long ago, use it instead of executing the query, which spends no
+        execution credits. Only for queries without ``query_parameters``.
 
     Results options (``fetch_results``, ``output_path``, ``output_format``, ``page_size``, ``max_xcom_rows``,
     ``allow_partial_results``) are those of ``_DuneResultsOperator``.
@@ -161,13 +166,51 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
         query_id: int | str,
         query_parameters: Mapping[str, Any] | str | None = None,
         performance: str = "medium",
+        reuse_latest_result_max_age: timedelta | float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.query_id = query_id
         self.query_parameters = query_parameters
         self.performance = performance
+        self.reuse_latest_result_max_age = (
+            None
+            if reuse_latest_result_max_age is None
+            else validate_seconds(reuse_latest_result_max_age, "reuse_latest_result_max_age")
+        )
+        if self.reuse_latest_result_max_age is not None and query_parameters:
+            raise DuneConfigurationError(
+                "reuse_latest_result_max_age needs a query without query_parameters: Dune's latest result may be "
+                "of other parameter values"
+            )
         self.build_request(allow_templates=True)
+
+    def reusable_run(self, hook: DuneHook, request: Mapping[str, Any]) -> tuple[str, Any] | None:
+        """The query's latest execution when it completed less than ``reuse_latest_result_max_age`` ago."""
+        if self.reuse_latest_result_max_age is None:
+            return None
+        try:
+            latest = hook.get_query_results(request["query_id"], limit=1)
+        except DuneAPIError as err:
+            self.log.info("No latest result of query %s to reuse (%s): running it", request["query_id"], err)
+            return None
+        status = hook.get_execution_status(latest.execution_id)
+        age = result_age_seconds(status.execution_ended_at)
+        if not status.succeeded or age is None or age > self.reuse_latest_result_max_age:
+            self.log.info(
+                "Latest result of query %s is %s: running the query",
+                request["query_id"],
+                "not complete" if not status.succeeded else f"{age:.0f}s old" if age is not None else "undated",
+            )
+            return None
+        self.log.info(
+            "Reusing execution %s of query %s, completed %.0fs ago (reuse_latest_result_max_age=%gs): no credits spent",
+            status.execution_id,
+            request["query_id"],
+            age,
+            self.reuse_latest_result_max_age,
+        )
+        return status.execution_id, status
 
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id} of query {self.query_id}"

@@ -227,3 +227,64 @@ def test_latest_results_without_running(dune_emulator: DuneEmulator, dune_conn_i
         rows = [row for page in hook.iter_query_results(1001, page_size=3) for row in page.rows]
     assert len(rows) == 7
     assert dune_emulator.executions_started() == 0
+
+
+# -- reusing the latest result ------------------------------------------------------------------------------
+
+
+def test_a_fresh_latest_result_is_reused_without_running(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
+
+    task = DuneExecuteQueryOperator(
+        task_id="q",
+        query_id=1002,
+        fetch_results=True,
+        reuse_latest_result_max_age=3600,
+        poll_interval=0.05,
+        deferrable=False,
+    )
+    result = task.execute(context)
+    assert "execute_query" not in dune_emulator.counts and dune_emulator.executions_started() == 0
+    assert result["state"] == "completed" and result["rows"]
+
+
+def test_a_stale_latest_result_runs_the_query(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    import time
+
+    from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
+
+    time.sleep(0.3)
+    task = DuneExecuteQueryOperator(
+        task_id="q", query_id=1002, reuse_latest_result_max_age=0.1, poll_interval=0.05, deferrable=False
+    )
+    task.execute(context)
+    assert dune_emulator.counts["execute_query"] == 1
+
+
+def test_reuse_refuses_parameters() -> None:
+    from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
+
+    with pytest.raises(DuneConfigurationError, match="without query_parameters"):
+        DuneExecuteQueryOperator(
+            task_id="q", query_id=1001, query_parameters={"date": "x"}, reuse_latest_result_max_age=60
+        )
+
+
+@pytest.mark.parametrize(
+    ("ended", "age"),
+    [
+        ("2026-01-01T00:00:00.123456789Z", 59.876543),
+        ("2026-01-01T00:00:30Z", 30.0),
+        ("2026-01-01T01:00:00+01:00", 60.0),
+        ("not a time", None),
+        (None, None),
+    ],
+)
+def test_result_age(ended: str | None, age: float | None) -> None:
+    from datetime import datetime, timezone
+
+    from airflow_provider_dune.api.models import result_age_seconds
+
+    now = datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc)
+    got = result_age_seconds(ended, now)
+    assert got == pytest.approx(age) if age is not None else got is None
