@@ -222,3 +222,95 @@ class MaterializedViewDefinition:
     def fingerprint(self) -> str:
         """A stable digest: Dune's API does not return the schedule or tier, so a stored digest tells a change."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_TABLE_PART = re.compile(r"^[a-z0-9_]{1,128}$")
+#: Column types Dune's uploads accept (its docs list these; ``varchar`` is the default for text).
+COLUMN_TYPES = (
+    "varchar",
+    "integer",
+    "bigint",
+    "double",
+    "boolean",
+    "timestamp",
+    "date",
+    "varbinary",
+    "uint256",
+    "int256",
+)
+
+
+def validate_table_part(value: Any, what: str) -> str:
+    """A namespace or table name: lower-case letters, digits and ``_`` (Dune's rule for uploaded tables)."""
+    if not isinstance(value, str) or not _TABLE_PART.match(value):
+        raise DuneConfigurationError(f"{what} must be lower-case letters, digits and '_' (at most 128), got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    """An uploaded Dune table: ``dune.<namespace>.<table_name>`` with typed columns.
+
+    :param namespace: your team or user namespace on Dune.
+    :param table_name: the table's name.
+    :param columns: ``(name, type, nullable)`` per column; types from :data:`COLUMN_TYPES`.
+    :param description: free text.
+    :param is_private: visible to the owning team only.
+    """
+
+    namespace: str
+    table_name: str
+    columns: tuple[tuple[str, str, bool], ...]
+    description: str = ""
+    is_private: bool = False
+
+    @property
+    def full_name(self) -> str:
+        return f"dune.{self.namespace}.{self.table_name}"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.columns)
+
+    @classmethod
+    def build(
+        cls, *, namespace: Any, table_name: Any, schema: Any, description: Any = "", is_private: Any = False
+    ) -> TableDefinition:
+        """``schema``: a list of ``{"name", "type", "nullable"}`` mappings (``nullable`` defaults to True)."""
+        if isinstance(schema, (str, Mapping)) or not isinstance(schema, Sequence) or not schema:
+            raise DuneConfigurationError('schema must be a non-empty list of {"name": ..., "type": ...} mappings')
+        columns = []
+        for index, column in enumerate(schema):
+            if not isinstance(column, Mapping):
+                raise DuneConfigurationError(f"schema[{index}] must be a mapping with 'name' and 'type'")
+            name = validate_table_part(column.get("name"), f"schema[{index}] name")
+            kind = column.get("type")
+            if not isinstance(kind, str) or kind.lower() not in COLUMN_TYPES:
+                raise DuneConfigurationError(
+                    f"schema[{index}] ({name}): type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}"
+                )
+            nullable = column.get("nullable", True)
+            if not isinstance(nullable, bool):
+                raise DuneConfigurationError(f"schema[{index}] ({name}): nullable must be True or False")
+            columns.append((name, kind.lower(), nullable))
+        names = [c[0] for c in columns]
+        if len(set(names)) != len(names):
+            raise DuneConfigurationError(f"schema repeats a column name: {names}")
+        if not isinstance(description, str) or not isinstance(is_private, bool):
+            raise DuneConfigurationError("description must be a string and is_private True or False")
+        return cls(
+            validate_table_part(namespace, "namespace"),
+            validate_table_part(table_name, "table_name"),
+            tuple(columns),
+            description,
+            is_private,
+        )
+
+    def to_request(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "table_name": self.table_name,
+            "description": self.description,
+            "is_private": self.is_private,
+            "schema": [{"name": n, "type": t, "nullable": null} for n, t, null in self.columns],
+        }

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition
+from airflow_provider_dune.api.definitions import (
+    MaterializedViewDefinition,
+    QueryDefinition,
+    TableDefinition,
+    validate_table_part,
+)
 from airflow_provider_dune.api.validation import (
     validate_execution_id,
     validate_performance,
@@ -45,6 +50,7 @@ class DuneRequest:
     :param max_response_bytes: longest answer read; a longer one is refused (results pages get more room).
     :param effect: what a ``starts_run`` request does on Dune, for messages about a request that may have
         reached Dune without an answer.
+    :param content: a raw body (CSV or NDJSON rows) sent instead of ``json_body``, with ``content_type``.
     """
 
     method: str
@@ -56,6 +62,8 @@ class DuneRequest:
     target: str | None = None
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     effect: str = "started a run"
+    content: bytes | None = None
+    content_type: str | None = None
 
     @property
     def description(self) -> str:
@@ -294,6 +302,56 @@ def delete_materialized_view(name: Any) -> DuneRequest:
         f"/v1/materialized-views/{_segment(view)}",
         "DELETE /v1/materialized-views/{name}",
         target=f"materialized view {view}",
+    )
+
+
+def create_table(table: TableDefinition) -> DuneRequest:
+    """``POST /v1/uploads``: create an uploaded table (Dune bills each creation: 10 credits)."""
+    return DuneRequest(
+        "POST",
+        "/v1/uploads",
+        "POST /v1/uploads",
+        json_body=table.to_request(),
+        starts_run=True,
+        target=f"table {table.full_name}",
+        effect="created the table (billed)",
+    )
+
+
+def insert_rows(namespace: str, table_name: str, content: bytes, content_type: str) -> DuneRequest:
+    """``POST /v1/uploads/{namespace}/{table_name}/insert``: append rows (CSV with a header, or NDJSON)."""
+    ns, name = validate_table_part(namespace, "namespace"), validate_table_part(table_name, "table_name")
+    return DuneRequest(
+        "POST",
+        f"/v1/uploads/{ns}/{name}/insert",
+        "POST /v1/uploads/{namespace}/{table_name}/insert",
+        starts_run=True,  # not idempotent: a resent insert after a lost answer would add the rows twice
+        target=f"table dune.{ns}.{name}",
+        effect="inserted the rows",
+        content=content,
+        content_type=content_type,
+    )
+
+
+def clear_table(namespace: str, table_name: str) -> DuneRequest:
+    """``POST /v1/uploads/{namespace}/{table_name}/clear``: delete every row, keep the table."""
+    ns, name = validate_table_part(namespace, "namespace"), validate_table_part(table_name, "table_name")
+    return DuneRequest(
+        "POST",
+        f"/v1/uploads/{ns}/{name}/clear",
+        "POST /v1/uploads/{namespace}/{table_name}/clear",
+        target=f"table dune.{ns}.{name}",
+    )
+
+
+def delete_table(namespace: str, table_name: str) -> DuneRequest:
+    """``DELETE /v1/uploads/{namespace}/{table_name}``."""
+    ns, name = validate_table_part(namespace, "namespace"), validate_table_part(table_name, "table_name")
+    return DuneRequest(
+        "DELETE",
+        f"/v1/uploads/{ns}/{name}",
+        "DELETE /v1/uploads/{namespace}/{table_name}",
+        target=f"table dune.{ns}.{name}",
     )
 
 

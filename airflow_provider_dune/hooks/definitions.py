@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from airflow_provider_dune.api import endpoints
-from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition
+from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition, TableDefinition
 from airflow_provider_dune.api.endpoints import DuneRequest
-from airflow_provider_dune.api.errors import DuneError
+from airflow_provider_dune.api.errors import DuneError, DuneResponseError
 from airflow_provider_dune.api.models import (
     ExecutionStarted,
     MaterializedViewUpsert,
@@ -21,6 +21,7 @@ from airflow_provider_dune.api.models import (
     parse_result_page,
 )
 from airflow_provider_dune.api.paging import check_result_page, rows_per_page
+from airflow_provider_dune.utils.uploads import Chunk
 
 T = TypeVar("T")
 
@@ -107,6 +108,27 @@ class DuneDefinitionsMixin:
                 page.next_offset if page.next_offset is not None and page.next_offset > offset and page.rows else None
             )
 
+    # -- uploaded tables -------------------------------------------------------------------------------------
+
+    def create_table(self, table: TableDefinition) -> dict[str, Any]:
+        """Create an uploaded table (billed: 10 credits); an existing one is reported (``already_existed``)."""
+        created: dict[str, Any] = self._start(endpoints.create_table(table), lambda body: dict(body or {}))
+        return created
+
+    def insert_rows(self, namespace: str, table_name: str, chunk: Chunk) -> int:
+        """Append one chunk of rows; returns the rows Dune says it wrote. Never resent after a lost answer."""
+        request = endpoints.insert_rows(namespace, table_name, chunk.content, chunk.content_type)
+        written: int = self._start(request, _rows_written)
+        return written
+
+    def clear_table(self, namespace: str, table_name: str) -> None:
+        """Delete every row of an uploaded table (the table and its schema stay)."""
+        self.run(endpoints.clear_table(namespace, table_name))
+
+    def delete_table(self, namespace: str, table_name: str) -> None:
+        """Drop an uploaded table."""
+        self.run(endpoints.delete_table(namespace, table_name))
+
     # -- materialized views as code --------------------------------------------------------------------------
 
     def upsert_materialized_view(self, definition: MaterializedViewDefinition) -> MaterializedViewUpsert:
@@ -120,3 +142,10 @@ class DuneDefinitionsMixin:
         """Drop a view; returns Dune's message."""
         body = self.run(endpoints.delete_materialized_view(name))
         return str((body or {}).get("message") or f"deleted {name}") if isinstance(body, dict) else f"deleted {name}"
+
+
+def _rows_written(body: Any) -> int:
+    rows = body.get("rows_written") if isinstance(body, dict) else None
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise DuneResponseError("the insert response has no integer 'rows_written'")
+    return rows

@@ -20,6 +20,7 @@ _MAX_QUERY_ID = 2**31 - 1
 
 _Q = r"(?P<query_id>[^/]+)"
 _E = r"(?P<execution_id>[^/]+)"
+_T = r"(?P<namespace>[^/]+)/(?P<table_name>[^/]+)"
 _ROUTES: tuple[tuple[str, re.Pattern[str], str, str], ...] = tuple(
     (method, re.compile("/api" + pattern), name, spec_path)
     for method, pattern, name, spec_path in (
@@ -56,6 +57,10 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str, str], ...] = tuple(
             "delete_materialized_view",
             "/v1/materialized-views/{name}",
         ),
+        ("POST", "/v1/uploads", "create_table", "/v1/uploads"),
+        ("POST", f"/v1/uploads/{_T}/insert", "insert_rows", "/v1/uploads/{namespace}/{table_name}/insert"),
+        ("POST", f"/v1/uploads/{_T}/clear", "clear_table", "/v1/uploads/{namespace}/{table_name}/clear"),
+        ("DELETE", f"/v1/uploads/{_T}", "delete_table", "/v1/uploads/{namespace}/{table_name}"),
     )
 )
 #: Endpoint name -> (OpenAPI path, method) in Dune's spec.
@@ -273,6 +278,29 @@ class _Api:
         name = request.path_params["name"]
         self.state.delete_view(name)
         return {"message": f"materialized view {name} deleted"}
+
+    def create_table(self, request: _Request) -> dict[str, Any]:
+        body = request.json_object()
+        # The spec renders a column's type (Go's json.RawMessage) as an array of bytes; Dune's docs send a type
+        # name such as "varchar", so the type is checked here, the rest of the body against the spec.
+        schema = body.get("schema")
+        untyped = [{k: v for k, v in c.items() if k != "type"} if isinstance(c, dict) else c for c in schema or []]
+        request.validate(self._body_validator(request.endpoint), {**body, "schema": untyped} if schema else body)
+        return self.state.create_table(body)
+
+    def insert_rows(self, request: _Request) -> dict[str, Any]:
+        data = cast(dict[str, Any], request.body)
+        namespace, table = request.path_params["namespace"], request.path_params["table_name"]
+        rows, size = self.state.insert_rows(namespace, table, data["content"], data["content_type"])
+        return {"rows_written": rows, "bytes_written": size, "name": f"dune.{namespace}.{table}"}
+
+    def clear_table(self, request: _Request) -> dict[str, Any]:
+        self.state.clear_table(request.path_params["namespace"], request.path_params["table_name"])
+        return {"message": "table cleared"}
+
+    def delete_table(self, request: _Request) -> dict[str, Any]:
+        self.state.delete_table(request.path_params["namespace"], request.path_params["table_name"])
+        return {"message": "table deleted"}
 
     def usage(self, request: _Request) -> dict[str, Any]:
         request.validate(self._body_validator(request.endpoint), request.json_object())

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 API_KEY_HEADER = "X-Dune-Api-Key"
 MASK = "***"
 MAX_BODY_BYTES = 10 * 1024 * 1024
+#: Endpoints whose body is data (CSV or NDJSON rows) handed to the handler as bytes.
+RAW_BODY_ENDPOINTS = frozenset({"insert_rows"})
 _MALFORMED_BODY = b'{"execution_id": "01HKZJ2683PHF9Q9PHHQ8FW4Q1", "state": "QUERY_STAT'
 _FORBIDDEN_EXECUTE = "Not allowed to execute query. Query is archived, unsaved or not enough permissions"
 _FORBIDDEN_OTHER = "not enough permissions: this action needs an API key with write access"
@@ -209,13 +211,20 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 allowed.append(method)
 
+        if endpoint in RAW_BODY_ENDPOINTS:  # rows as CSV or NDJSON, not a JSON document
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            body, body_error = {"content": raw, "content_type": content_type}, None
+            recorded_body: Any = {"content_type": content_type, "bytes": len(raw)}
+        else:
+            recorded_body = body
+
         record = RecordedRequest(
             method=self.command,
             path=path,
             endpoint=endpoint,
             query={k: (MASK if k == "api_key" else v) for k, v in query.items()},
             headers={k: (MASK if k.lower() == API_KEY_HEADER.lower() else v) for k, v in self.headers.items()},
-            json_body=body,
+            json_body=recorded_body,
             at=time.time(),
         )
         emulator._state.record(record)

@@ -36,6 +36,10 @@ ENDPOINTS: tuple[str, ...] = (
     "execute_sql",
     "upsert_materialized_view",
     "delete_materialized_view",
+    "create_table",
+    "insert_rows",
+    "clear_table",
+    "delete_table",
 )
 #: Endpoints that need a key with write access and count against the write rate-limit bucket.
 WRITE_ENDPOINTS: frozenset[str] = frozenset(
@@ -54,6 +58,10 @@ WRITE_ACCESS_ENDPOINTS: frozenset[str] = WRITE_ENDPOINTS | {
     "create_query",
     "update_query",
     "delete_materialized_view",
+    "create_table",
+    "insert_rows",
+    "clear_table",
+    "delete_table",
 }
 PERFORMANCE_TIERS: tuple[str, ...] = ("medium", "large")
 NOT_FOUND = "not found: Query not found or private"
@@ -229,6 +237,7 @@ class _StateBase:
         node_state_style: NodeStateStyle
         queries: dict[int, QuerySpec]
         views: dict[str, ViewSpec]
+        tables: dict[str, dict[str, Any]]
         pipelines: dict[str, _Pipeline]
         executions: dict[str, tuple[_Pipeline, _Node]]
         started: list[tuple[str, tuple[int, ...]]]

@@ -45,6 +45,7 @@ from airflow_provider_dune.testing._model import (
 )
 from airflow_provider_dune.testing._pipelines import PipelinesMixin
 from airflow_provider_dune.testing._queries import QueriesMixin, generated_rows
+from airflow_provider_dune.testing._uploads import UploadsMixin
 from airflow_provider_dune.testing._views import ViewsMixin
 from airflow_provider_dune.testing.faults import Fault
 
@@ -84,6 +85,8 @@ class _CoreState(_StateBase):
         self.node_state_style: NodeStateStyle = "lower"
         self.queries: dict[int, QuerySpec] = {}
         self.views: dict[str, ViewSpec] = {}
+        #: Uploaded tables: full name -> {"schema": [...], "rows": [...]}.
+        self.tables: dict[str, dict[str, Any]] = {}
         self.read_per_minute: int | None = None
         self.datapoint_limits: dict[str | None, int] = {None: DEFAULT_MAX_DATAPOINTS}
         self.write_per_minute: int | None = None
@@ -252,5 +255,5 @@ class _CoreState(_StateBase):
             return out
 
 
-class EmulatorState(QueriesMixin, ViewsMixin, PipelinesMixin, ExecutionsMixin, _CoreState):
+class EmulatorState(QueriesMixin, ViewsMixin, PipelinesMixin, ExecutionsMixin, UploadsMixin, _CoreState):
     """All mutable state of one emulator, guarded by :attr:`lock`."""

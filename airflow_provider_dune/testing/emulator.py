@@ -27,6 +27,15 @@ Endpoints (all under ``/api``; names used by ``counts`` and ``inject``)::
     get_materialized_view      GET  /v1/materialized-views/{name}
     get_query                  GET  /v1/query/{queryId}
     usage                      POST /v1/usage
+    create_query               POST /v1/query
+    update_query               PATCH /v1/query/{queryId}
+    execute_sql                POST /v1/sql/execute     (a line "-- emulator: fail <message>" makes it fail)
+    upsert_materialized_view   POST /v1/materialized-views
+    delete_materialized_view   DELETE /v1/materialized-views/{name}
+    create_table               POST /v1/uploads
+    insert_rows                POST /v1/uploads/{namespace}/{table_name}/insert   (CSV or NDJSON body)
+    clear_table                POST /v1/uploads/{namespace}/{table_name}/clear
+    delete_table               DELETE /v1/uploads/{namespace}/{table_name}
 
 Behaviour worth knowing:
 

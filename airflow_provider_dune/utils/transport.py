@@ -202,6 +202,10 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
         return None
 
 
+def _content_type(request: DuneRequest) -> dict[str, str]:
+    return {"Content-Type": request.content_type} if request.content is not None and request.content_type else {}
+
+
 def send(
     session: requests.Session,
     request: DuneRequest,
@@ -217,8 +221,9 @@ def send(
                 request.method,
                 url,
                 params=dict(request.params) if request.params else None,
-                json=request.json_body,
-                headers=dict(headers or {}),
+                json=request.json_body if request.content is None else None,
+                data=request.content,
+                headers={**dict(headers or {}), **_content_type(request)},
                 timeout=(limits.connect_timeout, limits.read_timeout),
                 allow_redirects=False,
                 stream=True,
@@ -303,8 +308,9 @@ async def asend(
             request.method,
             url,
             params=dict(request.params) if request.params else None,
-            json=request.json_body,
-            headers=dict(headers or {}),
+            json=request.json_body if request.content is None else None,
+            content=request.content,
+            headers={**dict(headers or {}), **_content_type(request)},
         ) as response:
             declared = _content_length(response.headers)
             if declared is not None and declared > request.max_response_bytes:

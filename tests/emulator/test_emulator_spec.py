@@ -72,6 +72,18 @@ def test_every_response_conforms(clocked: DuneEmulator, capi: Api, clock: FakeCl
     capi.get(f"/v1/execution/{long}/status")
     capi.get(f"/v1/execution/{long}/results")
     capi.get(f"/v1/execution/{refresh['execution_id']}/status")
+    # Dune as code: saved queries, raw SQL, view upsert and delete, uploads
+    created = capi.post("/v1/query", json={"name": "q", "query_sql": "SELECT 1"}).json()["query_id"]
+    capi.session.patch(capi.url + f"/v1/query/{created}", json={"query_sql": "SELECT 2"}, timeout=5)
+    capi.get(f"/v1/query/{created}")
+    capi.post("/v1/sql/execute", json={"sql": "SELECT 1", "performance": "medium"})
+    capi.post("/v1/materialized-views", json={"name": "dune.s.result_code", "query_id": 3})
+    capi.session.delete(capi.url + "/v1/materialized-views/dune.s.result_code", timeout=5)
+    schema = [{"name": "a", "type": "integer"}]
+    capi.post("/v1/uploads", json={"namespace": "s", "table_name": "t", "schema": schema})
+    capi.post("/v1/uploads/s/t/insert", data=b'{"a": 1}\n', headers={"Content-Type": "application/x-ndjson"})
+    capi.post("/v1/uploads/s/t/clear")
+    capi.session.delete(capi.url + "/v1/uploads/s/t", timeout=5)
 
     # errors
     capi.post("/v1/query/3/execute", data=b"{", headers={"Content-Type": "application/json"})
