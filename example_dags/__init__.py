@@ -13,5 +13,6 @@ Dune queries::
     DUNE_PIPELINE_REPORT_QUERY_ID      last node of dune_explicit_pipeline (default: 1001)
     DUNE_TRIGGER_THEN_SENSE_QUERY_ID   query of dune_trigger_then_sense (default: 1005)
     DUNE_REFRESH_QUERY_IDS             comma-separated queries of dune_refresh_many (default: 1001,1003,1005)
+    DUNE_EXPORT_DIR                    where dune_as_code writes its CSV (default: $AIRFLOW_HOME/dune_exports)
     DUNE_WATCHED_VIEW                  view of dune_on_view_refresh (default: dune.demo.result_token_prices_hourly)
 """

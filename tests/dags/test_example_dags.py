@@ -24,7 +24,8 @@ from tests.dags.conftest import DAG_TEST_API_KEY, DAG_TEST_POLL_INTERVAL, airflo
 CRON_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
 # Scheduled on Dune assets; the AssetWatcher one needs Airflow 3.
 ASSET_DAG_IDS = {"dune_after_nightly_refresh"} | ({"dune_on_view_refresh"} if AIRFLOW_V_3_0_PLUS else set())
-EXPECTED_DAG_IDS = CRON_DAG_IDS | ASSET_DAG_IDS
+MANUAL_DAG_IDS = {"dune_as_code"}
+EXPECTED_DAG_IDS = CRON_DAG_IDS | ASSET_DAG_IDS | MANUAL_DAG_IDS
 NOT_DAG_FILES = ("__init__.py", "demo.py", "dune_example_schedules.py")
 DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in NOT_DAG_FILES)
 LOGICAL_DATE = "2024-06-01"
@@ -240,7 +241,7 @@ def _run_record(home: Path, dag_id: str) -> dict[str, Any]:
                 )
             ]
         xcoms = {
-            (task_id, key): json.loads(value)
+            (task_id, key): json.loads(value) if isinstance(value, (str, bytes)) else value  # SQLite: 42 for JSON 42
             for task_id, key, value in db.execute(
                 "SELECT task_id, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
             )
@@ -309,6 +310,27 @@ def test_nightly_refresh_runs_and_defers(migrated_airflow_home, dag_test_emulato
         ("materialized_view_refresh", "completed"),
         ("query_execution", "completed"),
     ]
+
+
+@pytest.mark.dag
+def test_dune_as_code_syncs_runs_and_exports_without_a_second_run(migrated_airflow_home, dag_test_emulator):
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_as_code")
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    record = _run_record(migrated_airflow_home, "dune_as_code")
+    assert record["state"] == "success", output[-6000:]
+    query_id = record["xcoms"][("sync_query", "return_value")]
+    created = next(r for r in dag_test_emulator.requests if r.endpoint == "create_query")
+    sql = (Path(DAGS_FOLDER) / "sql" / "dex_volume_7d.sql").read_text().strip()
+    assert created.json_body["query_sql"] == sql  # the file, read through the .sql template
+    assert dag_test_emulator.executions_started(query_id) == 1  # the pipeline; the export reused its result
+    assert "execute_query" not in dag_test_emulator.counts
+    export = record["xcoms"][("export", "return_value")]
+    assert export["row_count"] > 0 and Path(export["output_path"]).read_text().count("\n") == export["row_count"] + 1
+    # A second run finds the query unchanged: nothing is saved again.
+    again = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_as_code")
+    assert again.returncode == 0, _output(again)[-6000:]
+    assert dag_test_emulator.counts["create_query"] == 1 and "update_query" not in dag_test_emulator.counts
 
 
 @pytest.mark.dag

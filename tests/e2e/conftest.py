@@ -367,6 +367,7 @@ def running_stack(home: Path, options: StackOptions) -> Iterator[AirflowStack]:
     """Start the emulator and the Airflow processes in ``home``; stop them all when the block ends."""
     (home / "dags").mkdir()
     for name, source in options.dag_files.items():
+        (home / "dags" / name).parent.mkdir(parents=True, exist_ok=True)
         (home / "dags" / name).write_text(source)
     api_key = f"e2e-secret-key-{secrets.token_hex(8)}"
     started = time.monotonic()

@@ -51,6 +51,7 @@ TEST_BUTTON_FIXED_AFTER = Version("3.3.2")
 STACK_OPTIONS = StackOptions(
     dag_files={
         **{p.name: p.read_text() for p in EXAMPLE_DAGS.glob("dune_*.py")},
+        **{f"sql/{p.name}": p.read_text() for p in (EXAMPLE_DAGS / "sql").glob("*.sql")},
         ".airflowignore": (EXAMPLE_DAGS / ".airflowignore").read_text(),
     },
     dag_ids=DAG_IDS,
