@@ -129,6 +129,39 @@ class DuneDefinitionsMixin:
         """Drop an uploaded table."""
         self.run(endpoints.delete_table(namespace, table_name))
 
+    # -- DataFrames ------------------------------------------------------------------------------------------
+
+    def get_results_dataframe(
+        self, execution_id: str | None = None, *, query_id: int | None = None, page_size: int = 10_000
+    ) -> Any:
+        """The whole result of an execution (or a query's latest result) as one pandas ``DataFrame``.
+
+        Needs ``pip install airflow-provider-dune[pandas]``. For results too big for memory, iterate
+        :meth:`iter_results_dataframes` instead.
+        """
+        pandas = _pandas()
+        frames = list(self.iter_results_dataframes(execution_id, query_id=query_id, page_size=page_size))
+        if not frames:
+            return pandas.DataFrame()
+        return pandas.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def iter_results_dataframes(
+        self, execution_id: str | None = None, *, query_id: int | None = None, page_size: int = 10_000
+    ) -> Iterator[Any]:
+        """One ``DataFrame`` per results page (columns in Dune's order), so only one page is in memory."""
+        pandas = _pandas()
+        if (execution_id is None) == (query_id is None):
+            raise DuneError("pass exactly one of execution_id or query_id")
+        pages = (
+            self.iter_execution_results(execution_id, page_size=page_size)  # type: ignore[attr-defined]
+            if execution_id is not None
+            else self.iter_query_results(int(query_id), page_size=page_size)  # type: ignore[arg-type]
+        )
+        for page in pages:
+            columns = list(page.metadata.column_names) if page.metadata and page.metadata.column_names else None
+            if page.rows or columns:
+                yield pandas.DataFrame(page.rows, columns=columns)
+
     # -- materialized views as code --------------------------------------------------------------------------
 
     def upsert_materialized_view(self, definition: MaterializedViewDefinition) -> MaterializedViewUpsert:
@@ -149,3 +182,11 @@ def _rows_written(body: Any) -> int:
     if isinstance(rows, bool) or not isinstance(rows, int):
         raise DuneResponseError("the insert response has no integer 'rows_written'")
     return rows
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise DuneError("DataFrames need pandas: pip install 'airflow-provider-dune[pandas]'") from None
+    return pandas

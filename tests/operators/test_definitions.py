@@ -288,3 +288,24 @@ def test_result_age(ended: str | None, age: float | None) -> None:
     now = datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc)
     got = result_age_seconds(ended, now)
     assert got == pytest.approx(age) if age is not None else got is None
+
+
+# -- DataFrames ---------------------------------------------------------------------------------------------
+
+
+def test_results_as_dataframes(dune_emulator: DuneEmulator, dune_conn_id: str) -> None:
+    pytest.importorskip("pandas", reason="needs pandas (the pandas extra)")
+    from tests.helpers import wait_finished
+
+    with DuneHook() as hook:
+        execution_id = wait_finished(
+            hook.execute_query(1003, query_parameters={"symbol": "ETH"}).execution_id, pipeline=False
+        )
+        frame = hook.get_results_dataframe(execution_id, page_size=1)
+        chunks = list(hook.iter_results_dataframes(execution_id, page_size=2))
+        latest = hook.get_results_dataframe(query_id=1001)
+    assert len(frame) == 3 and [len(chunk) for chunk in chunks] == [2, 1]
+    assert list(frame.columns) == list(chunks[0].columns)
+    assert len(latest) == 7 and "volume_usd" in latest.columns
+    with pytest.raises(Exception, match="exactly one of execution_id or query_id"):
+        next(hook.iter_results_dataframes())
