@@ -136,3 +136,37 @@ def test_chunkers() -> None:
         list(ndjson_chunks([{"z": 1}], 1024, ("a",)))
     with pytest.raises(DuneConfigurationError, match=">= 1024"):
         list(ndjson_chunks([], 10))
+
+
+def test_rows_from_an_airflow_sql_connection_stream_in_chunks(
+    dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sql`` + ``sql_conn_id``: any connection whose hook gives a DB-API connection (here a SQLite file)."""
+    import sqlite3
+
+    from airflow_provider_dune.operators import uploads as uploads_module
+
+    database = tmp_path / "source.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE v (day TEXT, pool TEXT, volume REAL)")
+        db.executemany("INSERT INTO v VALUES (?, ?, ?)", [(r["day"], r["pool"], r["volume"]) for r in ROWS])
+
+    class SQLiteHook:
+        def get_conn(self) -> sqlite3.Connection:
+            return sqlite3.connect(database)
+
+    class Connection:
+        def get_hook(self) -> SQLiteHook:
+            return SQLiteHook()
+
+    original = uploads_module.BaseHook.get_connection
+
+    def get_connection(conn_id: str) -> Any:
+        return Connection() if conn_id == "warehouse" else original(conn_id)
+
+    monkeypatch.setattr(uploads_module.BaseHook, "get_connection", staticmethod(get_connection))
+    monkeypatch.setattr(uploads_module, "SQL_FETCH_ROWS", 7)  # several fetches
+    task = upload(sql="SELECT day, pool, volume FROM v ORDER BY day", sql_conn_id="warehouse", chunk_bytes=1024)
+    result = task.execute(context)
+    assert result["rows_sent"] == result["rows_written"] == 60 and result["chunks"] > 1
+    assert [row["pool"] for row in dune_emulator._state.table_rows(TABLE)] == [r["pool"] for r in ROWS]
