@@ -28,7 +28,8 @@ SHARED_OPENAPI = REPO_ROOT.parent / "shared" / "dune-api" / "openapi.json"
 
 def dune_connection_json(base_url: str, api_key: str = TEST_API_KEY, **extra: object) -> str:
     """An ``AIRFLOW_CONN_*`` value for a Dune connection; retries wait milliseconds so tests stay fast."""
-    extra = {"retry_min_wait": 0.01, "retry_max_wait": 0.05, "timeout": 5, **extra}
+    # No budget pacing unless a test asks for it: the emulator enforces no rate limit unless told to.
+    extra = {"retry_min_wait": 0.01, "retry_max_wait": 0.05, "timeout": 5, "reads_per_minute": 0, **extra}
     return json.dumps({"conn_type": "dune", "host": base_url, "password": api_key, "extra": extra})
 
 

@@ -165,8 +165,9 @@ def test_every_setting_the_example_dags_read_reaches_the_containers(compose: dic
     for path in (REPO / "example_dags").glob("*.py"):
         if path.name == "demo.py":  # the `make demo` driver, not a DAG
             continue
-        for match in re.finditer(r'os\.environ\.get\("(DUNE_[A-Z_]+)"\)(?: or "?([^")\n]+)"?)?', path.read_text()):
-            read.setdefault(match[1], match[2])
+        pattern = r'os\.environ\.get\("(DUNE_[A-Z_]+)"\)(?: or (?:"([^"\n]*)"|([0-9][0-9.,]*)))?'
+        for match in re.finditer(pattern, path.read_text()):
+            read.setdefault(match[1], match[2] if match[2] is not None else match[3])  # a literal default only
     assert read, "no DUNE_* settings found in example_dags: the pattern above is out of date"
     for name, default in read.items():
         assert name in env, f"{name} is read by the example DAGs but not passed to the containers"

@@ -15,7 +15,9 @@ from airflow_provider_dune.api.connection_fields import (
     DEFAULT_BASE_URL,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_DATAPOINTS_PER_REQUEST,
+    DEFAULT_READS_PER_MINUTE,
     DEFAULT_TIMEOUT,
+    DEFAULT_WRITES_PER_MINUTE,
     EXTRA_SETTINGS,
 )
 from airflow_provider_dune.api.errors import DuneConfigurationError
@@ -207,6 +209,8 @@ class DuneConnectionSettings:
     :param connect_timeout: TCP/TLS connect timeout in seconds.
     :param retry: retry policy for transient failures.
     :param max_datapoints_per_request: the account's cap on rows x columns per results request.
+    :param reads_per_minute: the key's read budget the process paces to (0: no pacing).
+    :param writes_per_minute: the key's budget of runs started per minute (0: no pacing).
     """
 
     base_url: str
@@ -216,6 +220,8 @@ class DuneConnectionSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     key_from_extra: bool = False
     max_datapoints_per_request: int = DEFAULT_MAX_DATAPOINTS_PER_REQUEST
+    reads_per_minute: float = DEFAULT_READS_PER_MINUTE
+    writes_per_minute: float = DEFAULT_WRITES_PER_MINUTE
 
     @property
     def is_loopback(self) -> bool:
@@ -280,4 +286,6 @@ def settings_from_connection(
         retry=retry,
         key_from_extra=key_from_extra,
         max_datapoints_per_request=read_extra_setting(extra, "max_datapoints_per_request"),
+        reads_per_minute=read_extra_setting(extra, "reads_per_minute"),
+        writes_per_minute=read_extra_setting(extra, "writes_per_minute"),
     )

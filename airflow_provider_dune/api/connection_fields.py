@@ -14,6 +14,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_MIN_WAIT = 1.0
 DEFAULT_RETRY_MAX_WAIT = 60.0
+#: Dune's Free-plan budget per API key: the safe default until the connection says otherwise.
+DEFAULT_READS_PER_MINUTE = 40
+DEFAULT_WRITES_PER_MINUTE = 15
 #: Dune's default cap on datapoints (rows x columns) per results request; an account setting.
 DEFAULT_MAX_DATAPOINTS_PER_REQUEST = 250_000
 
@@ -80,6 +83,24 @@ EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
         "number",
         DEFAULT_RETRY_MAX_WAIT,
         f"Cap on one backoff step (default {DEFAULT_RETRY_MAX_WAIT:g}).",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "reads_per_minute",
+        "Reads per minute",
+        "number",
+        DEFAULT_READS_PER_MINUTE,
+        "Your Dune plan's read budget for this key (status, results; default "
+        f"{DEFAULT_READS_PER_MINUTE}, the Free plan). Every task and trigger in a process shares it, so Dune never has "
+        "to answer 429; 0 turns pacing off.",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "writes_per_minute",
+        "Runs started per minute",
+        "number",
+        DEFAULT_WRITES_PER_MINUTE,
+        f"Your plan's budget for executions and refreshes (default {DEFAULT_WRITES_PER_MINUTE}); 0 turns pacing off.",
         minimum=0,
     ),
     ExtraSetting(

@@ -15,6 +15,7 @@ import tenacity
 
 from airflow_provider_dune import __version__
 from airflow_provider_dune.api import endpoints
+from airflow_provider_dune.api.budget import BUDGET
 from airflow_provider_dune.api.connection import (
     DuneConnectionSettings,
     extra_from_connection,
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
 T = TypeVar("T")
+#: Waits for a budget slot at least this long are logged (shorter ones are the normal pace).
+PACING_LOG_SECONDS = 5.0
 
 USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSION} python/{platform.python_version()}"
 API_KEY_HEADER = "X-Dune-Api-Key"
@@ -287,6 +290,13 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             COOLDOWN.record_rate_limited(
                 budget, error.retry_after, base_wait=2 * settings.retry.min_wait, max_wait=settings.retry.max_wait
             )
+            fraction = BUDGET.record_rate_limited(budget)
+            self.log.warning(
+                "Dune answered 429 for %s: pacing this key at %.0f%% of its configured budget from now on (another "
+                "process may share the key, or the plan allows less than reads_per_minute/writes_per_minute)",
+                request.description,
+                fraction * 100,
+            )
             raise
         COOLDOWN.record_success(budget)
         return body
@@ -295,8 +305,22 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         """Seconds to hold a request back because another one on the same budget was just rate limited."""
         return COOLDOWN.delay(self._budget(request, settings))
 
+    def _pace(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
+        """Seconds to wait for this request's slot in the key's budget (shared by every hook in the process)."""
+        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        wait = BUDGET.reserve(self._budget(request, settings), per_minute)
+        if wait >= PACING_LOG_SECONDS:
+            self.log.info(
+                "Waiting %.1fs for a slot in the API key's budget (%g %s a minute) before %s",
+                wait,
+                per_minute * BUDGET.fraction(self._budget(request, settings)),
+                "runs started" if request.starts_run else "reads",
+                request.description,
+            )
+        return wait
+
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._cooldown(request, settings):
+        if pause := self._cooldown(request, settings) + self._pace(request, settings):
             time.sleep(pause)
         answer = transport.send(self.get_conn(), request, settings.base_url + request.path, settings.limits)
         return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
@@ -315,7 +339,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._cooldown(request, settings):
+        if pause := self._cooldown(request, settings) + self._pace(request, settings):
             await asyncio.sleep(pause)
         client = await self.aget_client()
         answer = await transport.asend(

@@ -205,7 +205,7 @@ def _dags_test(home: Path, emulator: Any, dag_id: str) -> subprocess.CompletedPr
             "conn_type": "dune",
             "host": emulator.url,
             "password": DAG_TEST_API_KEY,
-            "extra": {"timeout": 5, "retry_min_wait": 0.05, "retry_max_wait": 0.2},
+            "extra": {"timeout": 5, "retry_min_wait": 0.05, "retry_max_wait": 0.2, "reads_per_minute": 0},
         }
     )
     env = airflow_env(home, conn, DAG_TEST_POLL_INTERVAL)

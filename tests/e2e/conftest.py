@@ -383,7 +383,7 @@ def running_stack(home: Path, options: StackOptions) -> Iterator[AirflowStack]:
                 "conn_type": "dune",
                 "host": emulator_url,
                 "password": api_key,
-                "extra": {"timeout": 5, "retry_min_wait": 0.2, "retry_max_wait": 1},
+                "extra": {"timeout": 5, "retry_min_wait": 0.2, "retry_max_wait": 1, "reads_per_minute": 0},
             }
         )
         api_port = free_port()

@@ -77,7 +77,13 @@ def production_environment(
     )
     connection = json.loads(env["AIRFLOW_CONN_DUNE_DEFAULT"])
     connection.update(host=emulator_url, password=api_key)
-    connection["extra"] = {**connection["extra"], "timeout": 5, "retry_min_wait": 0.2, "retry_max_wait": 2}
+    connection["extra"] = {
+        **connection["extra"],
+        "timeout": 5,
+        "retry_min_wait": 0.2,
+        "retry_max_wait": 2,
+        "reads_per_minute": 0,
+    }
     env["AIRFLOW_CONN_DUNE_DEFAULT"] = json.dumps(connection)
     return env
 
@@ -191,6 +197,10 @@ def running_production_stack(
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         }
+        # The same key with the provider's budget pacing at Dune's Free plan (the budget measurements use it).
+        default = json.loads(env["AIRFLOW_CONN_DUNE_DEFAULT"])
+        paced = {**default, "extra": {**default["extra"], "reads_per_minute": 40, "writes_per_minute": 15}}
+        env["AIRFLOW_CONN_DUNE_FREE_PLAN"] = json.dumps(paced)
         stack = AirflowStack(home, env, api_port, emulator_url, emulator, api_key, fernet_key, postgres=postgres)
         production = ProductionStack(stack, postgres, redis, compose)
         cleanup.callback(_stop_all, stack)

@@ -107,7 +107,7 @@ def _ensure_connection(stack: AirflowStack) -> None:
                 "conn_type": "dune",
                 "host": stack.emulator_url,
                 "password": stack.api_key,
-                "extra": json.dumps({"timeout": 5, "retry_min_wait": 0.2, "retry_max_wait": 1}),
+                "extra": json.dumps({"timeout": 5, "retry_min_wait": 0.2, "retry_max_wait": 1, "reads_per_minute": 0}),
             },
         )
 

@@ -59,7 +59,8 @@ with DAG("dune_production_failover", schedule=None, start_date=datetime(2024, 1,
 with DAG("dune_production_budget", schedule=None, start_date=datetime(2024, 1, 1), default_args=ARGS):
     for index in range({BUDGET_TASKS}):
         DuneExecutePipelineOperator(
-            task_id=f"pipeline_{{index}}", query_id=7200 + index, deferrable=True, poll_interval=2, timeout=600
+            task_id=f"pipeline_{{index}}", query_id=7200 + index, deferrable=True, poll_interval=2, timeout=600,
+            dune_conn_id="{{{{ dag_run.conf.get('conn', 'dune_default') }}}}",
         )
 """
 
@@ -179,7 +180,7 @@ def test_triggers_spread_and_fail_over_with_one_execute_per_task(production: Pro
     production.start_triggerer(victim, FAILOVER_TASKS // 2 + 1)
 
 
-def _budget_phase(production: ProductionStack, label: str, base_query: int) -> dict[str, Any]:
+def _budget_phase(production: ProductionStack, label: str, base_query: int, conn: str) -> dict[str, Any]:
     """Run BUDGET_TASKS pipelines at once under the Free-plan budget; measure 429s and detection latency."""
     stack = production.airflow
     duration, pending = 20.0, 0.5
@@ -190,7 +191,7 @@ def _budget_phase(production: ProductionStack, label: str, base_query: int) -> d
     stack.rest(
         "POST",
         "/api/v2/dags/dune_production_budget/dagRuns",
-        {"dag_run_id": label, "logical_date": None, "conf": {}},
+        {"dag_run_id": label, "logical_date": None, "conf": {"conn": conn}},
     )
     # The DAG's tasks take their query ids from params; one run per phase with its own base.
     stack.wait_for(
@@ -227,22 +228,30 @@ def _budget_phase(production: ProductionStack, label: str, base_query: int) -> d
 
 
 def test_two_triggerers_against_one_over_the_free_plan_budget(production: ProductionStack) -> None:
-    """Eight pipelines polled every 2 s (240 reads a minute asked, 40 allowed), with two triggerers, then one."""
+    """Eight pipelines polled every 2 s (240 reads a minute asked, 40 allowed), with two triggerers, then one;
+    each without pacing and with the provider's budget pacing (reads_per_minute=40 on the connection)."""
     stack = production.airflow
     for name in TRIGGERERS:  # half the pipelines each
         stack.stop(name)
         production.start_triggerer(name, BUDGET_TASKS // 2)
     _wait_triggerers(production, TRIGGERERS)
-    two = _budget_phase(production, "budget_two_triggerers", 7200)
+    two = _budget_phase(production, "budget_two_triggerers", 7200, "dune_default")
+    two_paced = _budget_phase(production, "budget_two_triggerers_paced", 7200, "dune_free_plan")
     for name in TRIGGERERS:
         stack.stop(name)
     production.start_triggerer(TRIGGERERS[0], BUDGET_TASKS)  # one triggerer with room for all of them
     _wait_triggerers(production, TRIGGERERS[:1])
-    one = _budget_phase(production, "budget_one_triggerer", 7200)
-    figures = {"two_triggerers": two, "one_triggerer": one}
+    one = _budget_phase(production, "budget_one_triggerer", 7200, "dune_default")
+    one_paced = _budget_phase(production, "budget_one_triggerer_paced", 7200, "dune_free_plan")
+    figures = {
+        "two_triggerers": two,
+        "one_triggerer": one,
+        "two_triggerers_paced_40_per_minute": two_paced,
+        "one_triggerer_paced_40_per_minute": one_paced,
+    }
     _save_figures("free_plan_budget", figures)
     print(f"\n[e2e] Free-plan budget, one key: {json.dumps(figures)}")
-    for phase in (two, one):
+    for phase in (two, one, two_paced, one_paced):
         assert phase["task_states"] == ["success"], figures
         assert phase["pipelines"] == BUDGET_TASKS and phase["detected"] == BUDGET_TASKS, figures
 

@@ -1,0 +1,94 @@
+"""Pacing requests to an API key's budget: the slot arithmetic, and triggers sharing one key over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from airflow_provider_dune.api.budget import BURST, RequestBudget
+from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.testing.emulator import DuneEmulator
+from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
+from tests.conftest import dune_connection_json
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_requests_are_spaced_at_the_budget_after_a_small_burst() -> None:
+    clock = Clock()
+    budget = RequestBudget(clock=clock)
+    waits = [budget.reserve("k", 60) for _ in range(6)]  # one a second
+    assert waits[: BURST + 1] == [0.0] * (BURST + 1)
+    assert waits[BURST + 1 :] == pytest.approx([1.0, 2.0, 3.0])
+    clock.now += 10  # idle: the burst allowance comes back, no debt
+    assert budget.reserve("k", 60) == 0.0
+
+
+def test_keys_are_paced_apart_and_zero_means_no_pacing() -> None:
+    budget = RequestBudget(clock=Clock())
+    for _ in range(10):
+        budget.reserve("a", 6)
+    assert budget.reserve("b", 6) == 0.0
+    assert all(budget.reserve("c", 0) == 0.0 for _ in range(100))
+
+
+def test_a_429_lowers_the_pace_which_recovers_without_429s() -> None:
+    clock = Clock()
+    budget = RequestBudget(clock=clock)
+    assert budget.record_rate_limited("k") == pytest.approx(0.8)
+    assert budget.record_rate_limited("k") == pytest.approx(0.64)
+    clock.now += 60  # a minute without 429: +5% of the configured rate
+    assert budget.fraction("k") == pytest.approx(0.69)
+    clock.now += 3600
+    assert budget.fraction("k") == 1.0
+
+
+def _pipelines(emulator: DuneEmulator, count: int) -> list[str]:
+    for index in range(count):
+        emulator.add_query(9700 + index, duration=6.0)
+    with DuneHook() as hook:
+        return [hook.execute_query_pipeline(9700 + index) for index in range(count)]
+
+
+async def _wait_all(pipeline_ids: list[str]) -> list[dict]:
+    triggers = [DunePipelineTrigger(pipeline_execution_id=p, poll_interval=0.02) for p in pipeline_ids]
+
+    async def last(trigger: DunePipelineTrigger) -> dict:
+        return [event.payload async for event in trigger.run()][-1]
+
+    return await asyncio.gather(*(last(t) for t in triggers))
+
+
+@pytest.mark.parametrize("paced", [True, False], ids=["paced", "unpaced"])
+def test_triggers_sharing_a_key_stay_inside_its_budget(
+    dune_emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, paced: bool
+) -> None:
+    """Four triggers polling every 0.02 s (12,000 reads a minute asked) on a key allowed 120 a minute."""
+    from airflow_provider_dune.api import budget as budget_module
+
+    monkeypatch.setattr(budget_module, "BUDGET", RequestBudget())
+    import airflow_provider_dune.hooks.dune as hook_module
+
+    monkeypatch.setattr(hook_module, "BUDGET", budget_module.BUDGET)
+    rate = 120 if paced else 0
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url, reads_per_minute=rate, max_retries=10)
+    )
+    pipeline_ids = _pipelines(dune_emulator, 4)
+    dune_emulator.set_rate_limit(read_per_minute=120, write_per_minute=None)
+    events = asyncio.run(_wait_all(pipeline_ids))
+    assert [event["status"] for event in events] == ["success"] * 4
+    throttled = sum(1 for r in dune_emulator.requests if r.status == 429)
+    print(json.dumps({"paced": paced, "429s": throttled, "reads": dune_emulator.counts.get("pipeline_status")}))
+    if paced:
+        assert throttled == 0
+    else:
+        assert throttled > 10  # what pacing prevents
