@@ -7,7 +7,8 @@ until then. Waiting runs therefore share the budget in turn: with N runs and a b
 each is read at most every N/B minutes, and Dune never has to answer 429 because of this process.
 
 After a 429 (another process uses the same key, or the plan is smaller than configured) the key's rate is
-lowered by a fifth, and it recovers by a twentieth of the configured rate per minute without a 429.
+lowered by a fifth (429s within ten seconds of each other count once: they are one overload), and it recovers
+by a twentieth of the configured rate per minute without a 429. Keys used without pacing are never lowered.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ BURST = 2
 LOWER_FACTOR = 0.8
 RECOVERY_PER_MINUTE = 0.05
 MIN_FRACTION = 0.05
+#: 429s closer together than this are one overload (requests already in flight), so they lower the pace once.
+LOWER_AT_MOST_EVERY = 10.0
 
 
 @dataclass
@@ -29,6 +32,7 @@ class _KeyPace:
     next_slot: float = 0.0  # theoretical time of the next request at the current rate
     fraction: float = 1.0  # share of the configured rate in force (lowered after 429s)
     recovered_at: float = 0.0  # when the lowered fraction last grew back
+    lowered_at: float | None = None
 
 
 class RequestBudget:
@@ -61,8 +65,10 @@ class RequestBudget:
             pace = self._keys.setdefault(key, _KeyPace())
             now = self._clock()
             self._recover(pace, now)
+            if pace.lowered_at is not None and now - pace.lowered_at < LOWER_AT_MOST_EVERY:
+                return pace.fraction
             pace.fraction = max(MIN_FRACTION, pace.fraction * LOWER_FACTOR)
-            pace.recovered_at = now
+            pace.recovered_at = pace.lowered_at = now
             return pace.fraction
 
     def fraction(self, key: str) -> float:

@@ -290,13 +290,15 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             COOLDOWN.record_rate_limited(
                 budget, error.retry_after, base_wait=2 * settings.retry.min_wait, max_wait=settings.retry.max_wait
             )
-            fraction = BUDGET.record_rate_limited(budget)
-            self.log.warning(
-                "Dune answered 429 for %s: pacing this key at %.0f%% of its configured budget from now on (another "
-                "process may share the key, or the plan allows less than reads_per_minute/writes_per_minute)",
-                request.description,
-                fraction * 100,
-            )
+            per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+            if per_minute > 0:  # only a paced key has a pace to lower
+                fraction = BUDGET.record_rate_limited(budget)
+                self.log.warning(
+                    "Dune answered 429 for %s: pacing this key at %.0f%% of its configured budget (another process "
+                    "may share the key, or the plan allows less than reads_per_minute/writes_per_minute)",
+                    request.description,
+                    fraction * 100,
+                )
             raise
         COOLDOWN.record_success(budget)
         return body

@@ -44,9 +44,12 @@ def test_a_429_lowers_the_pace_which_recovers_without_429s() -> None:
     clock = Clock()
     budget = RequestBudget(clock=clock)
     assert budget.record_rate_limited("k") == pytest.approx(0.8)
-    assert budget.record_rate_limited("k") == pytest.approx(0.64)
-    clock.now += 60  # a minute without 429: +5% of the configured rate
-    assert budget.fraction("k") == pytest.approx(0.69)
+    assert budget.record_rate_limited("k") == pytest.approx(0.8)  # the same overload: requests already in flight
+    clock.now += 11  # a new overload (11 s of recovery first: +5% of the configured rate per minute)
+    lowered = (0.8 + 0.05 * 11 / 60) * 0.8
+    assert budget.record_rate_limited("k") == pytest.approx(lowered)
+    clock.now += 60
+    assert budget.fraction("k") == pytest.approx(lowered + 0.05)
     clock.now += 3600
     assert budget.fraction("k") == 1.0
 
