@@ -107,7 +107,7 @@ class DuneSyncQueryOperator(BaseOperator):
     def execute(self, context: Context) -> int:
         definition = self.definition()
         variable = _variable_key(QUERY_ID_VARIABLE_PREFIX, self.query_key or _slug(definition.name), "query_key")
-        remembered = Variable.get(variable, default=None)
+        remembered = Variable.get(variable, None)
         known = self.query_id if self.query_id is not None else (int(remembered) if remembered else None)
         with DuneHook(self.dune_conn_id) as hook:
             try:
@@ -194,7 +194,7 @@ class DuneUpsertMaterializedViewOperator(BaseOperator):
                 current is not None
                 and current.query_id == definition.query_id
                 and bool(current.is_private) == definition.is_private
-                and Variable.get(variable, default=None) == definition.fingerprint()
+                and Variable.get(variable, None) == definition.fingerprint()
             )
             if same:
                 self.log.info("Materialized view %s already has this definition: nothing sent", definition.name)

@@ -95,10 +95,11 @@ class DuneUploadOperator(BaseOperator):
             if not path.exists():
                 raise DuneConfigurationError(f"source {self.source!r} does not exist")
             with path.open("r", encoding="utf-8", newline="") as handle:
+                lines = iter(handle.readline, "")  # Airflow 2.11's file wrapper is not iterable itself
                 if lowered.endswith(".csv"):
-                    yield from csv_chunks(handle, self.chunk_bytes, columns)
+                    yield from csv_chunks(lines, self.chunk_bytes, columns)
                 elif lowered.endswith((".jsonl", ".ndjson", ".json")):
-                    yield from ndjson_chunks(handle, self.chunk_bytes, columns)
+                    yield from ndjson_chunks(lines, self.chunk_bytes, columns)
                 else:
                     raise DuneConfigurationError(f"source {self.source!r} must be a .csv or .jsonl/.ndjson file")
             return

@@ -60,7 +60,7 @@ def remember(context: Mapping[str, Any], run_id: str, fingerprint: str) -> None:
 
 def _record(context: Mapping[str, Any]) -> dict[str, Any] | None:
     try:
-        raw = Variable.get(registry_key(context), default=None)
+        raw = Variable.get(registry_key(context), None)
     except Exception as err:
         log.warning("Could not read the recorded Dune run for this task instance: %s", err)
         return None

@@ -13,7 +13,9 @@ class FakeVariables:
     def __init__(self) -> None:
         self.store: dict[str, str] = {}
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None, /) -> Any:
+        # Positional only: Airflow 3 names the default `default`, Airflow 2.11 `default_var`; only the
+        # positional form works on both, so the provider must use it.
         return self.store.get(key, default)
 
     def set(self, key: str, value: str, description: str | None = None) -> None:
