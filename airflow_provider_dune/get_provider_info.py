@@ -45,6 +45,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_dune.operators.query",
                     "airflow_provider_dune.operators.sql",
                     "airflow_provider_dune.operators.definitions",
+                    "airflow_provider_dune.operators.uploads",
                 ],
             }
         ],
