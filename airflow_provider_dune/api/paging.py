@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from airflow_provider_dune.api.errors import DunePartialResultError, DuneResultUnavailableError
 from airflow_provider_dune.api.models import ResultPage
 from airflow_provider_dune.api.states import RunState
@@ -30,3 +32,18 @@ def check_result_page(page: ResultPage, endpoint: str) -> None:
     raise DuneResultUnavailableError(
         f"no result: the execution is {page.state.value}: {message}", http_status=200, endpoint=endpoint
     )
+
+
+def iter_pages(
+    fetch: Callable[[int, int], ResultPage], page_size: int, max_datapoints: int, column_count: int | None = None
+) -> Iterator[ResultPage]:
+    """Every page of a result: ``fetch(limit, offset)`` reads one; pages follow ``next_offset`` and are sized
+    under ``max_datapoints`` (from ``column_count`` when known, then from the columns each page reports)."""
+    offset: int | None = 0
+    while offset is not None:
+        page = fetch(rows_per_page(page_size, column_count, max_datapoints), offset)
+        yield page
+        if page.metadata and page.metadata.column_names:
+            column_count = len(page.metadata.column_names)
+        more = page.next_offset is not None and page.next_offset > offset and bool(page.rows)
+        offset = page.next_offset if more else None

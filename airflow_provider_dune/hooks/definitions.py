@@ -20,7 +20,7 @@ from airflow_provider_dune.api.models import (
     parse_query_id,
     parse_result_page,
 )
-from airflow_provider_dune.api.paging import check_result_page, rows_per_page
+from airflow_provider_dune.api.paging import check_result_page, iter_pages
 from airflow_provider_dune.utils.uploads import Chunk
 
 T = TypeVar("T")
@@ -92,21 +92,13 @@ class DuneDefinitionsMixin:
         """Every page of the query's latest result, sized under the connection's datapoint cap."""
         if page_size < 1:
             raise DuneError(f"page_size must be at least 1, got {page_size}")
-        column_count: int | None = None
-        offset: int | None = 0
-        while offset is not None:
-            page = self.get_query_results(
-                query_id,
-                limit=rows_per_page(page_size, column_count, self.settings.max_datapoints_per_request),
-                offset=offset,
-                allow_partial_results=allow_partial_results,
-            )
-            yield page
-            if page.metadata and page.metadata.column_names:
-                column_count = len(page.metadata.column_names)
-            offset = (
-                page.next_offset if page.next_offset is not None and page.next_offset > offset and page.rows else None
-            )
+        yield from iter_pages(
+            lambda limit, offset: self.get_query_results(
+                query_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
+            ),
+            page_size,
+            self.settings.max_datapoints_per_request,
+        )
 
     # -- uploaded tables -------------------------------------------------------------------------------------
 

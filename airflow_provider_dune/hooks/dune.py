@@ -48,7 +48,7 @@ from airflow_provider_dune.api.models import (
     parse_usage,
     resolve_unknown_nodes,
 )
-from airflow_provider_dune.api.paging import check_result_page, rows_per_page
+from airflow_provider_dune.api.paging import check_result_page, iter_pages
 from airflow_provider_dune.api.rate_limit import COOLDOWN
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
@@ -511,20 +511,14 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         """
         if page_size < 1:
             raise DuneError(f"page_size must be at least 1, got {page_size}")
-        max_datapoints = self.settings.max_datapoints_per_request
-        offset: int | None = 0
-        while offset is not None:
-            page = self.get_execution_results(
-                execution_id,
-                limit=rows_per_page(page_size, column_count, max_datapoints),
-                offset=offset,
-                allow_partial_results=allow_partial_results,
-            )
-            yield page
-            if page.metadata and page.metadata.column_names:
-                column_count = len(page.metadata.column_names)
-            next_offset = page.next_offset
-            offset = next_offset if next_offset is not None and next_offset > offset and page.rows else None
+        yield from iter_pages(
+            lambda limit, offset: self.get_execution_results(
+                execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
+            ),
+            page_size,
+            self.settings.max_datapoints_per_request,
+            column_count,
+        )
 
     def cancel_execution(self, execution_id: str) -> bool:
         """Ask Dune to cancel a running execution; ``True`` if Dune accepted."""
