@@ -245,6 +245,11 @@ class PipelineStatus:
         return PipelineOutcome.UNKNOWN
 
     @property
+    def progress(self) -> tuple[int, int] | None:
+        """``(nodes completed, nodes)``, what Dune says of how far the pipeline is."""
+        return (sum(1 for n in self.nodes if n.state is RunState.COMPLETED), len(self.nodes)) if self.nodes else None
+
+    @property
     def is_terminal(self) -> bool:
         """The task's verdict is decided (it may still have nodes running that should be cancelled)."""
         return self.outcome.is_final

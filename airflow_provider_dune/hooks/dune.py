@@ -340,9 +340,26 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
+    async def _apace(self, request: DuneRequest, settings: DuneConnectionSettings) -> None:
+        """Wait for this request's slot in the key's budget; reads queue by urgency (set by the waiting trigger)."""
+        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        budget = self._budget(request, settings)
+        waited = await BUDGET.acquire(budget, per_minute)
+        if waited >= PACING_LOG_SECONDS:
+            self.log.info(
+                "Waited %.1fs for a slot in the API key's budget (%g %s a minute, %d more waiting in this process) "
+                "before %s",
+                waited,
+                per_minute * BUDGET.fraction(budget),
+                "runs started" if request.starts_run else "reads",
+                BUDGET.queued(budget),
+                request.description,
+            )
+
     async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._cooldown(request, settings) + self._pace(request, settings):
+        if pause := self._cooldown(request, settings):
             await asyncio.sleep(pause)
+        await self._apace(request, settings)
         client = await self.aget_client()
         answer = await transport.asend(
             client,

@@ -24,6 +24,7 @@ from airflow_provider_dune.api.errors import (
     DuneNotFoundError,
     DunePartialResultError,
 )
+from airflow_provider_dune.api.forecast import observed_duration
 from airflow_provider_dune.api.models import PipelineOutcome
 from airflow_provider_dune.api.validation import (
     validate_optional_seconds,
@@ -35,9 +36,17 @@ from airflow_provider_dune.api.validation import (
 from airflow_provider_dune.assets import RefreshedObject, emit_asset_events
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import run_durations, run_registry
 from airflow_provider_dune.utils.config import min_poll_interval
-from airflow_provider_dune.utils.polling import SUCCESS, TIMEOUT, PollTarget, Snapshot, decide, validate_event
+from airflow_provider_dune.utils.polling import (
+    SUCCESS,
+    TIMEOUT,
+    PollTarget,
+    ReadSchedule,
+    Snapshot,
+    decide,
+    validate_event,
+)
 from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator
 
 if TYPE_CHECKING:
@@ -67,15 +76,24 @@ def query_run_request(
     }
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 class DuneRunOperator(BaseOperator):
     """Start a Dune run and (by default) wait for it, in the triggerer when deferrable.
 
     :param dune_conn_id: Airflow connection of type ``dune`` (templated).
     :param wait_for_completion: wait for the run to finish; with ``False`` the task ends once Dune accepted it.
     :param deferrable: wait in the triggerer; defaults to Airflow's ``[operators] default_deferrable``.
-    :param poll_interval: seconds between status calls. Each waiting run reads ``60 / poll_interval`` times a
-        minute, and all runs with one API key share its budget (Dune's Free plan: 40 reads a minute, so about
-        6 runs at once at 10 s). Beyond it, requests with that key back off together: slower, but no failures.
+    :param poll_interval: the longest wait between two status calls, so the longest delay before the end of
+        the run is noticed. All runs with one API key share its read budget (connection extra
+        ``reads_per_minute``, Dune's Free plan: 40 a minute); when they ask for more, reads wait their turn,
+        the runs nearest their expected end first, and the wait is logged.
+    :param adaptive_polling: read more often near the run's expected end, forecast from the durations of
+        previous runs of the same request in this deployment (and a pipeline's nodes done so far), so the end
+        is noticed within seconds while the reads in between stay ``poll_interval`` apart. ``False`` reads
+        exactly every ``poll_interval``.
     :param timeout: longest wait (seconds or timedelta, ``None`` for no limit); then a final status check, the
         still-running executions are cancelled and the task fails.
     :param reuse_existing_execution: a retry of this task instance re-attaches to the run a previous try
@@ -103,6 +121,7 @@ class DuneRunOperator(BaseOperator):
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: timedelta | float = 30.0,
+        adaptive_polling: bool = True,
         timeout: timedelta | float | None = DEFAULT_TIMEOUT,
         reuse_existing_execution: bool = True,
         retry_unconfirmed_start: bool = False,
@@ -114,6 +133,7 @@ class DuneRunOperator(BaseOperator):
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.poll_interval = validate_seconds(poll_interval, "poll_interval", minimum=min_poll_interval())
+        self.adaptive_polling = adaptive_polling
         self.timeout = validate_optional_seconds(timeout, "timeout")
         self.reuse_existing_execution = reuse_existing_execution
         self.retry_unconfirmed_start = retry_unconfirmed_start
@@ -135,19 +155,40 @@ class DuneRunOperator(BaseOperator):
     def get_status(self, hook: DuneHook, run_id: str) -> Snapshot:
         """Read the run's current status."""
 
-    def build_trigger(self, run_id: str, end_time: float | None) -> DunePollingTrigger:
+    def build_trigger(
+        self, run_id: str, end_time: float | None, schedule: ReadSchedule | None = None, first_wait: float | None = None
+    ) -> DunePollingTrigger:
         """The trigger that waits for the run in the triggerer (:attr:`trigger_class`, keyed by :attr:`id_field`).
 
-        Called right after a status read, so the trigger's first read waits one poll interval.
+        Called right after a status read, so the trigger's first read waits ``first_wait`` (default: one poll
+        interval).
         """
+        schedule = schedule or self.read_schedule(None, [])
+        wait = self.poll_interval if first_wait is None else first_wait
         return self.trigger_class(
             **{self.id_field: run_id},
             dune_conn_id=self.dune_conn_id,
             poll_interval=self.poll_interval,
             end_time=end_time,
             cancel_on_kill=self.cancel_on_kill,
-            first_poll_at=time.time() + self.poll_interval,
+            first_poll_at=time.time() + wait,
+            started_at=schedule.started_at,
+            expected_durations=list(schedule.durations),
+            adaptive=schedule.adaptive,
         )
+
+    def read_schedule(self, started_at: float | None, durations: list[float]) -> ReadSchedule:
+        return ReadSchedule(
+            poll_interval=self.poll_interval,
+            floor=min(min_poll_interval(), self.poll_interval),
+            started_at=started_at,
+            durations=durations,
+            adaptive=self.adaptive_polling,
+        )
+
+    def request_fingerprint(self, request: Mapping[str, Any]) -> str:
+        """Identifies the request: a retry re-attaches to a run of the same one, and its durations are shared."""
+        return run_registry.request_fingerprint({"operator": type(self).__name__, **request})
 
     @abstractmethod
     def running_executions(
@@ -220,13 +261,15 @@ class DuneRunOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         self._context = context
         request = self.build_request(allow_templates=False)
-        fingerprint = run_registry.request_fingerprint({"operator": type(self).__name__, **request})
+        fingerprint = self.request_fingerprint(request)
         hook = self.hook
         previous = self._previous_run(context, hook, fingerprint)
         reused = self.reusable_run(hook, request) if previous is None else None
+        started_at = None
         if reused is not None:
             previous = reused
         elif previous is None:
+            started_at = time.time()
             run_id = self._start(hook, request)
             run_registry.remember(context, run_id, fingerprint)
         elif previous[1].outcome is PipelineOutcome.SUCCESS:
@@ -246,17 +289,34 @@ class DuneRunOperator(BaseOperator):
             return status.to_dict()
 
         end_time = time.time() + self.timeout if self.timeout is not None else None
+        durations = run_durations.recall(fingerprint) if self.adaptive_polling and started_at is not None else []
+        schedule = self.read_schedule(started_at, durations)
         if not self.deferrable:
-            return self.execute_complete(context, self._wait_in_worker(hook, run_id, end_time))
+            return self.execute_complete(context, self._wait_in_worker(hook, run_id, end_time, schedule))
         first: Snapshot | BaseException
         try:
             first = previous[1] if previous else self.get_status(hook, run_id)
         except DuneError as err:
             first = err
-        step = decide(self.target(run_id), first, now=time.time(), end_time=end_time, poll_interval=self.poll_interval)
+        now = time.time()
+        first_wait, plan_note = schedule.after_read(now, first)
+        if plan_note:
+            self.log.info("%s: %s", self.run_label(run_id), plan_note)
+        step = decide(
+            self.target(run_id),
+            first,
+            now=now,
+            end_time=end_time,
+            poll_interval=self.poll_interval,
+            next_read=first_wait,
+        )
         if step.event is not None:
-            return self.execute_complete(context, step.event)
-        self.defer(trigger=self.build_trigger(run_id, end_time), method_name="execute_complete", timeout=None)
+            return self.execute_complete(context, {**step.event, "timing": schedule.timing(now)})
+        self.defer(
+            trigger=self.build_trigger(run_id, end_time, schedule, step.wait),
+            method_name="execute_complete",
+            timeout=None,
+        )
 
     def _start(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         """Start the run; an answer that never came (the run may exist) fails the task without retries."""
@@ -318,7 +378,9 @@ class DuneRunOperator(BaseOperator):
         self.log.info("%s of a previous try ended %s; starting a new run", self.run_label(previous), outcome.value)
         return None
 
-    def _wait_in_worker(self, hook: DuneHook, run_id: str, end_time: float | None) -> dict[str, Any]:
+    def _wait_in_worker(
+        self, hook: DuneHook, run_id: str, end_time: float | None, schedule: ReadSchedule
+    ) -> dict[str, Any]:
         target = self.target(run_id)
         errors = 0
         last: Snapshot | None = None
@@ -335,18 +397,39 @@ class DuneRunOperator(BaseOperator):
                 errors += 1
                 result = err
                 self.log.warning("Status call for %s failed (%d in a row): %s", target.label, errors, err)
+            now = time.time()
+            next_read, plan_note = schedule.after_read(now, result)
+            if plan_note:
+                self.log.info("%s: %s", target.label, plan_note)
             step = decide(
                 target,
                 result,
-                now=time.time(),
+                now=now,
                 end_time=end_time,
                 poll_interval=self.poll_interval,
                 consecutive_errors=errors,
                 last_snapshot=last,
+                next_read=next_read,
             )
             if step.event is not None:
-                return step.event
+                return {**step.event, "timing": schedule.timing(now)}
             time.sleep(step.wait)
+
+    def _record_duration(self, event: Mapping[str, Any] | None) -> None:
+        """Add the run's observed duration to its request's history (runs this task started, that succeeded)."""
+        timing = (event or {}).get("timing")
+        if not isinstance(timing, Mapping):
+            return
+        try:
+            duration = observed_duration(
+                _number(timing.get("started_at")),
+                _number(timing.get("last_running_at")),
+                _number(timing.get("finished_seen_at")) or 0.0,
+            )
+            if duration is not None:
+                run_durations.record(self.request_fingerprint(self.build_request(allow_templates=False)), duration)
+        except Exception as err:  # the history is an optimisation: never fail a finished run over it
+            self.log.warning("Could not record the duration of %s: %s", self.run_label(self.run_id or ""), err)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Act on the final event: success returns the summary; anything else cancels what still runs and fails.
@@ -370,6 +453,8 @@ class DuneRunOperator(BaseOperator):
                 # The same run, the same settings: another try would fail the same way.
                 raise AirflowFailException(str(err)) from None
             run_registry.forget(context)
+            if status == SUCCESS:
+                self._record_duration(event)
             emit_asset_events(context, self.outlets, self.refreshed_objects(details or {}), self.log)
             return result
         cancelled = self.cancel_running(run_id, details)

@@ -127,9 +127,10 @@ class DuneRunSensor(BaseSensorOperator):
         if done:
             return None
         now = time.time()
+        run: dict[str, Any] = {self.id_field: self.run_id}
         self.defer(
             trigger=self.trigger_class(
-                **{self.id_field: self.run_id},
+                **run,
                 dune_conn_id=self.dune_conn_id,
                 poll_interval=float(self.poke_interval),
                 end_time=now + float(self.timeout),

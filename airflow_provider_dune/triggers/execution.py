@@ -10,9 +10,9 @@ from airflow_provider_dune.utils.polling import PollTarget, Snapshot
 class DuneExecutionTrigger(DunePollingTrigger):
     """Wait for one Dune execution with the same polling core as :class:`DunePipelineTrigger`.
 
-    Serialises only the execution id, connection id, poll interval, deadline and ``cancel_on_kill``: never the
-    API key. Fires one event ``{"status", "message", "execution_id", "details"}``; ``details`` is the last
-    execution status. A ``COMPLETED_PARTIAL`` result fires ``failed`` with ``details.state ==
+    Serialises only the execution id, the connection id and the polling settings: never the API key. Fires one
+    event ``{"status", "message", "execution_id", "details", "timing"}``; ``details`` is the last execution
+    status. A ``COMPLETED_PARTIAL`` result fires ``failed`` with ``details.state ==
     "completed_partial"`` so the operator decides whether to accept it.
 
     :param execution_id: the execution to wait for.
@@ -30,6 +30,9 @@ class DuneExecutionTrigger(DunePollingTrigger):
         end_time: float | None = None,
         cancel_on_kill: bool = True,
         first_poll_at: float | None = None,
+        started_at: float | None = None,
+        expected_durations: list[float] | None = None,
+        adaptive: bool = True,
     ) -> None:
         super().__init__(
             dune_conn_id=dune_conn_id,
@@ -37,6 +40,9 @@ class DuneExecutionTrigger(DunePollingTrigger):
             end_time=end_time,
             cancel_on_kill=cancel_on_kill,
             first_poll_at=first_poll_at,
+            started_at=started_at,
+            expected_durations=expected_durations,
+            adaptive=adaptive,
         )
         self.execution_id = execution_id
 

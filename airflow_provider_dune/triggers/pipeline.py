@@ -10,10 +10,13 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_dune.api.budget import READ_URGENCY
 from airflow_provider_dune.api.errors import DuneConnectionError
+from airflow_provider_dune.api.forecast import usable_durations
 from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.utils.polling import PollTarget, Snapshot, decide
+from airflow_provider_dune.utils.config import min_poll_interval
+from airflow_provider_dune.utils.polling import PollTarget, ReadSchedule, Snapshot, decide
 
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
@@ -26,7 +29,8 @@ class DunePollingTrigger(BaseTrigger):
     Only reads happen in :meth:`run`, so a triggerer restart that re-creates the trigger is harmless.
 
     :param dune_conn_id: Airflow connection of type ``dune``.
-    :param poll_interval: seconds between status calls.
+    :param poll_interval: the longest wait between two status calls (the bound on detection delay), unless the
+        API key's rate budget, shared by every run waiting in the process, forces a longer one (then logged).
     :param end_time: deadline as seconds since the epoch; ``None`` waits without limit.
     :param first_poll_at: no status call before this time (seconds since the epoch). The operator just read the
         status before deferring, so reading again as soon as the triggerer starts the trigger would only spend
@@ -44,6 +48,9 @@ class DunePollingTrigger(BaseTrigger):
         end_time: float | None,
         cancel_on_kill: bool = True,
         first_poll_at: float | None = None,
+        started_at: float | None = None,
+        expected_durations: list[float] | None = None,
+        adaptive: bool = True,
     ) -> None:
         super().__init__()
         self.dune_conn_id = dune_conn_id
@@ -51,6 +58,9 @@ class DunePollingTrigger(BaseTrigger):
         self.end_time = float(end_time) if end_time is not None else None
         self.cancel_on_kill = cancel_on_kill
         self.first_poll_at = float(first_poll_at) if first_poll_at is not None else None
+        self.started_at = float(started_at) if started_at is not None else None
+        self.expected_durations = usable_durations(expected_durations)
+        self.adaptive = bool(adaptive)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Ids and settings only: the API key is looked up from the connection in the triggerer."""
@@ -63,6 +73,9 @@ class DunePollingTrigger(BaseTrigger):
                 "end_time": self.end_time,
                 "cancel_on_kill": self.cancel_on_kill,
                 "first_poll_at": self.first_poll_at,
+                "started_at": self.started_at,
+                "expected_durations": self.expected_durations,
+                "adaptive": self.adaptive,
             },
         )
 
@@ -100,17 +113,28 @@ class DunePollingTrigger(BaseTrigger):
             wait = min(wait, self.end_time - now)
         return max(0.0, wait)
 
+    def read_schedule(self) -> ReadSchedule:
+        return ReadSchedule(
+            poll_interval=self.poll_interval,
+            floor=min(min_poll_interval(), self.poll_interval),
+            started_at=self.started_at,
+            durations=self.expected_durations,
+            adaptive=self.adaptive,
+        )
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         target = self.target
         initial_wait = self._initial_wait(time.time())
         if initial_wait:
             await asyncio.sleep(initial_wait)
+        schedule = self.read_schedule()
         consecutive_errors = 0
         last_snapshot: Snapshot | None = None
         last_summary = None
         async with self._hook() as hook:
             while True:
                 result: Snapshot | BaseException
+                urgency = READ_URGENCY.set(schedule.urgency(time.time(), last_snapshot))
                 try:
                     result = await self._fetch_before_deadline(hook)
                 except asyncio.CancelledError:
@@ -128,17 +152,24 @@ class DunePollingTrigger(BaseTrigger):
                     if summary != last_summary:
                         self.log.info("%s: %s", target.label, summary)
                         last_summary = summary
+                finally:
+                    READ_URGENCY.reset(urgency)
+                now = time.time()
+                next_read, plan_note = schedule.after_read(now, result)
+                if plan_note:
+                    self.log.info("%s: %s", target.label, plan_note)
                 step = decide(
                     target,
                     result,
-                    now=time.time(),
+                    now=now,
                     end_time=self.end_time,
                     poll_interval=self.poll_interval,
                     consecutive_errors=consecutive_errors,
                     last_snapshot=last_snapshot,
+                    next_read=next_read,
                 )
                 if step.event is not None:
-                    yield TriggerEvent(step.event)
+                    yield TriggerEvent({**step.event, "timing": schedule.timing(now)})
                     return
                 await asyncio.sleep(step.wait)
 
@@ -146,11 +177,12 @@ class DunePollingTrigger(BaseTrigger):
 class DunePipelineTrigger(DunePollingTrigger):
     """Wait for a Dune pipeline execution.
 
-    Serialises only the pipeline execution id, connection id, poll interval, deadline and the
-    ``cancel_on_kill`` flag: never the API key, which is looked up from the connection in the triggerer.
+    Serialises only the pipeline execution id, the connection id and the polling settings: never the API key,
+    which is looked up from the connection in the triggerer.
 
     Fires exactly one event ``{"status": success|failed|cancelled|timeout|error, "message",
-    "pipeline_execution_id", "details"}`` where ``details`` is the last pipeline status (per-node states).
+    "pipeline_execution_id", "details", "timing"}`` where ``details`` is the last pipeline status (per-node
+    states) and ``timing`` when the run was started and seen running and finished (its duration is learnt).
 
     :param pipeline_execution_id: the run to wait for.
     :param cancel_on_kill: when a user marks the deferred task failed/success or clears it (Airflow 3.3+
@@ -168,6 +200,9 @@ class DunePipelineTrigger(DunePollingTrigger):
         end_time: float | None = None,
         cancel_on_kill: bool = True,
         first_poll_at: float | None = None,
+        started_at: float | None = None,
+        expected_durations: list[float] | None = None,
+        adaptive: bool = True,
     ) -> None:
         super().__init__(
             dune_conn_id=dune_conn_id,
@@ -175,6 +210,9 @@ class DunePipelineTrigger(DunePollingTrigger):
             end_time=end_time,
             cancel_on_kill=cancel_on_kill,
             first_poll_at=first_poll_at,
+            started_at=started_at,
+            expected_durations=expected_durations,
+            adaptive=adaptive,
         )
         self.pipeline_execution_id = pipeline_execution_id
 

@@ -10,8 +10,8 @@ one of :data:`EVENT_STATUSES`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from airflow_provider_dune.api.errors import (
@@ -20,6 +20,13 @@ from airflow_provider_dune.api.errors import (
     DuneRateLimitError,
     DuneResponseError,
     DuneServerError,
+)
+from airflow_provider_dune.api.forecast import (
+    CompletionWindow,
+    forecast,
+    plan_next_read,
+    read_urgency,
+    usable_durations,
 )
 from airflow_provider_dune.api.models import PipelineOutcome
 
@@ -92,6 +99,7 @@ def decide(
     poll_interval: float,
     consecutive_errors: int = 0,
     last_snapshot: Snapshot | None = None,
+    next_read: float | None = None,
 ) -> PollStep:
     """Decide the next step after one status call.
 
@@ -100,6 +108,8 @@ def decide(
     :param end_time: deadline (seconds since the epoch); ``None`` waits without limit.
     :param consecutive_errors: status calls that failed in a row, including this one.
     :param last_snapshot: the last status that was read, reported with timeouts and errors.
+    :param next_read: seconds to the next read while the run goes on (default ``poll_interval``; see
+        :class:`ReadSchedule`); errors back off from ``poll_interval``.
     """
     last_details = last_snapshot.to_dict() if last_snapshot is not None else None
     remaining = None if end_time is None else end_time - now
@@ -136,7 +146,67 @@ def decide(
                 result.to_dict(),
             )
         )
-    return PollStep(wait=poll_interval if remaining is None else max(0.0, min(poll_interval, remaining)))
+    wait = poll_interval if next_read is None else next_read
+    return PollStep(wait=wait if remaining is None else max(0.0, min(wait, remaining)))
+
+
+@dataclass
+class ReadSchedule:
+    """When to read one run's status, for a trigger or a worker loop: adaptive around the forecast end of the run
+    (:mod:`airflow_provider_dune.api.forecast`) unless ``adaptive`` is off, never further apart than
+    ``poll_interval``; also the timing that goes into the final event.
+
+    :param started_at: when the request that started the run was sent (seconds since the epoch), if known.
+    :param durations: previous durations of the same request in this deployment (seconds).
+    """
+
+    poll_interval: float
+    floor: float
+    started_at: float | None = None
+    durations: Sequence[float] = ()
+    adaptive: bool = True
+    last_running_at: float | None = None
+    reads: int = 0
+    _described: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.durations = usable_durations(self.durations)
+
+    def window(self, now: float, snapshot: Snapshot | None) -> CompletionWindow | None:
+        if not self.adaptive:
+            return None
+        progress = getattr(snapshot, "progress", None) if snapshot is not None else None
+        return forecast(started_at=self.started_at, now=now, durations=self.durations, progress=progress)
+
+    def urgency(self, now: float, snapshot: Snapshot | None) -> float:
+        """How likely a read now is to find the run finished (orders reads when the key's budget is short)."""
+        return read_urgency(now, self.window(now, snapshot))
+
+    def after_read(self, now: float, result: Snapshot | BaseException) -> tuple[float, str | None]:
+        """Count a read; return the wait before the next one and, when the plan changed, a line for the log."""
+        self.reads += 1
+        if isinstance(result, BaseException):
+            return self.poll_interval, None
+        if not result.outcome.is_final:
+            self.last_running_at = now
+        window = self.window(now, result)
+        plan = plan_next_read(now=now, poll_interval=self.poll_interval, floor=self.floor, window=window)
+        description = None
+        if window is not None:
+            description = f"{window.describe(now)}; next status read in {plan.wait:.0f}s ({plan.phase})"
+        if plan.phase == self._described or description is None:
+            return plan.wait, None
+        self._described = plan.phase
+        return plan.wait, description
+
+    def timing(self, finished_seen_at: float) -> dict[str, Any]:
+        """What the final event carries so the operator can learn the run's duration."""
+        return {
+            "started_at": self.started_at,
+            "last_running_at": self.last_running_at,
+            "finished_seen_at": finished_seen_at,
+            "status_reads": self.reads,
+        }
 
 
 def validate_event(event: Any, target: PollTarget) -> tuple[str, str, Mapping[str, Any] | None]:

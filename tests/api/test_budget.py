@@ -95,3 +95,69 @@ def test_triggers_sharing_a_key_stay_inside_its_budget(
         assert throttled == 0
     else:
         assert throttled > 10  # what pacing prevents
+
+
+def _drain_burst(budget: RequestBudget, key: str, per_minute: float) -> None:
+    for _ in range(BURST + 1):
+        assert budget.reserve(key, per_minute) == 0.0
+
+
+async def _served_order(budget: RequestBudget, per_minute: float, urgencies: dict[str, float]) -> list[str]:
+    order: list[str] = []
+
+    async def read(name: str, urgency: float) -> None:
+        await budget.acquire("k", per_minute, urgency)
+        order.append(name)
+
+    await asyncio.gather(*(read(name, urgency) for name, urgency in urgencies.items()))
+    return order
+
+
+def test_reads_waiting_for_the_budget_are_served_most_urgent_first() -> None:
+    budget = RequestBudget()
+    _drain_burst(budget, "k", 1200)  # a slot every 0.05 s
+    order = asyncio.run(_served_order(budget, 1200, {"unlikely": 0.0, "near its end": 1.0, "late": 0.6}))
+    assert order == ["near its end", "late", "unlikely"]
+
+
+def test_a_read_that_waited_longer_than_the_head_start_goes_before_new_urgent_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_provider_dune.api import budget as budget_module
+
+    monkeypatch.setattr(budget_module, "URGENCY_HEAD_START", 0.2)
+    budget = RequestBudget()
+    _drain_burst(budget, "k", 120)  # a slot every 0.5 s
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+
+        async def read(name: str, urgency: float, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await budget.acquire("k", 120, urgency)
+            order.append(name)
+
+        await asyncio.gather(read("old, unlikely", 0.0, 0.0), read("new, urgent", 1.0, 0.3))
+        return order
+
+    assert asyncio.run(scenario()) == ["old, unlikely", "new, urgent"]
+
+
+def test_a_cancelled_read_gives_its_turn_to_the_next_and_loops_can_come_and_go() -> None:
+    budget = RequestBudget()
+    _drain_burst(budget, "k", 600)  # a slot every 0.1 s
+
+    async def scenario() -> float:
+        doomed = asyncio.ensure_future(budget.acquire("k", 600, 1.0))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(budget.acquire("k", 600, 0.0), timeout=2)
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(scenario()) < 1.0
+    # A new event loop (the first one is closed, its timer with it) is still served.
+    assert asyncio.run(asyncio.wait_for(_served_order(budget, 600, {"a": 0.5, "b": 0.5}), timeout=2)) == ["a", "b"]
+    assert budget.queued("k") == 0

@@ -56,6 +56,8 @@ def test_serialize_round_trip_without_api_key(dune_conn_id: str) -> None:
         end_time=1_700_000_000.5,
         cancel_on_kill=False,
         first_poll_at=1_699_999_990.0,
+        started_at=1_699_999_900.0,
+        expected_durations=[61.5, 58.0, float("nan"), -1],
     )
     classpath, kwargs = trigger.serialize()
     module_name, _, class_name = classpath.rpartition(".")
@@ -68,6 +70,9 @@ def test_serialize_round_trip_without_api_key(dune_conn_id: str) -> None:
         "end_time": 1_700_000_000.5,
         "cancel_on_kill": False,
         "first_poll_at": 1_699_999_990.0,
+        "started_at": 1_699_999_900.0,
+        "expected_durations": [61.5, 58.0],
+        "adaptive": True,
     }
     encoded = json.dumps(kwargs)
     assert TEST_API_KEY not in encoded and TEST_API_KEY not in repr(kwargs) and TEST_API_KEY not in repr(trigger)

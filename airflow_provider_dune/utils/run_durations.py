@@ -1,0 +1,54 @@
+"""How long the same Dune request took before in this deployment, to forecast when the next run ends.
+
+Kept in one Airflow Variable per request fingerprint (the same query, parameters and performance tier give the
+same fingerprint, whichever DAG asks): the last :data:`~airflow_provider_dune.api.forecast.HISTORY_SIZE`
+durations in seconds, nothing else. Reading or writing it never fails a task: without a history the status is
+read every ``poll_interval``, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from airflow_provider_dune.api.forecast import HISTORY_SIZE, usable_durations
+from airflow_provider_dune.version_compat import Variable
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "airflow_provider_dune_durations_"
+
+
+def history_key(fingerprint: str) -> str:
+    return f"{KEY_PREFIX}{fingerprint}"
+
+
+def recall(fingerprint: str) -> list[float]:
+    """Previous durations (seconds, oldest first) of runs of the request with this fingerprint."""
+    try:
+        raw = Variable.get(history_key(fingerprint), None)
+    except Exception as err:
+        log.warning("Could not read the previous durations of this Dune request: %s", err)
+        return []
+    if not raw:
+        return []
+    try:
+        values = json.loads(raw)
+    except (TypeError, ValueError):
+        return []
+    return usable_durations(values) if isinstance(values, list) else []
+
+
+def record(fingerprint: str, seconds: float) -> None:
+    """Add one run's duration to the history of its request (the oldest falls out)."""
+    durations = usable_durations([*recall(fingerprint), round(seconds, 1)])[-HISTORY_SIZE:]
+    if not durations:
+        return
+    try:
+        Variable.set(
+            history_key(fingerprint),
+            json.dumps(durations),
+            description="Durations (s) of previous Dune runs of one request; forecast when the next run ends.",
+        )
+    except Exception as err:
+        log.warning("Could not record the duration of this Dune run: %s", err)
