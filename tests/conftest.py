@@ -33,6 +33,17 @@ def dune_connection_json(base_url: str, api_key: str = TEST_API_KEY, **extra: ob
     return json.dumps({"conn_type": "dune", "host": base_url, "password": api_key, "extra": extra})
 
 
+@pytest.fixture(autouse=True)
+def run_durations_store(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test starts without previous run durations (they live in Airflow Variables), kept in memory."""
+    from airflow_provider_dune.utils import run_durations
+    from tests.operators.fakes import FakeVariables
+
+    fake = FakeVariables()
+    monkeypatch.setattr(run_durations, "Variable", fake)
+    return fake
+
+
 @pytest.fixture
 def dune_conn_id(dune_emulator, monkeypatch: pytest.MonkeyPatch) -> str:
     """``dune_default`` pointing at a fresh emulator with the test key."""
