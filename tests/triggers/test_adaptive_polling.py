@@ -4,6 +4,7 @@ operator learning a request's duration for its next run."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -56,7 +57,7 @@ def test_a_forecast_from_history_notices_the_end_within_seconds_reads_staying_wi
     assert adaptive_seen - ended < 1.6
     for run_id in (adaptive_id, fixed_id):
         reads = [started_at, *_status_reads(dune_emulator, run_id)]
-        assert max(b - a for a, b in zip(reads, reads[1:])) <= POLL_INTERVAL + 0.5
+        assert max(b - a for a, b in itertools.pairwise(reads)) <= POLL_INTERVAL + 0.5
     timing = adaptive_event["timing"]
     assert timing["started_at"] == started_at
     assert timing["last_running_at"] < ended + 0.5 <= timing["finished_seen_at"] + 0.5
