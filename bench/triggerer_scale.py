@@ -17,7 +17,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,9 @@ LAG_PROBE_SECONDS = 0.05
 SLOW_CALLBACK_SECONDS = 0.05
 QUERY_ID_BASE = 9000
 QUERY_COUNT = 20
+#: When each pipeline was started (for triggers given a forecast: ``bench.budget_polling``).
+STARTED_AT: dict[str, float] = {}
+TriggerKwargs = Callable[[int, float], dict[str, Any]]
 
 
 class _SlowCallbacks(logging.Handler):
@@ -91,7 +94,10 @@ def _start_pipelines(api_url: str, count: int) -> list[str]:
     hook = DuneHook()
 
     def start(i: int) -> str:
-        return hook.execute_query_pipeline(QUERY_ID_BASE + i % QUERY_COUNT)
+        began = time.time()
+        pipeline_execution_id = hook.execute_query_pipeline(QUERY_ID_BASE + i % QUERY_COUNT)
+        STARTED_AT[pipeline_execution_id] = began
+        return pipeline_execution_id
 
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(start, range(count)))
@@ -113,7 +119,9 @@ async def _run_one(trigger: Any, delay: float, events: dict[str, tuple[float, di
         events[trigger.pipeline_execution_id] = (time.time(), event.payload)
 
 
-async def _run_triggers(ids: Sequence[str], poll_interval: float, *, debug: bool) -> dict[str, Any]:
+async def _run_triggers(
+    ids: Sequence[str], poll_interval: float, *, debug: bool, trigger_kwargs: TriggerKwargs | None = None
+) -> dict[str, Any]:
     from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 
     loop = asyncio.get_running_loop()
@@ -132,7 +140,14 @@ async def _run_triggers(ids: Sequence[str], poll_interval: float, *, debug: bool
     rss_before = common.rss_bytes()
     cpu_before = common.cpu_seconds()
     began = time.monotonic()
-    triggers = [DunePipelineTrigger(pipeline_execution_id=i, poll_interval=poll_interval) for i in ids]
+    triggers = [
+        DunePipelineTrigger(
+            pipeline_execution_id=pipeline_id,
+            poll_interval=poll_interval,
+            **(trigger_kwargs(index, STARTED_AT[pipeline_id]) if trigger_kwargs else {}),
+        )
+        for index, pipeline_id in enumerate(ids)
+    ]
     tasks = [asyncio.create_task(_run_one(t, rng.uniform(0, poll_interval), events)) for t in triggers]
 
     rss_peak = rss_before
@@ -176,12 +191,14 @@ def _end_times(ids: Sequence[str]) -> dict[str, float]:
     return ended
 
 
-def _measure(child: Any, count: int, args: Any, *, debug: bool) -> dict[str, Any]:
+def _measure(
+    child: Any, count: int, args: Any, *, debug: bool, trigger_kwargs: TriggerKwargs | None = None
+) -> dict[str, Any]:
     before = child.client.counts()
     ids = _start_pipelines(child.url, count)
     started = child.client.counts()
     connections_before = child.client.connections_opened()
-    run = asyncio.run(_run_triggers(ids, args.poll_interval, debug=debug))
+    run = asyncio.run(_run_triggers(ids, args.poll_interval, debug=debug, trigger_kwargs=trigger_kwargs))
     after = child.client.counts()
     connections = child.client.connections_opened() - connections_before
     polls = after.get("pipeline_status", 0) - started.get("pipeline_status", 0)

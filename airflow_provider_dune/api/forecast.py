@@ -7,7 +7,9 @@ from Dune's progress (pipeline nodes done out of all, extrapolated from the time
 
 * before the window: read every ``poll_interval`` (the user's bound on detection delay) and once as it opens;
 * inside it: read a few times across it (:data:`WINDOW_READS`), so the end is seen within seconds;
-* after it (the run is late) or without a forecast: read every ``poll_interval``.
+* after it (the run is late): the wait grows with the lateness, from the step used inside the window up to
+  ``poll_interval`` (a run late by a minute is likely to be late by another);
+* without a forecast: read every ``poll_interval``.
 
 So reads are never further apart than ``poll_interval`` unless the key's rate budget forces it. Each read also
 gets an urgency (how likely it is to find the run finished), by which the process's request budget serves the
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 WINDOW_READS = 4
 #: Previous durations kept per request; older ones say less about the next run.
 HISTORY_SIZE = 10
-#: The window is widened by this share of the median duration (at least :data:`MIN_MARGIN` seconds) each side.
-MARGIN_SHARE = 0.05
+#: The window is widened each side by at least this share of the median duration (and :data:`MIN_MARGIN` s).
+MARGIN_SHARE = 0.02
 MIN_MARGIN = 2.0
 #: With a single previous duration, the window is this share of it each side.
 SINGLE_SAMPLE_SHARE = 0.15
@@ -70,7 +72,9 @@ def usable_durations(durations: Sequence[object] | None) -> list[float]:
 
 
 def window_from_history(started_at: float, durations: Sequence[float]) -> CompletionWindow | None:
-    """The span between the shortest and the longest previous duration, widened by a margin."""
+    """The span between the shortest and the longest previous duration, widened each side by half that spread
+    (at least :data:`MARGIN_SHARE` of the median and :data:`MIN_MARGIN` seconds); a single previous duration
+    gives :data:`SINGLE_SAMPLE_SHARE` of it each side."""
     known = usable_durations(durations)
     if not known:
         return None
@@ -78,7 +82,7 @@ def window_from_history(started_at: float, durations: Sequence[float]) -> Comple
     if len(known) == 1:
         margin = max(MIN_MARGIN, SINGLE_SAMPLE_SHARE * shortest)
     else:
-        margin = max(MIN_MARGIN, MARGIN_SHARE * statistics.median(known))
+        margin = max(MIN_MARGIN, MARGIN_SHARE * statistics.median(known), (longest - shortest) / 2)
     runs = "1 previous run" if len(known) == 1 else f"{len(known)} previous runs"
     return CompletionWindow(
         opens=started_at + max(0.0, shortest - margin), closes=started_at + longest + margin, basis=runs
@@ -122,10 +126,10 @@ def plan_next_read(*, now: float, poll_interval: float, floor: float, window: Co
         return ReadPlan(poll_interval, "no forecast")
     if now < window.opens:
         return ReadPlan(max(floor, min(poll_interval, window.opens - now)), "before the expected end")
+    step = max(floor, min(poll_interval, (window.closes - window.opens) / WINDOW_READS))
     if now <= window.closes:
-        step = (window.closes - window.opens) / WINDOW_READS
-        return ReadPlan(max(floor, min(poll_interval, step)), "near the expected end")
-    return ReadPlan(poll_interval, "later than expected")
+        return ReadPlan(step, "near the expected end")
+    return ReadPlan(max(step, min(poll_interval, now - window.closes)), "later than expected")
 
 
 def read_urgency(now: float, window: CompletionWindow | None) -> float:

@@ -269,8 +269,8 @@ class DuneRunOperator(BaseOperator):
         if reused is not None:
             previous = reused
         elif previous is None:
-            started_at = time.time()
             run_id = self._start(hook, request)
+            started_at = time.time()  # after the answer: the start request may have waited for the key's budget
             run_registry.remember(context, run_id, fingerprint)
         elif previous[1].outcome is PipelineOutcome.SUCCESS:
             self.log.info(

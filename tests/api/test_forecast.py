@@ -23,8 +23,10 @@ START = 1_000.0
 def test_history_window_spans_the_previous_durations_plus_a_margin() -> None:
     window = window_from_history(START, [600.0, 590.0, 612.0])
     assert window is not None
-    assert window.opens == pytest.approx(START + 590 - 30)  # 5% of the median
-    assert window.closes == pytest.approx(START + 612 + 30)
+    assert window.opens == pytest.approx(START + 590 - 12)  # 2% of the median (more than half the spread, 11 s)
+    assert window.closes == pytest.approx(START + 612 + 12)
+    spread = window_from_history(START, [500.0, 600.0])
+    assert spread is not None and (spread.opens, spread.closes) == pytest.approx((START + 450, START + 650))
     assert window.basis == "3 previous runs"
     single = window_from_history(START, [100.0])
     assert single is not None
@@ -74,8 +76,11 @@ def test_reads_wait_for_the_window_then_cross_it_in_a_few_steps_then_fall_back()
     assert just_before.wait == pytest.approx(70)  # lands as the window opens
     inside = plan_next_read(now=START + 580, poll_interval=300, floor=1, window=window)
     assert (inside.wait, inside.phase) == (pytest.approx(15), "near the expected end")
-    late = plan_next_read(now=START + 700, poll_interval=300, floor=1, window=window)
-    assert (late.wait, late.phase) == (300, "later than expected")
+    late = plan_next_read(now=START + 640, poll_interval=300, floor=1, window=window)
+    assert (late.wait, late.phase) == (pytest.approx(15), "later than expected")  # just late: the window's step
+    later = plan_next_read(now=START + 730, poll_interval=300, floor=1, window=window)
+    assert later.wait == pytest.approx(100)  # as late again as it already is
+    assert plan_next_read(now=START + 5000, poll_interval=300, floor=1, window=window).wait == 300
     assert plan_next_read(now=START, poll_interval=30, floor=1, window=None).wait == 30
 
 
