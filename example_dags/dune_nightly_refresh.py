@@ -64,6 +64,7 @@ with DAG(
     tags=["dune", "example"],
     doc_md=__doc__,
 ) as dag:
+    # [START howto_operator_dune_execute_pipeline]
     DuneExecutePipelineOperator(
         task_id="refresh_daily_dex_volume",
         dune_conn_id=CONN_ID,
@@ -77,3 +78,4 @@ with DAG(
         # refreshed, found at run time, through the alias.
         outlets=[dune_query_asset(QUERY_ID), *REFRESHED_VIEWS],
     )
+    # [END howto_operator_dune_execute_pipeline]
