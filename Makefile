@@ -18,7 +18,7 @@ STAMP2 := $(VENV2)/.installed
 
 help:
 	@echo "make demo     run the nightly-refresh example DAG against the local Dune API emulator"
-	@echo "make test     ruff, mypy and the whole suite on Airflow $(AIRFLOW_VERSION), then unit + DAG tests on Airflow 2.11"
+	@echo "make test     ruff, mypy, the docs and the whole suite on Airflow $(AIRFLOW_VERSION), then unit + DAG tests on Airflow 2.11"
 	@echo "make test-airflow2  only the Airflow 2.11 run (virtualenv $(VENV2))"
 	@echo "make emulator start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
 	@echo "make lint     ruff + mypy only;  make format  apply ruff's formatting"
@@ -67,12 +67,14 @@ format: install
 DOCS_OUT := build/docs
 DOCS_DOCTREES := build/docs-doctrees
 
+SPHINX_LINKCHECK = $(BIN)/sphinx-build -W --keep-going -n -q -b linkcheck -d $(DOCS_DOCTREES) docs build/docs-linkcheck
+
 docs: install
 	$(BIN)/sphinx-build -W --keep-going -n -q -b html -d $(DOCS_DOCTREES) docs $(DOCS_OUT)
-	$(MAKE) --no-print-directory docs-linkcheck
+	$(SPHINX_LINKCHECK)
 
 docs-linkcheck: install
-	$(BIN)/sphinx-build -W --keep-going -n -q -b linkcheck -d $(DOCS_DOCTREES) docs build/docs-linkcheck
+	$(SPHINX_LINKCHECK)
 
 test: test-airflow3 test-airflow2
 
@@ -96,7 +98,7 @@ emulator: install
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# The browser test saves its screenshots here instead of build/screenshots/; commit the ones the README shows.
+# The browser test saves its screenshots here instead of build/screenshots/; commit the ones the docs show.
 screenshots: install
 	DUNE_SCREENSHOT_DIR=docs/images DUNE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/e2e/test_first_hour.py -m e2e -k "browser or hook_meta or form"
 

@@ -46,7 +46,7 @@ try:
     from airflow.sdk import AssetAlias
 
     REFRESHED_VIEWS: list[Any] = [AssetAlias("dune_nightly_refreshed_views")]
-except ImportError:  # Airflow 2.11: its DatasetAlias events fail in `airflow dags test` (README, Known limitations)
+except ImportError:  # Airflow 2.11: its DatasetAlias events fail in `airflow dags test` (docs/guides/limitations.rst)
     REFRESHED_VIEWS = []
 
 QUERY_ID = int(os.environ.get("DUNE_NIGHTLY_QUERY_ID") or 1001)
