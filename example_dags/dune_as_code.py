@@ -45,6 +45,7 @@ with DAG(
     tags=["dune", "example"],
     doc_md=__doc__,
 ):
+    # [START howto_operator_dune_sync_query]
     sync = DuneSyncQueryOperator(
         task_id="sync_query",
         dune_conn_id=CONN_ID,
@@ -52,6 +53,7 @@ with DAG(
         sql="sql/dex_volume_7d.sql",
         tags=["airflow"],
     )
+    # [END howto_operator_dune_sync_query]
     run = DuneExecutePipelineOperator(
         task_id="run_pipeline",
         dune_conn_id=CONN_ID,
@@ -60,6 +62,7 @@ with DAG(
         poll_interval=POLL_INTERVAL,
         timeout=timedelta(hours=1),
     )
+    # [START howto_operator_dune_query_reuse_latest_result]
     export = DuneExecuteQueryOperator(
         task_id="export",
         dune_conn_id=CONN_ID,
@@ -69,4 +72,5 @@ with DAG(
         deferrable=True,
         poll_interval=POLL_INTERVAL,
     )
+    # [END howto_operator_dune_query_reuse_latest_result]
     sync >> run >> export

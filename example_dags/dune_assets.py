@@ -59,6 +59,7 @@ def report_refresh(**context: Any) -> list[dict[str, Any]]:
     return refreshes
 
 
+# [START howto_asset_dune_query_schedule]
 with DAG(
     dag_id="dune_after_nightly_refresh",
     description="Runs after each successful dune_nightly_refresh",
@@ -70,6 +71,7 @@ with DAG(
     doc_md=__doc__,
 ):
     report_refresh()
+# [END howto_asset_dune_query_schedule]
 
 try:
     from airflow.sdk import AssetWatcher
@@ -77,6 +79,7 @@ except ImportError:  # Airflow 2.11 has no event-driven scheduling
     AssetWatcher = None
 
 if AssetWatcher is not None:
+    # [START howto_trigger_dune_materialized_view_refresh]
     watched = dune_view_asset(
         WATCHED_VIEW,
         watchers=[
@@ -88,6 +91,7 @@ if AssetWatcher is not None:
             )
         ],
     )
+    # [END howto_trigger_dune_materialized_view_refresh]
     with DAG(
         dag_id="dune_on_view_refresh",
         description="Runs once per completed refresh of a Dune materialized view, Dune's scheduled ones included",

@@ -21,8 +21,10 @@ from typing import Any
 
 from airflow_provider_dune.version_compat import AIRFLOW_V_3_0_PLUS
 
+# [START howto_run_date]
 #: ``YYYY-MM-DD`` of the run: its logical date, or when it was queued to run if it has none.
 RUN_DATE = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
+# [END howto_run_date]
 
 
 def cron_schedule(expression: str, timezone: str = "UTC") -> dict[str, Any]:

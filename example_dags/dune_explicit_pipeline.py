@@ -36,6 +36,7 @@ REPORT_QUERY_ID = int(os.environ.get("DUNE_PIPELINE_REPORT_QUERY_ID") or 1001)
 CONN_ID = os.environ.get("DUNE_CONN_ID") or "dune_default"
 POLL_INTERVAL = float(os.environ.get("DUNE_POLL_INTERVAL") or 30)
 
+# [START howto_operator_dune_pipeline_nodes]
 NODES = [
     {"id": 1, "query_execution": {"query_id": SOURCE_QUERY_ID, "performance": "medium"}},
     {"id": 2, "dependencies": [1], "materialized_view_refresh": {"name": VIEW_NAME, "performance": "medium"}},
@@ -49,6 +50,7 @@ NODES = [
         },
     },
 ]
+# [END howto_operator_dune_pipeline_nodes]
 
 with DAG(
     dag_id="dune_explicit_pipeline",
@@ -60,6 +62,7 @@ with DAG(
     tags=["dune", "example"],
     doc_md=__doc__,
 ) as dag:
+    # [START howto_operator_dune_execute_explicit_pipeline]
     DuneExecutePipelineOperator(
         task_id="run_explicit_pipeline",
         dune_conn_id=CONN_ID,
@@ -68,3 +71,4 @@ with DAG(
         poll_interval=POLL_INTERVAL,
         timeout=timedelta(hours=2),
     )
+    # [END howto_operator_dune_execute_explicit_pipeline]

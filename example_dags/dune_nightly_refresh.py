@@ -46,7 +46,7 @@ try:
     from airflow.sdk import AssetAlias
 
     REFRESHED_VIEWS: list[Any] = [AssetAlias("dune_nightly_refreshed_views")]
-except ImportError:  # Airflow 2.11: its DatasetAlias events fail in `airflow dags test` (README, Known limitations)
+except ImportError:  # Airflow 2.11: its DatasetAlias events fail in `airflow dags test` (docs/guides/limitations.rst)
     REFRESHED_VIEWS = []
 
 QUERY_ID = int(os.environ.get("DUNE_NIGHTLY_QUERY_ID") or 1001)
@@ -64,6 +64,7 @@ with DAG(
     tags=["dune", "example"],
     doc_md=__doc__,
 ) as dag:
+    # [START howto_operator_dune_execute_pipeline]
     DuneExecutePipelineOperator(
         task_id="refresh_daily_dex_volume",
         dune_conn_id=CONN_ID,
@@ -77,3 +78,4 @@ with DAG(
         # refreshed, found at run time, through the alias.
         outlets=[dune_query_asset(QUERY_ID), *REFRESHED_VIEWS],
     )
+    # [END howto_operator_dune_execute_pipeline]

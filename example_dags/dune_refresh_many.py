@@ -46,6 +46,7 @@ with DAG(
     tags=["dune", "example"],
     doc_md=__doc__,
 ) as dag:
+    # [START howto_operator_dune_execute_pipeline_mapped]
     DuneExecutePipelineOperator.partial(
         task_id="refresh_query",
         dune_conn_id=CONN_ID,
@@ -56,3 +57,4 @@ with DAG(
     ).expand_kwargs(
         [{"query_id": query_id, "query_parameters": QUERY_PARAMETERS.get(query_id)} for query_id in QUERY_IDS]
     )
+    # [END howto_operator_dune_execute_pipeline_mapped]

@@ -41,6 +41,7 @@ with DAG(
     tags=["dune", "example"],
     doc_md=__doc__,
 ) as dag:
+    # [START howto_operator_dune_pipeline_no_wait]
     start = DuneExecutePipelineOperator(
         task_id="start_pipeline",
         dune_conn_id=CONN_ID,
@@ -50,6 +51,8 @@ with DAG(
         # A retry would start a second billed pipeline; the sensor is the part that may retry.
         retries=0,
     )
+    # [END howto_operator_dune_pipeline_no_wait]
+    # [START howto_sensor_dune_pipeline]
     wait = DunePipelineSensor(
         task_id="wait_for_pipeline",
         dune_conn_id=CONN_ID,
@@ -60,4 +63,5 @@ with DAG(
         retries=2,
         retry_delay=timedelta(minutes=1),
     )
+    # [END howto_sensor_dune_pipeline]
     start >> wait

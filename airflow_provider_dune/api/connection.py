@@ -159,7 +159,8 @@ _FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def read_extra_setting(extra: Mapping[str, Any], name: str) -> Any:
-    """The validated value of one :data:`EXTRA_SETTINGS` entry, or its default when the extra leaves it unset."""
+    """The validated value of one :data:`~airflow_provider_dune.api.connection_fields.EXTRA_SETTINGS` entry, or its
+    default when the extra leaves it unset."""
     setting = _SETTINGS_BY_NAME[name]
     value = _extra_value(extra, name)
     if value is None:

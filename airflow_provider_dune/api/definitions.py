@@ -82,7 +82,8 @@ class QueryDefinition:
         is_private: Any = False,
         tags: Any = None,
     ) -> QueryDefinition:
-        """Validated definition; every problem is a :class:`DuneConfigurationError` that says what to fix."""
+        """Validated definition; every problem is a
+        :class:`~airflow_provider_dune.api.errors.DuneConfigurationError` that says what to fix."""
         if not isinstance(name, str) or not name.strip():
             raise DuneConfigurationError(f"the query name must be a non-empty string, got {name!r}")
         if description is None:

@@ -701,7 +701,7 @@ def parse_usage(body: Any) -> CreditUsage:
 def resolve_unknown_nodes(status: PipelineStatus, lookups: Mapping[int, ExecutionStatus]) -> PipelineStatus:
     """Replace node states the pipeline endpoint spelled in an unknown way with the execution's own state.
 
-    ``lookups`` maps a node's :attr:`~PipelineNodeStatus.position` to its execution's status.
+    ``lookups`` maps a node's ``position`` to its execution's status.
 
     The execution status endpoint has a documented state enum; a node whose execution state is still not
     recognised stays ``UNKNOWN`` (and so never counts as success).

@@ -2,7 +2,7 @@
 
 Dune spells states differently per endpoint (``completed`` for pipelines, ``QUERY_STATE_COMPLETED`` for query
 executions, ``CANCELLED`` and ``CANCELED`` both appear) and documents no failure value for pipelines. Every raw
-state goes through :func:`normalize_state`; anything not recognised becomes :attr:`RunState.UNKNOWN`, which is never
+state goes through :func:`normalize_state`; anything not recognised becomes ``RunState.UNKNOWN``, which is never
 treated as success.
 """
 

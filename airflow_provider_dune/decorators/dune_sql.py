@@ -63,7 +63,8 @@ class _DuneSQLDecoratedOperator(DecoratedOperator, DuneExecuteSQLOperator):
 
 
 def dune_sql_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
-    """``@task.dune_sql``: wrap a function returning SQL into a :class:`DuneExecuteSQLOperator` task."""
+    """``@task.dune_sql``: wrap a function returning SQL into a
+    :class:`~airflow_provider_dune.operators.sql.DuneExecuteSQLOperator` task."""
     return task_decorator_factory(
         python_callable=python_callable, decorated_operator_class=_DuneSQLDecoratedOperator, **kwargs
     )

@@ -194,9 +194,9 @@ class DuneEmulator:
     :param log_stream: where ``verbose`` logging goes (default ``sys.stderr``).
     :param profile: ``realistic`` (answers drawn from the shapes real Dune was seen to send) or ``strict``
         (the spec's ideal shape every time); ``None`` reads ``$DUNE_EMULATOR_PROFILE``, default realistic.
-        A :class:`~airflow_provider_dune.testing._profiles.ResponseProfile` may force chosen shapes on.
+        A ``ResponseProfile`` (``airflow_provider_dune.testing._profiles``) may force chosen shapes on.
     :param profile_seed: seed of the realistic draws; ``None`` reads ``$DUNE_EMULATOR_SEED``, else picks one
-        (:attr:`profile` tells which).
+        (the ``profile`` attribute tells which).
     """
 
     def __init__(

@@ -43,6 +43,7 @@ from airflow_provider_dune.testing.emulator import DEFAULT_SEED_PATH, DuneEmulat
 
 TEST_API_KEY = "test-key"
 READ_API_KEY = "read-key"
+#: Every duration of the seed catalog is multiplied by this in the fixtures.
 FIXTURE_TIME_SCALE = 0.05
 
 __all__ = [

@@ -8,7 +8,8 @@ from airflow_provider_dune.utils.polling import PollTarget, Snapshot
 
 
 class DuneExecutionTrigger(DunePollingTrigger):
-    """Wait for one Dune execution with the same polling core as :class:`DunePipelineTrigger`.
+    """Wait for one Dune execution with the same polling core as
+    :class:`~airflow_provider_dune.triggers.pipeline.DunePipelineTrigger`.
 
     Serialises only the execution id, the connection id and the polling settings: never the API key. Fires one
     event ``{"status", "message", "execution_id", "details", "timing"}``; ``details`` is the last execution

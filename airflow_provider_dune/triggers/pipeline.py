@@ -26,7 +26,7 @@ class DunePollingTrigger(BaseTrigger):
     """Poll one Dune status endpoint until the run finishes or the deadline passes, then fire one event.
 
     Subclasses say what to fetch; the loop, backoff on transient errors, deadline and event shape are shared.
-    Only reads happen in :meth:`run`, so a triggerer restart that re-creates the trigger is harmless.
+    Only reads happen in ``run()``, so a triggerer restart that re-creates the trigger is harmless.
 
     :param dune_conn_id: Airflow connection of type ``dune``.
     :param poll_interval: the longest wait between two status calls (the bound on detection delay), unless the

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Where screenshots go; ``make screenshots`` points this at ``docs/images`` to refresh the README's pictures.
+#: Where screenshots go; ``make screenshots`` points this at ``docs/images`` to refresh the documentation's pictures.
 SCREENSHOT_DIR = Path(os.environ.get("DUNE_SCREENSHOT_DIR") or REPO_ROOT / "build" / "screenshots")
 #: Without the background-networking flags Chromium keeps trying to reach Google's hosts on a closed network.
 CHROMIUM_ARGS = (

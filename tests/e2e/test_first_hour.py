@@ -2,7 +2,7 @@
 
 The stack is set up as a default installation is: users log in, new DAGs start paused, the Dune connection is
 not defined by an environment variable (the user creates it), ``[core] test_connection`` is enabled as the
-README tells users to do. The emulator serves the demo catalog the example DAGs use.
+the documentation tells users to do. The emulator serves the demo catalog the example DAGs use.
 
 In order: what the api-server serves for the connection form; a real browser creating the connection and
 triggering the nightly refresh from the UI; every example DAG triggered through the REST API without a logical
@@ -45,7 +45,7 @@ PIPELINE_STARTS_PER_RUN = {
 }
 PIPELINE_STARTS = ("execute_query_pipeline", "execute_pipeline")
 #: The row's Test button sends ``port: 0`` for a connection without a port and Airflow 3.3.2 and older answer
-#: 400 (apache/airflow#73298 fixed it after 3.3.2). README "Testing the connection" says so.
+#: 400 (apache/airflow#73298 fixed it after 3.3.2). docs/connections/dune.rst, "Testing the connection", says so.
 TEST_BUTTON_FIXED_AFTER = Version("3.3.2")
 
 STACK_OPTIONS = StackOptions(
@@ -349,7 +349,7 @@ def test_cli_trigger_and_backfill_of_the_nightly_refresh(airflow_stack: AirflowS
     assert sorted(r["logical_date"][:10] for r in backfilled) == ["2024-06-01", "2024-06-02"]
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     # A backfill gives the DAG a last automated run, so Airflow's CronTriggerTimetable with catchup=False then
-    # also schedules the most recent 03:00 (README, Example DAGs). Every Airflow run starts one pipeline.
+    # also schedules the most recent 03:00 (docs/guides/example-dags.rst). Every Airflow run starts one pipeline.
     others = [
         r
         for r in _dag_runs(stack, "dune_nightly_refresh")

@@ -1,0 +1,86 @@
+"""The documentation's sources: example code included by marker, Python blocks, and the README's links.
+
+``make docs`` builds the pages with warnings as errors, which already fails on a missing marker; these checks
+run with the unit tests too, and also catch a marker that exists twice (the page would show the wrong code).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.rglob("*.rst"))
+
+_INCLUDE = re.compile(r"^\.\. literalinclude:: (?P<path>\S+)\n(?P<options>(?:[ ]+:.*\n)*)", re.MULTILINE)
+_OPTION = re.compile(r":(start-after|end-before): (.+)")
+
+
+def _includes() -> list[tuple[Path, Path, dict[str, str]]]:
+    found = []
+    for page in PAGES:
+        for match in _INCLUDE.finditer(page.read_text()):
+            options = dict(_OPTION.findall(match["options"]))
+            found.append((page, (page.parent / match["path"]).resolve(), options))
+    return found
+
+
+def _python_blocks(page: Path) -> list[str]:
+    """The bodies of ``.. code-block:: python`` directives."""
+    blocks = []
+    lines = page.read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line.strip() != ".. code-block:: python":
+            continue
+        indent = len(line) - len(line.lstrip())
+        body = []
+        for following in lines[index + 1 :]:
+            if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                break
+            body.append(following)
+        blocks.append(textwrap.dedent("\n".join(body)))
+    return blocks
+
+
+def test_pages_include_example_code():
+    assert any(options for _, _, options in _includes())
+
+
+@pytest.mark.parametrize(("page", "path", "options"), _includes(), ids=lambda v: getattr(v, "name", None))
+def test_every_included_marker_exists_once(page, path, options):
+    assert path.is_file(), f"{page.relative_to(ROOT)} includes {path}, which does not exist"
+    text = path.read_text()
+    for option in ("start-after", "end-before"):
+        marker = options.get(option)
+        assert marker, f"{page.relative_to(ROOT)} includes {path.name} without :{option}:"
+        assert text.count(marker) == 1, f"{marker!r} appears {text.count(marker)} times in {path.name}"
+    start, end = text.index(options["start-after"]), text.index(options["end-before"])
+    assert start < end, f"{path.name}: {options['end-before']!r} comes before {options['start-after']!r}"
+
+
+def test_example_markers_are_paired():
+    for path in sorted((ROOT / "example_dags").glob("*.py")):
+        text = path.read_text()
+        starts = re.findall(r"# \[START (\w+)\]", text)
+        ends = re.findall(r"# \[END (\w+)\]", text)
+        assert starts == ends, f"{path.name}: START {starts} vs END {ends}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_python_blocks_compile(page):
+    for block in _python_blocks(page):
+        ast.parse(block, filename=str(page))
+
+
+def test_readme_relative_links_exist():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [link.split("#")[0] for link in links if not re.match(r"[a-z]+:", link) and not link.startswith("#")]
+    assert local, "the README links to no documentation page"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"
