@@ -84,7 +84,17 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "float",
                         "example": "5",
                         "default": "1",
-                    }
+                    },
+                    "budget_share": {
+                        "description": "Share (more than 0, at most 1) of each API key's reads_per_minute and "
+                        "writes_per_minute (connection extras) that this process paces its requests to. Dune "
+                        "counts a key's requests across every process that uses it, and processes do not share "
+                        "their pacing: with two triggerers polling with one key, set 0.5 on each.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "0.5",
+                        "default": "1",
+                    },
                 },
             }
         },

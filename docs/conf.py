@@ -66,7 +66,7 @@ autodoc_inherit_docstrings = False
 nitpicky = True
 _EXTERNAL_MODULES = (
     "airflow|requests|httpx|urllib3|urllib|pytest|_pytest|pandas|upath|ssl|http|asyncio|datetime|os|io"
-    "|collections|typing|enum|pathlib|concurrent|socketserver|threading|types|logging"
+    "|collections|typing|enum|pathlib|concurrent|socketserver|threading|types|logging|contextvars"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({_EXTERNAL_MODULES})(\..*)?"),

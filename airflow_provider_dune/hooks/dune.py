@@ -56,6 +56,7 @@ from airflow_provider_dune.hooks import connection_form
 from airflow_provider_dune.hooks.definitions import DuneDefinitionsMixin
 from airflow_provider_dune.utils import transport
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
+from airflow_provider_dune.utils.config import budget_share
 from airflow_provider_dune.utils.transport import new_session
 from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook, mask_secret
 
@@ -307,9 +308,15 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         """Seconds to hold a request back because another one on the same budget was just rate limited."""
         return COOLDOWN.delay(self._budget(request, settings))
 
+    @staticmethod
+    def _per_minute(request: DuneRequest, settings: DuneConnectionSettings) -> float:
+        """This process's share of the key's budget for ``request`` (``[dune] budget_share``)."""
+        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        return per_minute * budget_share()
+
     def _pace(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
         """Seconds to wait for this request's slot in the key's budget (shared by every hook in the process)."""
-        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        per_minute = self._per_minute(request, settings)
         wait = BUDGET.reserve(self._budget(request, settings), per_minute)
         if wait >= PACING_LOG_SECONDS:
             self.log.info(
@@ -342,7 +349,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     async def _apace(self, request: DuneRequest, settings: DuneConnectionSettings) -> None:
         """Wait for this request's slot in the key's budget; reads queue by urgency (set by the waiting trigger)."""
-        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        per_minute = self._per_minute(request, settings)
         budget = self._budget(request, settings)
         waited = await BUDGET.acquire(budget, per_minute)
         if waited >= PACING_LOG_SECONDS:

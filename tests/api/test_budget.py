@@ -161,3 +161,20 @@ def test_a_cancelled_read_gives_its_turn_to_the_next_and_loops_can_come_and_go()
     # A new event loop (the first one is closed, its timer with it) is still served.
     assert asyncio.run(asyncio.wait_for(_served_order(budget, 600, {"a": 0.5, "b": 0.5}), timeout=2)) == ["a", "b"]
     assert budget.queued("k") == 0
+
+
+def test_budget_share_paces_this_process_to_its_part_of_the_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow_provider_dune.api.connection import DuneConnectionSettings
+    from airflow_provider_dune.api.endpoints import get_pipeline_status
+
+    settings = DuneConnectionSettings(base_url="https://api.dune.com/api", api_key="k", reads_per_minute=40)
+    request = get_pipeline_status("01PIPE")
+    assert DuneHook._per_minute(request, settings) == 40
+    monkeypatch.setenv("AIRFLOW__DUNE__BUDGET_SHARE", "0.5")
+    assert DuneHook._per_minute(request, settings) == 20
+    for wrong in ("0", "1.5", "half"):
+        monkeypatch.setenv("AIRFLOW__DUNE__BUDGET_SHARE", wrong)
+        assert DuneHook._per_minute(request, settings) == 40
+        assert f"[dune] budget_share = '{wrong}' is not a number above 0 and at most 1" in caplog.text
