@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process, then print the headline numbers side by side.
 
-    python -m bench [--quick] [--only worker_slots,triggerer_scale,api_calls,hook_overhead] [--summary-only]
+    python -m bench [--quick] [--only worker_slots,triggerer_scale,...] [--summary-only]
 
 Each benchmark prints its own tables and writes ``bench/results/<name>.json``; this writes
 ``bench/results/summary.json`` with the headline numbers below. Run on a quiet machine: the numbers are CPU
@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import common
 
-BENCHMARKS = ("worker_slots", "triggerer_scale", "api_calls", "hook_overhead")
+BENCHMARKS = ("worker_slots", "triggerer_scale", "api_calls", "hook_overhead", "budget_polling", "budget_processes")
 Row = list[Any]
 
 
@@ -147,7 +147,56 @@ def _hook_overhead(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _latency(entry: dict[str, Any]) -> str:
+    latency = entry["detection_latency_s"]
+    return f"latency median {latency.get('median', float('nan')):.1f} s (max {latency.get('max', float('nan')):.0f} s)"
+
+
+def _budget_polling(data: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for part, title in (("free_plan", "Free plan, 20 pipelines at 10 s"), ("ten_minute_pipelines", "10-min pipeline")):
+        entries = {entry["style"]: entry for entry in data.get(part, [])}
+        fixed = entries.get("fixed, unpaced") or entries.get("fixed 10 s")
+        for style, entry in entries.items():
+            if entry is fixed:
+                continue
+            rows.append(
+                [
+                    f"{title}: {style}",
+                    f"{entry['status_reads_per_pipeline']:.1f} reads/pipeline, {entry['http_429']} x 429, "
+                    + _latency(entry),
+                    f"{fixed['style']}: {fixed['status_reads_per_pipeline']:.1f} reads/pipeline, "
+                    f"{fixed['http_429']} x 429, " + _latency(fixed)
+                    if fixed
+                    else "",
+                    "",
+                    "",
+                ]
+            )
+    for style, entry in data.get("triggerer_scale", {}).items():
+        rows.append(
+            [
+                f"{entry['triggers']} triggers, {style}",
+                f"{entry['cpu_s_per_1000_polls'] or 0:.2f} CPU s/1,000 reads, {entry['rss_per_trigger_kb']:.1f} KB, "
+                f"lag p99 {entry['loop_lag_ms'].get('p99', 0):.1f} ms",
+                "",
+                "",
+                "yes" if entry["rss_per_trigger_kb"] < 50 and entry["loop_lag_ms"].get("p99", 0) < 100 else "NO",
+            ]
+        )
+    return rows
+
+
+def _budget_processes(data: dict[str, Any]) -> list[Row]:
+    return [
+        [entry["style"], f"{entry['http_429']} x 429, " + _latency(entry), f"{entry['status_reads']} reads", "", ""]
+        for entry in data["styles"]
+    ]
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "budget_polling": _budget_polling,
+    "budget_processes": _budget_processes,
     "worker_slots": _worker_slots,
     "triggerer_scale": _triggerer_scale,
     "api_calls": _api_calls,

@@ -29,6 +29,7 @@ WINDOW_READS = 4
 HISTORY_SIZE = 10
 #: The window is widened each side by at least this share of the median duration (and :data:`MIN_MARGIN` s).
 MARGIN_SHARE = 0.02
+#: Seconds the window is widened each side at least.
 MIN_MARGIN = 2.0
 #: With a single previous duration, the window is this share of it each side.
 SINGLE_SAMPLE_SHARE = 0.15
