@@ -13,7 +13,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,14 +97,14 @@ class ProductionStack:
     redis: RedisServer
     compose: dict[str, Any]
 
-    def start_triggerer(self, name: str, capacity: int) -> None:
+    def start_triggerer(self, name: str, capacity: int, extra_env: Mapping[str, str] | None = None) -> None:
         self.airflow.start(
             name,
             *service_command(self.compose, "triggerer"),
             "--capacity",
             str(capacity),
             "--skip-serve-logs",
-            env=_process_name_env(self.airflow.home, name),
+            env={**_process_name_env(self.airflow.home, name), **(extra_env or {})},
         )
 
     def start_worker(self, name: str, concurrency: int) -> None:

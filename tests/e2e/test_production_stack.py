@@ -61,6 +61,7 @@ with DAG("dune_production_budget", schedule=None, start_date=datetime(2024, 1, 1
         DuneExecutePipelineOperator(
             task_id=f"pipeline_{{index}}", query_id=7200 + index, deferrable=True, poll_interval=2, timeout=600,
             dune_conn_id="{{{{ dag_run.conf.get('conn', 'dune_default') }}}}",
+            adaptive_polling=False,  # the budget phases measure pacing alone, every phase reading alike
         )
 """
 
@@ -180,10 +181,12 @@ def test_triggers_spread_and_fail_over_with_one_execute_per_task(production: Pro
     production.start_triggerer(victim, FAILOVER_TASKS // 2 + 1)
 
 
-def _budget_phase(production: ProductionStack, label: str, base_query: int, conn: str) -> dict[str, Any]:
+def _budget_phase(
+    production: ProductionStack, label: str, base_query: int, conn: str, duration: float = 20.0
+) -> dict[str, Any]:
     """Run BUDGET_TASKS pipelines at once under the Free-plan budget; measure 429s and detection latency."""
     stack = production.airflow
-    duration, pending = 20.0, 0.5
+    pending = 0.5
     for index in range(BUDGET_TASKS):
         stack.emulator.add_query(base_query + index, duration=duration, pending=pending)
     stack.emulator.reset()
@@ -229,7 +232,8 @@ def _budget_phase(production: ProductionStack, label: str, base_query: int, conn
 
 def test_two_triggerers_against_one_over_the_free_plan_budget(production: ProductionStack) -> None:
     """Eight pipelines polled every 2 s (240 reads a minute asked, 40 allowed), with two triggerers, then one;
-    each without pacing and with the provider's budget pacing (reads_per_minute=40 on the connection)."""
+    each without pacing and with the provider's budget pacing (reads_per_minute=40 on the connection); then two
+    triggerers each pacing to half the budget (``[dune] budget_share = 0.5``) over 100 s runs."""
     stack = production.airflow
     for name in TRIGGERERS:  # half the pipelines each
         stack.stop(name)
@@ -237,6 +241,12 @@ def test_two_triggerers_against_one_over_the_free_plan_budget(production: Produc
     _wait_triggerers(production, TRIGGERERS)
     two = _budget_phase(production, "budget_two_triggerers", 7200, "dune_default")
     two_paced = _budget_phase(production, "budget_two_triggerers_paced", 7200, "dune_free_plan")
+    # Long enough to empty Dune's bucket (a minute of reads) if the two paced to the whole budget each.
+    for name in TRIGGERERS:
+        stack.stop(name)
+        production.start_triggerer(name, BUDGET_TASKS // 2, {"AIRFLOW__DUNE__BUDGET_SHARE": "0.5"})
+    _wait_triggerers(production, TRIGGERERS)
+    two_shared = _budget_phase(production, "budget_two_triggerers_half_share", 7200, "dune_free_plan", 100.0)
     for name in TRIGGERERS:
         stack.stop(name)
     production.start_triggerer(TRIGGERERS[0], BUDGET_TASKS)  # one triggerer with room for all of them
@@ -247,6 +257,7 @@ def test_two_triggerers_against_one_over_the_free_plan_budget(production: Produc
         "two_triggerers": two,
         "one_triggerer": one,
         "two_triggerers_paced_40_per_minute": two_paced,
+        "two_triggerers_paced_budget_share_half_100s_pipelines": two_shared,
         "one_triggerer_paced_40_per_minute": one_paced,
     }
     _save_figures("free_plan_budget", figures)
@@ -254,7 +265,9 @@ def test_two_triggerers_against_one_over_the_free_plan_budget(production: Produc
     # Paced to the plan's 40 reads a minute, one triggerer stays inside the budget (the workers' first reads
     # before deferring come from other processes, hence the small allowance) with fewer reads than unpaced.
     assert one_paced["429s"] <= 2 and one_paced["status_reads"] < one["status_reads"], figures
-    for phase in (two, one, two_paced, one_paced):
+    # Each of two triggerers paced to half the key's budget: none over it, however long the runs wait.
+    assert two_shared["429s"] <= 2, figures
+    for phase in (two, one, two_paced, one_paced, two_shared):
         assert phase["task_states"] == ["success"], figures
         assert phase["pipelines"] == BUDGET_TASKS and phase["detected"] == BUDGET_TASKS, figures
 
