@@ -159,7 +159,11 @@ class DuneCreditsExhaustedError(DuneAPIError):
 class DuneRateLimitError(DuneAPIError):
     """Too many requests for the plan's rate limit (429)."""
 
-    hint = "Lower the polling frequency (poll_interval) or the number of concurrent Dune tasks."
+    hint = (
+        "Set the connection's reads_per_minute/writes_per_minute to your plan and, when several processes use the "
+        "key, [dune] budget_share; or lower the polling frequency (poll_interval) or the number of concurrent "
+        "Dune tasks."
+    )
 
 
 class DuneServerError(DuneAPIError):
