@@ -165,11 +165,15 @@ def test_a_failed_refresh_starts_nothing_downstream(airflow_stack: AirflowStack)
     assert run["state"] == "failed"
     time.sleep(8)  # what the scheduler would need to queue a downstream run
     assert _runs(stack, "e2e_after_failing_refresh") == []
-    (failed,) = _wait(
+    fails = _wait(
         lambda: [e for e in _lineage_events(stack, "e2e_failing_refresh.refresh") if e["eventType"] == "FAIL"],
         30,
         "no OpenLineage FAIL event for the failing refresh",
     )
+    # Airflow <= 3.3.2 may report a task that failed right after resuming from its trigger a second time, from the
+    # scheduler (apache/airflow#67287: the deferred workload's exit reported as success); the task's own is ours.
+    assert 1 <= len(fails) <= 2, fails
+    failed = next((e for e in fails if "dune" in e["run"]["facets"]), fails[0])
     # Only the declared outlet, which OpenLineage converts with the provider's dune:// converter.
     assert [(o["namespace"], o["name"]) for o in failed["outputs"]] in ([], [("dune", "queries/1007")])
     assert "balance_raw" in failed["run"]["facets"]["errorMessage"]["message"]
