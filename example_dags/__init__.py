@@ -15,4 +15,6 @@ Dune queries::
     DUNE_REFRESH_QUERY_IDS             comma-separated queries of dune_refresh_many (default: 1001,1003,1005)
     DUNE_EXPORT_DIR                    where dune_as_code writes its CSV (default: $AIRFLOW_HOME/dune_exports)
     DUNE_WATCHED_VIEW                  view of dune_on_view_refresh (default: dune.demo.result_token_prices_hourly)
+    DUNE_REFRESHED_VIEW, DUNE_PRICE_QUERY_ID, DUNE_VOLUME_QUERY_ID, DUNE_VIEW_QUERY_ID, DUNE_VIEW_AS_CODE,
+    DUNE_UPLOAD_NAMESPACE              dune_queries_views_and_data (defaults in its docstring)
 """

@@ -24,12 +24,13 @@ from tests.dags.conftest import DAG_TEST_API_KEY, DAG_TEST_POLL_INTERVAL, airflo
 CRON_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
 # Scheduled on Dune assets; the AssetWatcher one needs Airflow 3.
 ASSET_DAG_IDS = {"dune_after_nightly_refresh"} | ({"dune_on_view_refresh"} if AIRFLOW_V_3_0_PLUS else set())
-MANUAL_DAG_IDS = {"dune_as_code"}
+MANUAL_DAG_IDS = {"dune_as_code", "dune_queries_views_and_data"}
 EXPECTED_DAG_IDS = CRON_DAG_IDS | ASSET_DAG_IDS | MANUAL_DAG_IDS
 NOT_DAG_FILES = ("__init__.py", "demo.py", "dune_example_schedules.py")
 DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in NOT_DAG_FILES)
 LOGICAL_DATE = "2024-06-01"
 PIPELINE_TRIGGER = "airflow_provider_dune.triggers.pipeline.DunePipelineTrigger"
+EXECUTION_TRIGGER = "airflow_provider_dune.triggers.execution.DuneExecutionTrigger"
 
 
 # -- parsing -------------------------------------------------------------------------------------------------
@@ -331,6 +332,43 @@ def test_dune_as_code_syncs_runs_and_exports_without_a_second_run(migrated_airfl
     again = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_as_code")
     assert again.returncode == 0, _output(again)[-6000:]
     assert dag_test_emulator.counts["create_query"] == 1 and "update_query" not in dag_test_emulator.counts
+
+
+@pytest.mark.dag
+def test_queries_views_and_data_runs_every_task_once(migrated_airflow_home, dag_test_emulator):
+    dag_id = "dune_queries_views_and_data"
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, dag_id)
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    record = _run_record(migrated_airflow_home, dag_id)
+    assert record["state"] == "success", output[-6000:]
+    assert {task["state"] for task in record["tasks"].values()} == {"success"}, record["tasks"]
+    xcoms = record["xcoms"]
+    price = xcoms[("token_price", "return_value")]
+    assert price["rows"] and price["row_count"] == len(price["rows"])
+    assert xcoms[("trades_count", "return_value")]["rows"]
+    assert xcoms[("pools_of_the_day", "return_value")]["rows"]
+    view = xcoms[("define_volume_view", "return_value")]
+    assert view["name"] == "dune.demo.result_token_prices_daily" and view["execution_id"]
+    upload = xcoms[("load_token_labels", "return_value")]
+    assert upload["rows_sent"] == upload["rows_written"] == 4
+    # The waits went to the triggerer (a task whose run ended before its first status read does not defer).
+    if AIRFLOW_V_3_0_PLUS:
+        assert EXECUTION_TRIGGER in record["triggers"]
+        assert any("deferred" in task["events"] for task in record["tasks"].values())
+    else:
+        assert "[DAG TEST] running trigger in line" in output
+    sql = next(r for r in dag_test_emulator.requests if r.endpoint == "execute_sql").json_body["sql"]
+    assert f"DATE '{LOGICAL_DATE[:10]}'" in sql  # the run's date, rendered
+    # One billed run per task that starts one; the view refresh, the upsert and each query once.
+    assert dag_test_emulator.executions_started(1003) == dag_test_emulator.executions_started(1001) == 1
+    assert dag_test_emulator.counts["execute_sql"] == 2
+    assert dag_test_emulator.counts["refresh_materialized_view"] == 1
+    assert dag_test_emulator.counts["upsert_materialized_view"] == 1
+    # A second run leaves the view alone: its definition did not change, and an upsert is a billed refresh.
+    again = _dags_test(migrated_airflow_home, dag_test_emulator, dag_id)
+    assert again.returncode == 0, _output(again)[-6000:]
+    assert dag_test_emulator.counts["upsert_materialized_view"] == 1
 
 
 @pytest.mark.dag

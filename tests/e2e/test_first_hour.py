@@ -35,13 +35,20 @@ from .conftest import ADMIN_USER, AirflowStack, StackOptions
 pytestmark = pytest.mark.e2e
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
-DAG_IDS = ("dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many")
+DAG_IDS = (
+    "dune_nightly_refresh",
+    "dune_explicit_pipeline",
+    "dune_trigger_then_sense",
+    "dune_refresh_many",
+    "dune_queries_views_and_data",
+)
 #: Tasks that start one Dune pipeline each (dune_refresh_many maps over three queries).
 PIPELINE_STARTS_PER_RUN = {
     "dune_nightly_refresh": 1,
     "dune_explicit_pipeline": 1,
     "dune_trigger_then_sense": 1,
     "dune_refresh_many": 3,
+    "dune_queries_views_and_data": 0,  # queries, SQL, a view refresh, an upload: no pipeline
 }
 PIPELINE_STARTS = ("execute_query_pipeline", "execute_pipeline")
 #: The row's Test button sends ``port: 0`` for a connection without a port and Airflow 3.3.2 and older answer
@@ -52,6 +59,7 @@ STACK_OPTIONS = StackOptions(
     dag_files={
         **{p.name: p.read_text() for p in EXAMPLE_DAGS.glob("dune_*.py")},
         **{f"sql/{p.name}": p.read_text() for p in (EXAMPLE_DAGS / "sql").glob("*.sql")},
+        **{f"data/{p.name}": p.read_text() for p in (EXAMPLE_DAGS / "data").glob("*.csv")},
         ".airflowignore": (EXAMPLE_DAGS / ".airflowignore").read_text(),
     },
     dag_ids=DAG_IDS,
