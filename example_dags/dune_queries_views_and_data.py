@@ -15,6 +15,8 @@ Settings (read when the file is parsed)::
 
     DUNE_CONN_ID            connection of type ``dune`` (default: dune_default)
     DUNE_POLL_INTERVAL      seconds between status reads (default: 30)
+    DUNE_RETRIES            task retries, 30 s apart (default: 1); a retry re-attaches to the run its previous
+                            try started, so it pays for no second run
     DUNE_REFRESHED_VIEW     view refreshed (default: dune.demo.result_token_prices_hourly)
     DUNE_PRICE_QUERY_ID     saved query with a ``symbol`` parameter (default: 1003)
     DUNE_VOLUME_QUERY_ID    saved query with a ``date`` parameter, watched by the sensor (default: 1001)
@@ -26,7 +28,7 @@ Settings (read when the file is parsed)::
 from __future__ import annotations
 
 import os
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 try:  # Airflow 3
@@ -50,6 +52,7 @@ VOLUME_QUERY_ID = int(os.environ.get("DUNE_VOLUME_QUERY_ID") or 1001)
 VIEW_QUERY_ID = int(os.environ.get("DUNE_VIEW_QUERY_ID") or 1002)
 VIEW_AS_CODE = os.environ.get("DUNE_VIEW_AS_CODE") or "dune.demo.result_token_prices_daily"
 UPLOAD_NAMESPACE = os.environ.get("DUNE_UPLOAD_NAMESPACE") or "demo"
+RETRIES = int(os.environ.get("DUNE_RETRIES") or 1)
 TOKEN_LABELS = str(Path(__file__).resolve().parent / "data" / "token_labels.csv")
 
 with DAG(
@@ -61,7 +64,7 @@ with DAG(
     max_active_runs=1,
     tags=["dune", "example"],
     doc_md=__doc__,
-    default_args={"dune_conn_id": CONN_ID},
+    default_args={"dune_conn_id": CONN_ID, "retries": RETRIES, "retry_delay": timedelta(seconds=30)},
 ):
     # [START howto_operator_dune_refresh_materialized_view]
     refresh = DuneRefreshMaterializedViewOperator(
@@ -90,6 +93,7 @@ with DAG(
         query_id=VOLUME_QUERY_ID,
         query_parameters={"date": RUN_DATE},
         wait_for_completion=False,  # ends once Dune accepted the run; its id is in XCom
+        retries=0,  # a retry would start a second billed run; the sensor is the part that may retry
     )
     wait_volume = DuneExecutionSensor(
         task_id="wait_volume",

@@ -139,6 +139,14 @@ def test_trigger_then_sense(dagbag):
     assert wait.upstream_task_ids == {"start_pipeline"}
 
 
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_a_task_that_does_not_wait_for_its_run_is_not_retried(dag_id, dagbag):
+    """Its run is not recorded for re-attachment once Dune accepted it, so a retry would pay for a second run."""
+    for task in dagbag.dags[dag_id].tasks:
+        if getattr(task, "wait_for_completion", True) is False:
+            assert task.retries == 0, (dag_id, task.task_id)
+
+
 def test_refresh_many_is_mapped(dagbag):
     dag = dagbag.dags["dune_refresh_many"]
     (task,) = dag.tasks
