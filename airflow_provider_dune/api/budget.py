@@ -176,12 +176,10 @@ class RequestBudget:
                     pace.next_slot = start
 
     def _rearm(self, key: str, delay: float) -> None:
+        """:meth:`_arm` on the loop of the read now first in line (called there by :meth:`_dispatch`)."""
         with self._lock:
-            pace = self._keys.get(key)
-            if pace is None or pace.timer is not None:
-                return
-            pace.timer = asyncio.get_running_loop().call_later(delay, self._dispatch, key)
-            pace.timer_loop = asyncio.get_running_loop()
+            if pace := self._keys.get(key):
+                self._arm(key, pace, delay, asyncio.get_running_loop())
 
     def record_rate_limited(self, key: str) -> float:
         """Dune answered 429 for ``key``: lower its pace; returns the fraction of the configured rate now used."""

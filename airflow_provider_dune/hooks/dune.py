@@ -291,8 +291,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             COOLDOWN.record_rate_limited(
                 budget, error.retry_after, base_wait=2 * settings.retry.min_wait, max_wait=settings.retry.max_wait
             )
-            per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
-            if per_minute > 0:  # only a paced key has a pace to lower
+            if self._per_minute(request, settings) > 0:  # only a paced key has a pace to lower
                 fraction = BUDGET.record_rate_limited(budget)
                 self.log.warning(
                     "Dune answered 429 for %s: pacing this key at %.0f%% of its configured budget (another process "
@@ -317,16 +316,23 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     def _pace(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
         """Seconds to wait for this request's slot in the key's budget (shared by every hook in the process)."""
         per_minute = self._per_minute(request, settings)
-        wait = BUDGET.reserve(self._budget(request, settings), per_minute)
-        if wait >= PACING_LOG_SECONDS:
+        budget = self._budget(request, settings)
+        wait = BUDGET.reserve(budget, per_minute)
+        self._log_budget_wait(request, budget, per_minute, wait)
+        return wait
+
+    def _log_budget_wait(self, request: DuneRequest, budget: str, per_minute: float, seconds: float) -> None:
+        """Say when the key's budget held a request back long enough to stretch the wait between reads."""
+        if seconds >= PACING_LOG_SECONDS:
             self.log.info(
-                "Waiting %.1fs for a slot in the API key's budget (%g %s a minute) before %s",
-                wait,
-                per_minute * BUDGET.fraction(self._budget(request, settings)),
+                "A %.1fs wait for a slot in the API key's budget (%g %s a minute, %d more waiting in this process) "
+                "before %s",
+                seconds,
+                per_minute * BUDGET.fraction(budget),
                 "runs started" if request.starts_run else "reads",
+                BUDGET.queued(budget),
                 request.description,
             )
-        return wait
 
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
         if pause := self._cooldown(request, settings) + self._pace(request, settings):
@@ -351,17 +357,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         """Wait for this request's slot in the key's budget; reads queue by urgency (set by the waiting trigger)."""
         per_minute = self._per_minute(request, settings)
         budget = self._budget(request, settings)
-        waited = await BUDGET.acquire(budget, per_minute)
-        if waited >= PACING_LOG_SECONDS:
-            self.log.info(
-                "Waited %.1fs for a slot in the API key's budget (%g %s a minute, %d more waiting in this process) "
-                "before %s",
-                waited,
-                per_minute * BUDGET.fraction(budget),
-                "runs started" if request.starts_run else "reads",
-                BUDGET.queued(budget),
-                request.description,
-            )
+        self._log_budget_wait(request, budget, per_minute, await BUDGET.acquire(budget, per_minute))
 
     async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
         if pause := self._cooldown(request, settings):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from airflow_provider_dune.api.forecast import HISTORY_SIZE, usable_durations
+from airflow_provider_dune.api.forecast import usable_durations
 from airflow_provider_dune.version_compat import Variable
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def recall(fingerprint: str) -> list[float]:
 
 def record(fingerprint: str, seconds: float) -> None:
     """Add one run's duration to the history of its request (the oldest falls out)."""
-    durations = usable_durations([*recall(fingerprint), round(seconds, 1)])[-HISTORY_SIZE:]
+    durations = usable_durations([*recall(fingerprint), round(seconds, 1)])  # keeps the latest HISTORY_SIZE
     if not durations:
         return
     try:
