@@ -178,12 +178,8 @@ class DuneRunOperator(BaseOperator):
         )
 
     def read_schedule(self, started_at: float | None, durations: list[float]) -> ReadSchedule:
-        return ReadSchedule(
-            poll_interval=self.poll_interval,
-            floor=min(min_poll_interval(), self.poll_interval),
-            started_at=started_at,
-            durations=durations,
-            adaptive=self.adaptive_polling,
+        return ReadSchedule.for_run(
+            self.poll_interval, started_at=started_at, durations=durations, adaptive=self.adaptive_polling
         )
 
     def request_fingerprint(self, request: Mapping[str, Any]) -> str:

@@ -15,7 +15,6 @@ from airflow_provider_dune.api.errors import DuneConnectionError
 from airflow_provider_dune.api.forecast import usable_durations
 from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.polling import PollTarget, ReadSchedule, Snapshot, decide
 
 #: How long the status check made at the deadline may take before the trigger gives up on it.
@@ -114,12 +113,8 @@ class DunePollingTrigger(BaseTrigger):
         return max(0.0, wait)
 
     def read_schedule(self) -> ReadSchedule:
-        return ReadSchedule(
-            poll_interval=self.poll_interval,
-            floor=min(min_poll_interval(), self.poll_interval),
-            started_at=self.started_at,
-            durations=self.expected_durations,
-            adaptive=self.adaptive,
+        return ReadSchedule.for_run(
+            self.poll_interval, started_at=self.started_at, durations=self.expected_durations, adaptive=self.adaptive
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

@@ -29,6 +29,7 @@ from airflow_provider_dune.api.forecast import (
     usable_durations,
 )
 from airflow_provider_dune.api.models import PipelineOutcome
+from airflow_provider_dune.utils.config import min_poll_interval
 
 SUCCESS = "success"
 FAILED = "failed"
@@ -171,6 +172,19 @@ class ReadSchedule:
 
     def __post_init__(self) -> None:
         self.durations = usable_durations(self.durations)
+
+    @classmethod
+    def for_run(
+        cls, poll_interval: float, *, started_at: float | None, durations: Sequence[float], adaptive: bool
+    ) -> ReadSchedule:
+        """The schedule of a task's wait: reads no closer together than ``[dune] min_poll_interval``."""
+        return cls(
+            poll_interval=poll_interval,
+            floor=min(min_poll_interval(), poll_interval),
+            started_at=started_at,
+            durations=durations,
+            adaptive=adaptive,
+        )
 
     def window(self, now: float, snapshot: Snapshot | None) -> CompletionWindow | None:
         if not self.adaptive:
