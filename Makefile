@@ -3,51 +3,64 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
 PYTHON ?= python3
-VENV ?= .venv
-AIRFLOW_VERSION ?= 3.3.2
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?=
 
-# Second virtualenv for the oldest supported Airflow; its versions are pinned by a committed constraints file.
-VENV2 ?= .venv-airflow2
-AIRFLOW2_CONSTRAINTS := constraints/airflow-2.11.txt
-STAMP2 := $(VENV2)/.installed
+# The compatibility matrix: every Airflow release with a committed constraints file (constraints/resolve.py).
+AIRFLOW_MATRIX := $(shell ls constraints/airflow-*.txt | sed -E "s|constraints/airflow-(.*)\.txt|\1|" | sort -V)
+# The newest release: the main virtualenv (.venv) for the demo, lint, docs and the whole suite.
+AIRFLOW_VERSION ?= $(lastword $(AIRFLOW_MATRIX))
+OLDER_AIRFLOWS := $(filter-out $(AIRFLOW_VERSION),$(AIRFLOW_MATRIX))
+# Pythons besides $(PYTHON) that the unit suite runs on with the newest Airflow (oldest and newest supported).
+EXTRA_PYTHONS ?= 3.10 3.13
 
-.PHONY: help install install-airflow2 lint format docs docs-linkcheck test test-airflow3 test-airflow2 test-unit demo emulator bench screenshots clean
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS = constraints/airflow-$(1).txt
+STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)
+
+# What runs once, on the newest Airflow only: the emulator's own tests and the repository checks never
+# touch Airflow, so the matrix entries skip them.
+AIRFLOW_INDEPENDENT := tests/emulator tests/test_docs.py tests/test_docker_compose.py tests/test_bench_helpers.py
+# The suite spends most of its time waiting on the emulator's clock: several processes share the 2 cores well.
+XDIST ?= -n 4
+
+.PHONY: help install lint format docs docs-linkcheck test test-fast test-newest test-matrix test-airflow \
+	test-pythons test-python test-unit demo emulator bench screenshots constraints clean
 
 help:
-	@echo "make demo     run the nightly-refresh example DAG against the local Dune API emulator"
-	@echo "make test     ruff, mypy, the docs and the whole suite on Airflow $(AIRFLOW_VERSION), then unit + DAG tests on Airflow 2.11"
-	@echo "make test-airflow2  only the Airflow 2.11 run (virtualenv $(VENV2))"
-	@echo "make emulator start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
-	@echo "make lint     ruff + mypy only;  make format  apply ruff's formatting"
-	@echo "make docs     build the documentation into build/docs/ (warnings are errors) and check its internal links"
-	@echo "make bench    run the benchmarks in bench/ (several minutes; BENCH_ARGS=--quick for a smoke run)"
+	@echo "make demo         run the nightly-refresh example DAG against the local Dune API emulator"
+	@echo "make test         lint, docs, the whole suite on Airflow $(AIRFLOW_VERSION), then the matrix:"
+	@echo "                  Airflow $(OLDER_AIRFLOWS) and Python $(EXTRA_PYTHONS)"
+	@echo "make test-fast    the unit tests on Airflow $(AIRFLOW_VERSION), no DAG runs or real Airflow stacks (< 1 min)"
+	@echo "make test-airflow AIRFLOW=3.0.6   one matrix entry: its virtualenv, unit + DAG tests, compatibility checks"
+	@echo "make test-python  PY=3.13         the unit + DAG tests on Airflow $(AIRFLOW_VERSION) with another Python"
+	@echo "make emulator     start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
+	@echo "make lint         ruff + mypy only;  make format  apply ruff's formatting"
+	@echo "make docs         build the documentation into build/docs/ (warnings are errors) and check its links"
+	@echo "make bench        run the benchmarks in bench/ (several minutes; BENCH_ARGS=--quick for a smoke run)"
 	@echo "make screenshots  refresh the web UI screenshots in docs/images/ (needs Debian's chromium)"
-	@echo "make clean    remove the virtualenvs, build output and caches"
+	@echo "make constraints AIRFLOW_VERSION=3.3.2  re-resolve that release's constraints file (maintainers)"
+	@echo "make clean        remove the virtualenvs, build output and caches"
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required (set PYTHON=python3.x)")'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
+# A virtualenv: $(1) directory, $(2) Python, $(3) Airflow release, $(4) extras. Installed as users install
+# Airflow: with the release's constraints file.
+define make_venv
+	@$(2) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required (set PYTHON=python3.x)")'
+	@test -x $(1)/bin/python || $(2) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -c $(call CONSTRAINTS,$(3)) -e ".[$(4)]"
+endef
+
+$(STAMP): pyproject.toml $(call CONSTRAINTS,$(AIRFLOW_VERSION))
+	$(call make_venv,$(VENV),$(PYTHON),$(AIRFLOW_VERSION),dev)
 	@rm -f $(VENV)/.installed-airflow-*
 	@touch $@
 
 install: $(STAMP)
 
-$(STAMP2): pyproject.toml $(AIRFLOW2_CONSTRAINTS)
-	@test -x $(VENV2)/bin/python || $(PYTHON) -m venv $(VENV2)
-	$(VENV2)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV2)/bin/python -m pip install --quiet -c $(AIRFLOW2_CONSTRAINTS) -e ".[test]"
-	@touch $@
-
-install-airflow2: $(STAMP2)
-
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(BIN)/python -m pip install --quiet -c $(call CONSTRAINTS,$(AIRFLOW_VERSION)) -e ".[dev,bench]"
 	@touch $@
 
 lint: install
@@ -76,17 +89,68 @@ docs: install
 docs-linkcheck: install
 	$(SPHINX_LINKCHECK)
 
-test: test-airflow3 test-airflow2
+test: test-newest test-matrix test-pythons
 
-test-airflow3: lint docs
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The newest Airflow: everything, the real Airflow stacks (tests/e2e) included, which run one at a time.
+test-newest: lint docs
+	$(BIN)/python -m pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
-# The e2e module drives Airflow 3's api-server/dag-processor stack; everything else runs on 2.11 as well.
-test-airflow2: install-airflow2
-	$(VENV2)/bin/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e and not dag" $(XDIST) -q $(PYTEST_ARGS)
 
 test-unit: install
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS)
+
+# -- the compatibility matrix ------------------------------------------------------------------------------
+# One entry: .venv-airflow-<release>-py<X.Y> installed with that release's constraints; the unit + DAG tests
+# (less what runs once), then tests/e2e/test_compat.py: the demo with a real deferral, the connection form as
+# the web server serves it (and in Chromium), `airflow connections test`, a REST API run without a logical date.
+AIRFLOW ?= $(AIRFLOW_VERSION)
+PY ?=
+# An interpreter for Python X.Y: pythonX.Y on PATH if it runs, else the one pyenv installed.
+find_python = $(firstword $(foreach c,$(shell command -v python$(1) 2>/dev/null) \
+	$(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)),$(if $(shell $(c) -c 'print(1)' 2>/dev/null),$(c))))
+ENTRY_PYTHON = $(if $(PY),$(call find_python,$(PY)),$(PYTHON))
+ENTRY_TAG = $(shell $(ENTRY_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ENTRY_VENV = .venv-airflow-$(AIRFLOW)-py$(ENTRY_TAG)
+MATRIX_EXTRAS := test,browser,openlineage,pandas
+MATRIX_PYTEST = $(ENTRY_VENV)/bin/python -m pytest $(addprefix --ignore=,$(AIRFLOW_INDEPENDENT))
+
+test-matrix:
+	@for version in $(OLDER_AIRFLOWS); do $(MAKE) --no-print-directory test-airflow AIRFLOW=$$version; done
+
+test-airflow:
+	@test -n "$(ENTRY_PYTHON)" || { echo "Python $(PY) not found (neither python$(PY) on PATH nor in ~/.pyenv)"; exit 1; }
+	@test -f $(call CONSTRAINTS,$(AIRFLOW)) || { echo "No constraints/airflow-$(AIRFLOW).txt; the matrix is: $(AIRFLOW_MATRIX)"; exit 1; }
+	@echo "== Airflow $(AIRFLOW) on Python $(ENTRY_TAG) ($(ENTRY_VENV))"
+	@if [ ! -f $(ENTRY_VENV)/.installed ] || [ pyproject.toml -nt $(ENTRY_VENV)/.installed ] \
+		|| [ $(call CONSTRAINTS,$(AIRFLOW)) -nt $(ENTRY_VENV)/.installed ]; then \
+		$(MAKE) --no-print-directory _entry_venv AIRFLOW=$(AIRFLOW) PY=$(PY); fi
+	$(MATRIX_PYTEST) -m "not e2e" $(XDIST) -q $(PYTEST_ARGS)
+	$(if $(PY),,$(MATRIX_PYTEST) -m e2e tests/e2e/test_compat.py -q $(PYTEST_ARGS))
+
+_entry_venv:
+	$(call make_venv,$(ENTRY_VENV),$(ENTRY_PYTHON),$(AIRFLOW),$(MATRIX_EXTRAS))
+	@touch $(ENTRY_VENV)/.installed
+
+# The newest Airflow with the oldest and newest Python it supports (unit + DAG tests). A Python that is not
+# installed is reported, not skipped silently; in CI (DUNE_REQUIRE_PYTHONS=1) it fails the run.
+test-pythons:
+	@for py in $(EXTRA_PYTHONS); do \
+		if [ -z "$$($(MAKE) --no-print-directory -s _print_python PY=$$py)" ]; then \
+			echo "NOTE: Python $$py is not installed (python$$py or ~/.pyenv/versions/$$py.*): not tested"; \
+			if [ -n "$${DUNE_REQUIRE_PYTHONS:-}" ]; then exit 1; fi; continue; fi; \
+		$(MAKE) --no-print-directory test-airflow AIRFLOW=$(AIRFLOW_VERSION) PY=$$py; done
+
+test-python:
+	@test -n "$(PY)" || { echo "usage: make test-python PY=3.13"; exit 1; }
+	@$(MAKE) --no-print-directory test-airflow AIRFLOW=$(AIRFLOW_VERSION) PY=$(PY)
+
+_print_python:
+	@echo $(call find_python,$(PY))
+
+# ----------------------------------------------------------------------------------------------------------
 
 demo: install
 	$(BIN)/python -m example_dags.demo
@@ -102,5 +166,11 @@ bench: $(BENCH_STAMP)
 screenshots: install
 	DUNE_SCREENSHOT_DIR=docs/images DUNE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/e2e/test_first_hour.py -m e2e -k "browser or hook_meta or form"
 
+# Re-resolve constraints/airflow-$(AIRFLOW_VERSION).txt with uv (a maintainer step; needs the package index).
+TOOLS_VENV := .venv-tools
+constraints:
+	@test -x $(TOOLS_VENV)/bin/uv || { $(PYTHON) -m venv $(TOOLS_VENV) && $(TOOLS_VENV)/bin/pip install --quiet uv; }
+	$(TOOLS_VENV)/bin/python constraints/resolve.py --uv $(TOOLS_VENV)/bin/uv $(AIRFLOW_VERSION)
+
 clean:
-	rm -rf $(VENV) $(VENV2) .airflow_home .demo build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-airflow-* $(TOOLS_VENV) .airflow_home .demo build *.egg-info .mypy_cache .ruff_cache .pytest_cache
