@@ -343,7 +343,16 @@ class DuneRunOperator(BaseOperator):
         """
         if not self.reuse_existing_execution:
             return None
-        previous = run_registry.recall(context, fingerprint)
+        try:
+            previous = run_registry.recall(context, fingerprint)
+        except run_registry.RunRecordUnavailable as err:
+            if getattr(context["ti"], "try_number", 1) <= 1:  # no earlier try of this task instance to find
+                self.log.warning("%s; this is the first try, so no earlier run can exist", err)
+                return None
+            raise AirflowException(
+                f"{str(err)[:1].upper()}{str(err)[1:]}. Not starting another billed run while one a previous try "
+                "started may still be running; the next try of this task checks again."
+            ) from None
         if not previous:
             return None
         try:
@@ -466,7 +475,11 @@ class DuneRunOperator(BaseOperator):
         """A trigger that failed or timed out in the triggerer (Airflow's ``__fail__``): cancel what still runs
         and forget the run before Airflow fails the task."""
         if next_method == "__fail__":
-            run_id = run_registry.recall_any(context)
+            try:
+                run_id = run_registry.recall_any(context)
+            except run_registry.RunRecordUnavailable as err:
+                self.log.warning("Nothing cancelled: %s", err)
+                run_id = None
             if run_id:
                 self.run_id = run_id
                 self.cancel_running(run_id, None)

@@ -1,9 +1,17 @@
 """Remember which Dune run a task instance started, so a retry re-attaches instead of paying for a second run.
 
-XCom is cleared when a task instance is retried, so the record lives in an Airflow Variable keyed by the task
-instance (dag, task, run, map index). It holds only ids and a fingerprint of the request, never the API key,
-and is deleted once the task has acted on the run's final state. Failures to read or write it are logged and
-never fail the task: re-attaching is an optimisation on top of correct behaviour.
+XCom is cleared when a task instance is retried, so the record lives elsewhere:
+
+- on Airflow 3.3+, in the task instance's own task state store (``context["task_state_store"]``, the store
+  Airflow's ``ResumableJobMixin`` uses): scoped to the task instance, shared by its tries, removed with its DAG
+  run;
+- below 3.3, in an Airflow Variable keyed by the task instance (dag, task, run, map index).
+
+A record a provider on Airflow < 3.3 wrote as a Variable is still found after the upgrade: it is moved into the
+task state store and the Variable deleted. The record holds only ids and a fingerprint of the request, never
+the API key, and is deleted once the task has acted on the run's final state. A record that cannot be written
+or deleted is logged; one that cannot be read raises :class:`RunRecordUnavailable`, since a retry that cannot
+tell whether its previous try started a run must not start another.
 """
 
 from __future__ import annotations
@@ -19,6 +27,12 @@ from airflow_provider_dune.version_compat import Variable
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "airflow_provider_dune_run_"
+#: The record's key in the task state store (Airflow 3.3+).
+STATE_KEY = "airflow_provider_dune_run"
+
+
+class RunRecordUnavailable(Exception):
+    """The record of this task instance's run could not be read (the store or the Variable backend failed)."""
 
 
 def request_fingerprint(request: Mapping[str, Any]) -> str:
@@ -44,26 +58,32 @@ def registry_key(context: Mapping[str, Any]) -> str:
     return f"{KEY_PREFIX}{digest}"
 
 
+def _task_state_store(context: Mapping[str, Any]) -> Any:
+    """The task instance's task state store (Airflow 3.3+), or ``None`` where Airflow has none."""
+    getter = getattr(context, "get", None)
+    return getter("task_state_store") if callable(getter) else None
+
+
 def remember(context: Mapping[str, Any], run_id: str, fingerprint: str) -> None:
     """Record the run this task instance started."""
     # The task instance fields are nested: their DAG ``run_id`` must not overwrite the Dune run id.
     value = {"run_id": run_id, "fingerprint": fingerprint, "task_instance": _task_instance_fields(context)}
+    store = _task_state_store(context)
     try:
-        Variable.set(
-            registry_key(context),
-            json.dumps(value),
-            description="Dune run started by this task instance; lets a retry re-attach (deleted when done).",
-        )
+        if store is not None:
+            store.set(STATE_KEY, value)
+        else:
+            Variable.set(
+                registry_key(context),
+                json.dumps(value),
+                description="Dune run started by this task instance; lets a retry re-attach (deleted when done).",
+            )
     except Exception as err:
         log.warning("Could not record Dune run %s for re-attachment on retry: %s", run_id, err)
 
 
-def _record(context: Mapping[str, Any]) -> dict[str, Any] | None:
-    try:
-        raw = Variable.get(registry_key(context), None)
-    except Exception as err:
-        log.warning("Could not read the recorded Dune run for this task instance: %s", err)
-        return None
+def _variable_record(context: Mapping[str, Any]) -> dict[str, Any] | None:
+    raw = Variable.get(registry_key(context), None)
     if not raw:
         return None
     try:
@@ -73,8 +93,28 @@ def _record(context: Mapping[str, Any]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _record(context: Mapping[str, Any]) -> dict[str, Any] | None:
+    store = _task_state_store(context)
+    try:
+        if store is not None:
+            record = store.get(STATE_KEY)
+            if isinstance(record, dict):
+                return record
+        record = _variable_record(context)
+        if record is not None and store is not None:
+            # Written before Airflow was upgraded to 3.3: move it where this version keeps it.
+            store.set(STATE_KEY, record)
+            Variable.delete(registry_key(context))
+    except Exception as err:
+        raise RunRecordUnavailable(f"could not read the recorded Dune run of this task instance: {err}") from err
+    return record
+
+
 def recall(context: Mapping[str, Any], fingerprint: str) -> str | None:
-    """The run recorded for this task instance with the same request fingerprint, if any."""
+    """The run recorded for this task instance with the same request fingerprint, if any.
+
+    :raises RunRecordUnavailable: the record could not be read.
+    """
     record = _record(context)
     if record is None or record.get("fingerprint") != fingerprint:
         return None
@@ -83,7 +123,7 @@ def recall(context: Mapping[str, Any], fingerprint: str) -> str | None:
 
 
 def recall_any(context: Mapping[str, Any]) -> str | None:
-    """The run recorded for this task instance, whatever request started it."""
+    """The run recorded for this task instance, whatever request started it (:meth:`recall` raises the same)."""
     record = _record(context)
     run_id = record.get("run_id") if record else None
     return run_id if isinstance(run_id, str) and run_id else None
@@ -91,7 +131,11 @@ def recall_any(context: Mapping[str, Any]) -> str | None:
 
 def forget(context: Mapping[str, Any]) -> None:
     """Delete the record once the run reached a final state."""
+    store = _task_state_store(context)
     try:
-        Variable.delete(registry_key(context))
+        if store is not None:
+            store.delete(STATE_KEY)
+        else:
+            Variable.delete(registry_key(context))
     except Exception as err:
         log.debug("Could not delete the recorded Dune run: %s", err)

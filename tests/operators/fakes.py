@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from airflow_provider_dune.testing.emulator import DuneEmulator
@@ -20,6 +21,25 @@ class FakeVariables:
 
     def set(self, key: str, value: str, description: str | None = None) -> None:
         self.store[key] = value
+
+    def delete(self, key: str) -> None:
+        self.store.pop(key, None)
+
+
+class FakeTaskStateStore:
+    """In-memory stand-in for Airflow 3.3's ``context["task_state_store"]``: JSON values per key, one task
+    instance, shared by its tries."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, str] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.store[key]) if key in self.store else default
+
+    def set(self, key: str, value: Any) -> None:
+        if value is None:
+            raise ValueError("Cannot set value as None")  # as Airflow's accessor
+        self.store[key] = json.dumps(value)
 
     def delete(self, key: str) -> None:
         self.store.pop(key, None)

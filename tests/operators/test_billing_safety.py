@@ -1,7 +1,9 @@
 """No code path starts a second billed Dune run the user did not ask for, over HTTP with the emulator's faults.
 
 A task "retry" here is another ``execute()`` of an operator for the same task instance (the same fake TI and
-Variables), which is what Airflow does. ``executions_started`` is the emulator's count of runs really started.
+record store), which is what Airflow does. Every test runs with both places a run is recorded: Airflow
+Variables (below 3.3) and the task state store of Airflow 3.3+. ``executions_started`` is the emulator's count of
+runs really started.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.utils import run_registry
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.conftest import dune_connection_json
-from tests.operators.fakes import FakeTI, FakeVariables
+from tests.operators.fakes import FakeTaskStateStore, FakeTI, FakeVariables
 
 SLOW = 9101  # runs long enough to still be running on the next try
 QUICK = 9102
@@ -30,15 +32,18 @@ ROWS = [{"n": i} for i in range(25)]
 VIEW = "dune.safety.result_view"
 
 
-@pytest.fixture
-def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
-    fake = FakeVariables()
-    monkeypatch.setattr(run_registry, "Variable", fake)
-    return fake
+@pytest.fixture(params=["variable", "task_state_store"])
+def records(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeVariables | FakeTaskStateStore:
+    """Where runs are recorded: Variables (Airflow < 3.3) or the task state store; ``.store`` holds the records."""
+    variables = FakeVariables()
+    monkeypatch.setattr(run_registry, "Variable", variables)
+    return variables if request.param == "variable" else FakeTaskStateStore()
 
 
 @pytest.fixture
-def emulator(dune_emulator: DuneEmulator, dune_conn_id: str, variables: FakeVariables) -> DuneEmulator:
+def emulator(
+    dune_emulator: DuneEmulator, dune_conn_id: str, records: FakeVariables | FakeTaskStateStore
+) -> DuneEmulator:
     dune_emulator.add_query(SLOW, duration=20)
     dune_emulator.add_query(QUICK, duration=0.05, rows=ROWS)
     dune_emulator.add_materialized_view(VIEW, query_id=QUICK, duration=0.05)
@@ -46,8 +51,8 @@ def emulator(dune_emulator: DuneEmulator, dune_conn_id: str, variables: FakeVari
 
 
 @pytest.fixture
-def context(emulator: DuneEmulator) -> dict[str, Any]:
-    return {"ti": FakeTI(emulator)}
+def context(emulator: DuneEmulator, records: FakeVariables | FakeTaskStateStore) -> dict[str, Any]:
+    return {"ti": FakeTI(emulator)} | ({"task_state_store": records} if isinstance(records, FakeTaskStateStore) else {})
 
 
 def pipeline_op(**kwargs: Any) -> DuneExecutePipelineOperator:
@@ -93,14 +98,36 @@ def test_an_unreadable_previous_run_starts_nothing_and_the_next_try_reattaches(
     assert emulator.executions_started(SLOW) == 1
 
 
+class UnreadableRecords(FakeTaskStateStore):
+    """A record store that fails to answer (the API server or the Variable backend is down)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise ConnectionError("the Airflow API server did not answer")
+
+
+def test_a_retry_that_cannot_read_its_record_starts_nothing(emulator: DuneEmulator) -> None:
+    ti = FakeTI(emulator)
+    ti.try_number = 2
+    with pytest.raises(AirflowException, match="Not starting another billed run") as info:
+        pipeline_op(query_id=SLOW).execute({"ti": ti, "task_state_store": UnreadableRecords()})
+    assert "did not answer" in str(info.value)
+    assert not isinstance(info.value, AirflowFailException), "Airflow must be free to retry and check again"
+    assert emulator.executions_started() == 0
+
+
+def test_a_first_try_that_cannot_read_records_starts_its_run(emulator: DuneEmulator) -> None:
+    defer(pipeline_op(query_id=SLOW), {"ti": FakeTI(emulator), "task_state_store": UnreadableRecords()})
+    assert emulator.executions_started(SLOW) == 1
+
+
 def test_a_previous_run_unknown_to_dune_is_started_again(
-    emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
+    emulator: DuneEmulator, context: dict[str, Any], records: FakeVariables | FakeTaskStateStore
 ) -> None:
     defer(pipeline_op(query_id=SLOW), context)
     emulator.reset()  # Dune forgot every run: the recorded one answers 404
     defer(pipeline_op(query_id=SLOW), context)
     assert emulator.executions_started(SLOW) == 1  # counted since the reset: the new run
-    assert len(variables.store) == 1
+    assert len(records.store) == 1
 
 
 # -- H2: a start that may have happened without an answer is not retried by Airflow ------------------------------
@@ -112,7 +139,7 @@ def test_a_previous_run_unknown_to_dune_is_started_again(
     ids=["dropped-after-processing", "500", "502", "unreadable-200"],
 )
 def test_an_unconfirmed_start_fails_without_retries_and_says_where_to_look(
-    emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables, fault: Fault
+    emulator: DuneEmulator, context: dict[str, Any], records: FakeVariables | FakeTaskStateStore, fault: Fault
 ) -> None:
     emulator.inject("execute_query_pipeline", fault)
     with pytest.raises(AirflowFailException) as info:
@@ -122,7 +149,7 @@ def test_an_unconfirmed_start_fails_without_retries_and_says_where_to_look(
     assert f"https://dune.com/queries/{QUICK}" in message
     assert "retry_unconfirmed_start=True" in message
     assert emulator.counts["execute_query_pipeline"] == 1  # one POST, never resent
-    assert variables.store == {}
+    assert records.store == {}
 
 
 def test_a_slow_start_beyond_the_deadline_is_unconfirmed_too(
@@ -172,7 +199,7 @@ def test_too_many_rows_for_xcom_fails_at_once_before_fetching(emulator: DuneEmul
 
 
 def test_a_retry_after_a_failed_write_reuses_the_finished_execution(
-    emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, variables: FakeVariables
+    emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, records: FakeVariables | FakeTaskStateStore
 ) -> None:
     (tmp_path / "not_a_dir").write_text("")
     unwritable = str(tmp_path / "not_a_dir" / "out.csv")
@@ -180,18 +207,18 @@ def test_a_retry_after_a_failed_write_reuses_the_finished_execution(
         with pytest.raises(OSError):  # noqa: PT011 - the filesystem's own error
             query_op(output_path=unwritable).execute(context)
     assert emulator.executions_started(QUICK) == 1
-    assert len(variables.store) == 1, "the finished run stays recorded until its result was written"
+    assert len(records.store) == 1, "the finished run stays recorded until its result was written"
     result = query_op(output_path=str(tmp_path / "out.csv")).execute(context)  # the user fixed the path
     assert result["row_count"] == 25
     assert emulator.executions_started(QUICK) == 1
-    assert variables.store == {}
+    assert records.store == {}
 
 
 # -- the record of a run never outlives the task ----------------------------------------------------------------
 
 
 def test_on_kill_cancels_and_forgets_the_run(
-    emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
+    emulator: DuneEmulator, context: dict[str, Any], records: FakeVariables | FakeTaskStateStore
 ) -> None:
     op = pipeline_op(query_id=SLOW)
     defer(op, context)
@@ -200,11 +227,11 @@ def test_on_kill_cancels_and_forgets_the_run(
         op.on_kill()
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert variables.store == {}
+    assert records.store == {}
 
 
 def test_a_failed_trigger_cancels_and_forgets_the_run(
-    emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
+    emulator: DuneEmulator, context: dict[str, Any], records: FakeVariables | FakeTaskStateStore
 ) -> None:
     first = defer(pipeline_op(query_id=SLOW), context)
     pipeline_id = first.trigger.pipeline_execution_id
@@ -216,5 +243,5 @@ def test_a_failed_trigger_cancels_and_forgets_the_run(
     with pytest.raises(Exception, match="Trigger timeout"):
         pipeline_op(query_id=SLOW).resume_execution("__fail__", {"error": "Trigger timeout"}, context)
     assert emulator.counts.get("cancel_execution") == 1
-    assert variables.store == {}
+    assert records.store == {}
     json.dumps(first.trigger.serialize()[1])  # the trigger never carried anything but ids and settings
