@@ -1,4 +1,6 @@
-"""What the example DAGs share: a run date that exists however a run starts, and schedules that bill once.
+"""Scheduling helpers for Dune DAGs: a run date that exists however a run starts, and schedules that bill once.
+
+The example DAGs use both; import them in your own DAGs as ``from airflow_provider_dune.schedules import ...``.
 
 **The run's date.** A scheduled or backfilled run has a logical date, so ``{{ ds }}`` works; a run triggered
 from the UI, ``airflow dags trigger`` or the REST API on Airflow 3 may have none, and then ``ds``,
@@ -33,6 +35,6 @@ def cron_schedule(expression: str, timezone: str = "UTC") -> dict[str, Any]:
         try:
             from airflow.sdk import CronTriggerTimetable
         except ImportError:  # Airflow 3.0
-            from airflow.timetables.trigger import CronTriggerTimetable  # type: ignore[no-redef]
+            from airflow.timetables.trigger import CronTriggerTimetable  # type: ignore[assignment]
         return {"schedule": CronTriggerTimetable(expression, timezone=timezone, run_immediately=timedelta(0))}
     return {"schedule": expression, "start_date": datetime(2024, 6, 1)}

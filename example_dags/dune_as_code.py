@@ -24,11 +24,10 @@ try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
-from dune_example_schedules import RUN_DATE
-
 from airflow_provider_dune.operators.definitions import DuneSyncQueryOperator
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
+from airflow_provider_dune.schedules import RUN_DATE
 
 CONN_ID = os.environ.get("DUNE_CONN_ID") or "dune_default"
 POLL_INTERVAL = float(os.environ.get("DUNE_POLL_INTERVAL") or 30)

@@ -23,7 +23,7 @@ per view the pipeline refreshed through the ``dune_nightly_refreshed_views`` ali
 
 A retry does not start a second billed pipeline while the first one still runs: the operator re-attaches
 to it (``reuse_existing_execution``). Unpausing the DAG (also the trigger dialog's "Unpause on trigger") does
-not run last night's refresh on top of the manual run on Airflow 3 (see ``dune_example_schedules``); on
+not run last night's refresh on top of the manual run on Airflow 3 (see ``airflow_provider_dune.schedules``); on
 Airflow 2.11 it does, so try the DAG once with ``airflow dags test dune_nightly_refresh`` there.
 """
 
@@ -37,10 +37,9 @@ try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
-from dune_example_schedules import RUN_DATE, cron_schedule
-
 from airflow_provider_dune.assets import dune_query_asset
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+from airflow_provider_dune.schedules import RUN_DATE, cron_schedule
 
 try:
     from airflow.sdk import AssetAlias

@@ -36,12 +36,11 @@ try:  # Airflow 3
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
     from airflow.decorators import task  # type: ignore[attr-defined,no-redef]
-from dune_example_schedules import RUN_DATE
-
 from airflow_provider_dune.operators.definitions import DuneUpsertMaterializedViewOperator
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.operators.sql import DuneExecuteSQLOperator
 from airflow_provider_dune.operators.uploads import DuneUploadOperator
+from airflow_provider_dune.schedules import RUN_DATE
 from airflow_provider_dune.sensors.execution import DuneExecutionSensor
 
 CONN_ID = os.environ.get("DUNE_CONN_ID") or "dune_default"

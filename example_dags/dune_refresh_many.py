@@ -21,9 +21,8 @@ try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
-from dune_example_schedules import RUN_DATE, cron_schedule
-
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+from airflow_provider_dune.schedules import RUN_DATE, cron_schedule
 
 QUERY_IDS = [int(part) for part in (os.environ.get("DUNE_REFRESH_QUERY_IDS") or "1001,1003,1005").split(",") if part]
 CONN_ID = os.environ.get("DUNE_CONN_ID") or "dune_default"

@@ -22,9 +22,8 @@ try:  # Airflow 3
     from airflow.sdk import DAG
 except ImportError:  # Airflow 2.11
     from airflow import DAG  # type: ignore[attr-defined,no-redef]
-from dune_example_schedules import RUN_DATE, cron_schedule
-
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+from airflow_provider_dune.schedules import RUN_DATE, cron_schedule
 from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
 
 QUERY_ID = int(os.environ.get("DUNE_TRIGGER_THEN_SENSE_QUERY_ID") or 1005)

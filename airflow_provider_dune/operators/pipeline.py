@@ -42,7 +42,9 @@ class DuneExecutePipelineOperator(DuneRunOperator):
         (templated; validated locally: unique ids, known dependencies, no cycles, one action per node).
     :param performance: ``medium`` or ``large`` (templated); with ``nodes``, the tier of every node that does
         not set its own.
-    :param query_parameters: query parameters, e.g. ``{"date": "{{ ds }}"}`` (templated).
+    :param query_parameters: query parameters, e.g. ``{"date": RUN_DATE}`` with
+        :data:`~airflow_provider_dune.schedules.RUN_DATE`, the run's date also for a manual run without a logical
+        date (templated).
 
     Other parameters (``dune_conn_id``, ``wait_for_completion``, ``deferrable``, ``poll_interval``,
     ``timeout``, ``reuse_existing_execution``, ``cancel_on_kill``) are those of

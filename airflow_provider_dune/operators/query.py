@@ -141,7 +141,9 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
     the path and row count of the written file.
 
     :param query_id: Dune query id (templated).
-    :param query_parameters: parameters, e.g. ``{"date": "{{ ds }}"}`` (templated).
+    :param query_parameters: parameters, e.g. ``{"date": RUN_DATE}`` with
+        :data:`~airflow_provider_dune.schedules.RUN_DATE`, the run's date also for a manual run without a logical
+        date (templated).
     :param performance: ``medium`` or ``large`` (templated).
     :param reuse_latest_result_max_age: seconds (or a ``timedelta``): when the query's latest result (whoever
         ran it) completed less than this long ago, use it instead of executing the query, which spends no

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+from airflow_provider_dune.schedules import RUN_DATE
 from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
 from airflow_provider_dune.version_compat import AIRFLOW_V_3_0_PLUS
 from example_dags.demo import DAGS_FOLDER, airflow_env
-from example_dags.dune_example_schedules import RUN_DATE
 from tests.dags.conftest import DAG_TEST_API_KEY, DAG_TEST_POLL_INTERVAL, airflow_command
 
 CRON_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
@@ -26,7 +26,7 @@ CRON_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_
 ASSET_DAG_IDS = {"dune_after_nightly_refresh"} | ({"dune_on_view_refresh"} if AIRFLOW_V_3_0_PLUS else set())
 MANUAL_DAG_IDS = {"dune_as_code", "dune_queries_views_and_data"}
 EXPECTED_DAG_IDS = CRON_DAG_IDS | ASSET_DAG_IDS | MANUAL_DAG_IDS
-NOT_DAG_FILES = ("__init__.py", "demo.py", "dune_example_schedules.py")
+NOT_DAG_FILES = ("__init__.py", "demo.py")
 DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in NOT_DAG_FILES)
 LOGICAL_DATE = "2024-06-01"
 PIPELINE_TRIGGER = "airflow_provider_dune.triggers.pipeline.DunePipelineTrigger"
@@ -51,8 +51,6 @@ def _dagbag() -> Any:
 def dagbag(monkeypatch_module: pytest.MonkeyPatch) -> Any:
     for name in ("DUNE_POLL_INTERVAL", "DUNE_NIGHTLY_QUERY_ID", "DUNE_CONN_ID", "DUNE_REFRESH_QUERY_IDS"):
         monkeypatch_module.delenv(name, raising=False)
-    # Airflow's processes put the DAGs folder on sys.path (the DAG files import a helper module from it).
-    monkeypatch_module.syspath_prepend(str(DAGS_FOLDER))
     return _dagbag()
 
 
@@ -83,7 +81,6 @@ def test_every_dag_file_defines_a_dag(dagbag):
 def test_demo_driver_and_helpers_are_not_parsed_as_dag_files():
     ignore = (DAGS_FOLDER / ".airflowignore").read_text()
     assert "demo" in ignore
-    assert "dune_example_schedules" in ignore
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))

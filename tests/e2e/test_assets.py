@@ -58,8 +58,6 @@ STACK_OPTIONS = StackOptions(
     dag_files={
         "dune_nightly_refresh.py": (EXAMPLE_DAGS / "dune_nightly_refresh.py").read_text(),
         "dune_assets.py": (EXAMPLE_DAGS / "dune_assets.py").read_text(),
-        "dune_example_schedules.py": (EXAMPLE_DAGS / "dune_example_schedules.py").read_text(),
-        ".airflowignore": "dune_example_schedules\\.py\n",
         "e2e_failing.py": FAILING_DAGS,
     },
     dag_ids=(
