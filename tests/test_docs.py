@@ -7,7 +7,9 @@ run with the unit tests too, and also catch a marker that exists twice (the page
 from __future__ import annotations
 
 import ast
+import os
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -84,3 +86,18 @@ def test_readme_relative_links_exist():
     assert local, "the README links to no documentation page"
     missing = [link for link in local if not (ROOT / link).exists()]
     assert not missing, f"README links to missing files: {missing}"
+
+
+def test_the_tested_versions_the_docs_name_are_the_matrix_make_test_runs():
+    from tests import matrix
+
+    assert matrix.stale() == [], "run `python -m tests.matrix --write` after changing the matrix"
+    assert "3.3.2" in matrix.readme_line() and matrix.readme_line() in (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_the_python_the_matrix_names():
+    from tests import matrix
+
+    if not os.environ.get("DUNE_REQUIRE_PYTHONS"):
+        pytest.skip("not the CI run (.ci/run sets DUNE_REQUIRE_PYTHONS)")
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == matrix.CI_PYTHON

@@ -10,10 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
+from packaging.version import Version
 
+from airflow_provider_dune.api.connection_fields import DEFAULT_MAX_ATTEMPTS
 from airflow_provider_dune.testing.emulator import Fault
+from airflow_provider_dune.utils.run_registry import KEY_PREFIX, STATE_KEY
+from airflow_provider_dune.version_compat import AIRFLOW_VERSION
 
 from .conftest import AirflowStack
 
@@ -27,7 +32,8 @@ D_FAULTS = 8.0
 NODE_ERROR = "e2e: Line 3:7: Column 'volume_usdd' cannot be resolved"
 FAILING_QUERY = 404  # its node fails for real: no retry, so the task's failure is that failure
 
-DAG_IDS = ["e2e_slots", "e2e_restart", "e2e_faults", "e2e_kill"]
+RETRY_QUERY = 601  # its rows cannot be fetched on the first try: the retry must reuse the finished run
+DAG_IDS = ["e2e_slots", "e2e_restart", "e2e_faults", "e2e_kill", "e2e_retry"]
 DAG_FILE_SOURCE = f"""
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ import pendulum
 from airflow.sdk import DAG
 
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
 
 START = pendulum.datetime(2024, 1, 1, tz="UTC")
 
@@ -61,6 +68,17 @@ pipelines("e2e_slots", range(101, 101 + {N_SLOTS}))
 pipelines("e2e_restart", range(301, 301 + {N_RESTART}))
 pipelines("e2e_faults", [401, 402, 403, 404])
 pipelines("e2e_kill", [501])
+
+with DAG("e2e_retry", schedule=None, start_date=START, catchup=False):
+    DuneExecuteQueryOperator(
+        task_id="query_{RETRY_QUERY}",
+        query_id={RETRY_QUERY},
+        deferrable=True,
+        poll_interval=1,
+        fetch_results=True,
+        retries=1,
+        retry_delay=timedelta(seconds=2),
+    )
 """
 
 
@@ -249,6 +267,53 @@ def test_mark_deferred_task_failed_cancels_running_node(airflow_stack: AirflowSt
     assert cancels == 1
     assert f"Cancelled query 501 (execution {execution_id})" in stack.task_log("e2e_kill", "kill", "pipeline_501")
     assert stack.ti_states("e2e_kill", "kill") == {"pipeline_501": "failed"}
+
+
+def _run_record_variables(stack: AirflowStack) -> list[str]:
+    return [row[0] for row in stack.query("SELECT key FROM variable WHERE key LIKE ?", (f"{KEY_PREFIX}%",))]
+
+
+@pytest.mark.skipif(Version("3.3") > AIRFLOW_VERSION, reason="Airflow's task state store arrived in Airflow 3.3")
+def test_a_retried_deferred_task_reattaches_through_the_task_state_store(airflow_stack: AirflowStack) -> None:
+    """The query ran once; its rows could not be fetched (503 beyond the hook's tries), so the task failed after
+    its trigger fired; the retry finds the run in the task state store and uses it instead of starting another."""
+    stack = airflow_stack
+    task_id = f"query_{RETRY_QUERY}"
+    stack.emulator.add_query(RETRY_QUERY, duration=3, rows=[{"n": n} for n in range(5)])
+    stack.emulator.inject("execution_results", Fault.status(503, times=DEFAULT_MAX_ATTEMPTS), query_id=RETRY_QUERY)
+    records_between_tries: list[Any] = []
+    variables_seen: set[str] = set()
+
+    def sample(states: dict[str, str | None]) -> None:
+        variables_seen.update(_run_record_variables(stack))
+        if states.get(task_id) == "up_for_retry":
+            records_between_tries.extend(
+                stack.query(
+                    "SELECT key, value FROM task_state_store WHERE dag_id=? AND run_id=? AND task_id=?",
+                    ("e2e_retry", "retry", task_id),
+                )
+            )
+
+    stack.trigger("e2e_retry", "retry")
+    states = stack.wait_for("e2e_retry", "retry", _all_end, timeout=120, on_sample=sample, interval=0.2)
+    tries = stack.query(
+        "SELECT try_number FROM task_instance WHERE dag_id=? AND run_id=? AND task_id=?",
+        ("e2e_retry", "retry", task_id),
+    )
+    left = stack.query("SELECT key FROM task_state_store WHERE dag_id=? AND run_id=?", ("e2e_retry", "retry"))
+    log = stack.task_log("e2e_retry", "retry", task_id)
+    print(
+        f"\n[e2e] retry through the task state store: {states}, try {tries}, executions started "
+        f"{stack.emulator.executions_started(RETRY_QUERY)}, records between tries {records_between_tries[:1]}, "
+        f"run-record Variables seen {sorted(variables_seen)}, store keys left {left}"
+    )
+    assert states == {task_id: "success"}
+    assert tries == [(2,)], "the first try must have failed for this test to mean anything"
+    assert stack.emulator.executions_started(RETRY_QUERY) == 1
+    assert records_between_tries and records_between_tries[0][0] == STATE_KEY
+    assert "already succeeded; using it instead of starting another run" in log
+    assert not variables_seen and not _run_record_variables(stack)
+    assert left == [], "the record is deleted once the result was handled"
 
 
 def test_api_key_appears_nowhere(airflow_stack: AirflowStack) -> None:
