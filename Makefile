@@ -31,7 +31,7 @@ help:
 	@echo "make demo         run the nightly-refresh example DAG against the local Dune API emulator"
 	@echo "make test         lint, docs, the whole suite on Airflow $(AIRFLOW_VERSION), then the matrix:"
 	@echo "                  Airflow $(OLDER_AIRFLOWS) and Python $(EXTRA_PYTHONS)"
-	@echo "make test-fast    the unit tests on Airflow $(AIRFLOW_VERSION), no DAG runs or real Airflow stacks (< 1 min)"
+	@echo "make test-fast    the unit tests on Airflow $(AIRFLOW_VERSION) without DAG runs, Airflow stacks or slow waits (< 1 min)"
 	@echo "make test-airflow AIRFLOW=3.0.6   one matrix entry: its virtualenv, unit + DAG tests, compatibility checks"
 	@echo "make test-python  PY=3.13         the unit + DAG tests on Airflow $(AIRFLOW_VERSION) with another Python"
 	@echo "make emulator     start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
@@ -97,7 +97,7 @@ test-newest: lint docs
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e and not dag" $(XDIST) -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e and not dag and not slow" $(XDIST) -q $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS)

@@ -70,6 +70,7 @@ async def _wait_all(pipeline_ids: list[str]) -> list[dict]:
     return await asyncio.gather(*(last(t) for t in triggers))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paced", [True, False], ids=["paced", "unpaced"])
 def test_triggers_sharing_a_key_stay_inside_its_budget(
     dune_emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, paced: bool

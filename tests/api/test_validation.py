@@ -124,6 +124,7 @@ def test_non_finite_parameter_values_fail_before_any_request(value: object) -> N
         validate_query_parameters({"x": value})
 
 
+@pytest.mark.slow
 def test_a_long_dependency_chain_is_validated_without_recursion() -> None:
     chain = [q(1)] + [q(i, deps=[i - 1]) for i in range(2, 3001)]
     assert len(validate_pipeline_nodes(chain)) == 3000

@@ -323,6 +323,7 @@ def test_malformed_body_on_execute_is_not_retried(call: Call, emulator: DuneEmul
     assert emulator.counts["execute_query_pipeline"] == 1
 
 
+@pytest.mark.slow
 def test_connection_refused_is_a_connection_error(call: Call, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json("http://127.0.0.1:9/api", max_retries=2, retry_min_wait=0)

@@ -122,6 +122,7 @@ def test_a_redirect_is_not_followed(call: Callable[..., Any], emulator: DuneEmul
     assert emulator.counts["execution_status"] == 1
 
 
+@pytest.mark.slow
 async def test_a_trigger_gives_up_at_its_deadline_while_a_call_hangs(
     dune_emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

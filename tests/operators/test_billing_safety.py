@@ -173,6 +173,7 @@ def test_the_option_lets_airflow_retry_an_unconfirmed_start(emulator: DuneEmulat
     assert emulator.executions_started(QUICK) == 2  # what the user opted into
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fault", "error"),
     [(Fault.status(429, times=5), DuneRateLimitError), (Fault.status(503, times=5), DuneServerError)],

@@ -33,6 +33,7 @@ async def _detected_at(trigger: DunePipelineTrigger) -> tuple[dict[str, Any], fl
     return events[0], time.time()
 
 
+@pytest.mark.slow
 def test_a_forecast_from_history_notices_the_end_within_seconds_reads_staying_within_poll_interval(
     dune_emulator: DuneEmulator, dune_conn_id: str
 ) -> None:
@@ -80,6 +81,7 @@ def _deferred_trigger(context: Any, **kwargs: Any) -> tuple[DuneExecutePipelineO
     return op, DunePipelineTrigger(**json.loads(json.dumps(trigger.serialize()[1])))
 
 
+@pytest.mark.slow
 def test_the_operator_learns_the_duration_of_its_request_and_forecasts_the_next_run(
     dune_emulator: DuneEmulator, dune_conn_id: str, variables: FakeVariables, run_durations_store: FakeVariables
 ) -> None:

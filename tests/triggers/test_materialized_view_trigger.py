@@ -122,6 +122,7 @@ def test_bad_arguments_are_refused(bad: dict[str, Any]) -> None:
         trigger(**bad)
 
 
+@pytest.mark.slow
 async def test_no_event_for_refreshes_before_the_watch_then_one_per_new_refresh(emulator: DuneEmulator) -> None:
     refresh()
     refresh()
