@@ -144,10 +144,17 @@ class AirflowRelease:
         return self.is_airflow_2
 
     @property
-    def dags_test_records_deferral(self) -> bool:
-        """``airflow dags test`` on Airflow 3 keeps the trigger row and logs each state (running, deferred, ...);
-        Airflow 2 runs the trigger in line, deletes its row and logs only the end state."""
+    def dags_test_keeps_trigger_row(self) -> bool:
+        """Whether ``airflow dags test`` leaves the trigger it ran in line in the ``trigger`` table (Airflow 3;
+        Airflow 2 deletes it)."""
         return not self.is_airflow_2
+
+    @property
+    def logs_task_states(self) -> bool:
+        """Whether the ``log`` table gets an event per task state (running, deferred, running, success): from
+        Airflow 3.2 the Task Execution API writes them; 3.0 and 3.1 write none, Airflow 2 only the end state in
+        ``airflow dags test``."""
+        return self.version >= Version("3.2")
 
     def run_without_logical_date(self, run_id: str) -> dict[str, Any]:
         """The body of ``POST <api_root>/dags/{dag_id}/dagRuns`` for a run without a logical date: Airflow 3
