@@ -176,6 +176,8 @@ class AirflowRelease:
                     "airflow.providers.fab.auth_manager.api.auth.backend.basic_auth,airflow.api.auth.backend.session"
                 ),
                 "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
+                # the SequentialExecutor runs `airflow tasks run ...` found on the PATH, as in an activated venv
+                "PATH": os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")]),
             }
         env = {
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",

@@ -235,8 +235,9 @@ def test_demo_runs_the_nightly_refresh_with_a_real_deferral(demo_run: DemoRun) -
 def test_demo_summary_says_the_task_deferred(demo_run: DemoRun) -> None:
     """What ``make demo`` tells the user: the summary's "Deferred yes" line and the pipeline it ran."""
     run = demo_run
-    assert "Deferred  yes" in run.output, run.output[-3000:]
-    assert "Deferred  NO" not in run.output, run.output[-3000:]
+    said = f"the demo's summary does not say the task deferred:\n{run.output[-3000:]}"
+    assert "Deferred  yes" in run.output, said
+    assert "Deferred  NO" not in run.output, said
     pipeline_ids = {_started_id(s) for s in _pipeline_starts(run.requests)}
     summary = re.search(r"^Pipeline  (\S+): completed", run.output, re.MULTILINE)
     assert summary is not None and {summary.group(1)} == pipeline_ids, run.output[-3000:]
