@@ -50,9 +50,15 @@ EXAMPLE_DAGS = REPO_ROOT / "example_dags"
 QUERY_ID = 1001  # the nightly refresh's query in the emulator's demo catalog
 PIPELINE_TRIGGER = "airflow_provider_dune.triggers.pipeline.DunePipelineTrigger"
 PIPELINE_START = "execute_query_pipeline"
-#: The demo catalog's durations x this: query 1001's pipeline (a view refresh, then the query) takes ~3 s, so
-#: the trigger reads its status a few times at one read a second.
-TIME_SCALE = 0.5
+#: The demo catalog's durations x this: query 1001's pipeline (a view refresh, then the query) takes ~3 s in the
+#: demo, so the trigger reads its status a few times at one read a second.
+DEMO_TIME_SCALE = 0.5
+#: ~13 s on the stack: Airflow 3.3.2 and older fail a deferred task whose trigger fires before the scheduler has
+#: seen the deferring worker exit (apache/airflow#67287, docs/guides/limitations.rst), which took ~5 s on a busy
+#: 2-core machine; a pipeline ending ~3 s after it started lost that race on Airflow 3.1.8.
+STACK_TIME_SCALE = 2.0
+#: What the scheduler logs when a task loses that race.
+DEFER_RACE = "finished with state success, but the task instance's state attribute is queued"
 POLL_INTERVAL = "1"
 #: The demo's own limit for `airflow dags test` is 300 s; migrating the DB comes on top.
 DEMO_TIMEOUT = 420.0
@@ -65,13 +71,9 @@ STACK_OPTIONS = StackOptions(
     seed_emulator=True,
     # as a default installation: the user unpauses the DAG (the trigger dialog does it by default)
     paused_at_creation=True,
-    emulator_args=("--time-scale", str(TIME_SCALE)),
-    extra_env=(
-        ("DUNE_POLL_INTERVAL", POLL_INTERVAL),
-        # a failure shows at once instead of after the DAG's 5-minute retry delay
-        ("DUNE_RETRIES", "0"),
-        ("AIRFLOW__CORE__TEST_CONNECTION", "Enabled"),
-    ),
+    emulator_args=("--time-scale", str(STACK_TIME_SCALE)),
+    # The DAG's own retries (one, 5 minutes later), as users run it: a retry is accepted only after that race.
+    extra_env=(("DUNE_POLL_INTERVAL", POLL_INTERVAL), ("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")),
 )
 
 
@@ -155,7 +157,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     api_key = f"compat-demo-key-{secrets.token_hex(8)}"
     log_dir = tmp_path_factory.mktemp("demo")
     with emulator_process(
-        api_key, log_path=log_dir / "emulator.log", extra_args=("--time-scale", str(TIME_SCALE))
+        api_key, log_path=log_dir / "emulator.log", extra_args=("--time-scale", str(DEMO_TIME_SCALE))
     ) as emulator:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DUNE_"))}
         env.update({"DUNE_API_URL": emulator.url, "DUNE_API_KEY": api_key, "DUNE_POLL_INTERVAL": POLL_INTERVAL})
@@ -329,7 +331,7 @@ def test_rest_run_without_a_logical_date_defers_in_the_triggerer_and_starts_one_
                 triggers_seen[trigger_id] = (classpath, triggerer_id)
 
     states = stack.wait_for(
-        DAG_ID, REST_RUN_ID, lambda s: s.get(TASK_ID) in TERMINAL, timeout=180, on_sample=sample, interval=0.2
+        DAG_ID, REST_RUN_ID, lambda s: s.get(TASK_ID) in TERMINAL, timeout=480, on_sample=sample, interval=0.2
     )
     seconds = time.monotonic() - posted_at
     (try_number,) = stack.query(
@@ -341,9 +343,14 @@ def test_rest_run_without_a_logical_date_defers_in_the_triggerer_and_starts_one_
         f"\n[e2e] Airflow {RELEASE.version}: REST run without a logical date {states[TASK_ID]} "
         f"{seconds:.1f}s after the POST ({deferred})"
     )
+    scheduler_log = (stack.process_log_dir / "scheduler.log").read_text(errors="replace").splitlines()
+    races = [line.strip()[:400] for line in scheduler_log if DEFER_RACE in line and REST_RUN_ID in line]
     print(f"[e2e] task states seen {seen_states}, try {try_number}, triggers seen {triggers_seen}")
+    if races:
+        print(f"[e2e] the task lost Airflow's defer race (apache/airflow#67287): {races[0]}")
     log = stack.task_log(DAG_ID, REST_RUN_ID, TASK_ID)
-    assert states == {TASK_ID: "success"}, f"{states}; task log:\n{log[-4000:]}"
+    assert states == {TASK_ID: "success"}, f"{states}; scheduler: {races}; task log:\n{log[-4000:]}"
+    assert try_number == 1 or races, f"the task needed try {try_number}, not after Airflow's defer race:\n{log[-4000:]}"
     assert "deferred" in seen_states, seen_states
     assert seen_states.index("deferred") < len(seen_states) - 1
     # the trigger was stored and picked up by the triggerer process
