@@ -1,15 +1,20 @@
-"""A real Airflow 3 stack on loopback for the end-to-end tests: one per module, torn down by pid.
+"""A real Airflow stack on loopback for the end-to-end tests: one per module, torn down by pid.
 
-The stack is ``airflow api-server`` (the REST API, the web UI and the Task Execution API), ``scheduler``
-(LocalExecutor), ``dag-processor`` and ``triggerer``, all with their own temporary ``AIRFLOW_HOME`` and SQLite
-database, plus the Dune API emulator as a subprocess. Every process runs in its own process group and is
-stopped with SIGTERM then SIGKILL in the fixture finalizer. :class:`StackOptions` says what differs per module
-(DAG files, one worker slot or several, a seeded emulator, a login user instead of "everyone is admin").
+On Airflow 3 the stack is ``airflow api-server`` (the REST API, the web UI and the Task Execution API),
+``scheduler`` (LocalExecutor), ``dag-processor`` and ``triggerer``; on Airflow 2.11 it is ``airflow webserver``
+(the web UI and REST API v1 with basic auth), ``scheduler`` (SequentialExecutor: Airflow 2 allows no other on
+SQLite) and ``triggerer``. :class:`AirflowRelease` holds every difference between the releases. Each stack has
+its own temporary ``AIRFLOW_HOME`` and SQLite database, plus the Dune API emulator as a subprocess. Every process
+runs in its own process group and is stopped with SIGTERM then SIGKILL in the fixture finalizer.
+:class:`StackOptions` says what differs per module (DAG files, one worker slot or several, a seeded emulator, a
+login user instead of "everyone is admin").
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import importlib.metadata
 import json
 import os
 import secrets
@@ -27,6 +32,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from packaging.version import Version
 
 from airflow_provider_dune.testing.emulator import DuneEmulatorClient
 
@@ -65,6 +71,7 @@ class StackOptions:
     :param seed_emulator: load the emulator's demo catalog (the example DAGs' queries and views).
     :param connection_env: define ``dune_default`` as ``AIRFLOW_CONN_DUNE_DEFAULT`` (else a test creates it).
     :param login: users log in as ``admin`` with :attr:`AirflowStack.admin_password` (else everyone is admin).
+        Airflow 2.11 always has that user: its REST API takes basic auth only.
     :param paused_at_creation: new DAGs start paused, as in a default installation.
     :param extra_env: more environment for the Airflow processes.
     :param emulator_args: more command line options of the emulator, e.g. ``("--time-scale", "0.25")``.
@@ -84,6 +91,143 @@ class StackOptions:
 ADMIN_USER = "admin"
 
 
+@dataclass(frozen=True)
+class AirflowRelease:
+    """Everything that differs between the Airflow releases a stack runs on; tests ask this, not the version.
+
+    Airflow 3.0 to 3.3 share one shape: ``api-server`` (REST API v2, the UI and the Task Execution API, which
+    the workers find at ``[core] execution_api_server_url``), ``scheduler``, ``dag-processor`` and
+    ``triggerer``, with the simple auth manager (``/auth/token``: without credentials when everyone is admin).
+    Airflow 2.11: ``webserver`` (the UI and REST API v1, basic auth for FAB users made by ``airflow users
+    create``), ``scheduler`` (which also parses the DAG files) and ``triggerer``; on SQLite it runs tasks with
+    the SequentialExecutor, as ``airflow standalone`` does (it refuses LocalExecutor on SQLite).
+    """
+
+    version: Version
+
+    @classmethod
+    def installed(cls) -> AirflowRelease:
+        """The release installed next to this interpreter (read without importing Airflow)."""
+        return cls(Version(Version(importlib.metadata.version("apache-airflow")).base_version))
+
+    @property
+    def is_airflow_2(self) -> bool:
+        return self.version.major < 3
+
+    @property
+    def api_root(self) -> str:
+        """The stable REST API's prefix."""
+        return "/api/v1" if self.is_airflow_2 else "/api/v2"
+
+    @property
+    def health_path(self) -> str:
+        return "/api/v1/health" if self.is_airflow_2 else "/api/v2/monitor/health"
+
+    @property
+    def web_server(self) -> str:
+        """The process serving the UI and the REST API."""
+        return "webserver" if self.is_airflow_2 else "api-server"
+
+    @property
+    def executor(self) -> str:
+        return "SequentialExecutor" if self.is_airflow_2 else "LocalExecutor"
+
+    @property
+    def always_login(self) -> bool:
+        """Whether the REST API needs a user whatever :attr:`StackOptions.login` says (basic auth)."""
+        return self.is_airflow_2
+
+    @property
+    def unpausing_runs_the_latest_interval(self) -> bool:
+        """Airflow 2.11 runs the most recent cron interval when a DAG is unpaused (``cron_schedule`` avoids it
+        on Airflow 3 only; see :mod:`airflow_provider_dune.schedules`)."""
+        return self.is_airflow_2
+
+    @property
+    def dags_test_keeps_trigger_row(self) -> bool:
+        """Whether ``airflow dags test`` leaves the trigger it ran in line in the ``trigger`` table (Airflow 3;
+        Airflow 2 deletes it)."""
+        return not self.is_airflow_2
+
+    @property
+    def logs_task_states(self) -> bool:
+        """Whether the ``log`` table gets an event per task state (running, deferred, running, success): from
+        Airflow 3.2 the Task Execution API writes them; 3.0 and 3.1 write none, Airflow 2 only the end state in
+        ``airflow dags test``."""
+        return self.version >= Version("3.2")
+
+    def run_without_logical_date(self, run_id: str) -> dict[str, Any]:
+        """The body of ``POST <api_root>/dags/{dag_id}/dagRuns`` for a run without a logical date: Airflow 3
+        takes ``"logical_date": null``; REST API v1 always sets one (now) and rejects ``null``."""
+        if self.is_airflow_2:
+            return {"dag_run_id": run_id}
+        return {"dag_run_id": run_id, "logical_date": None}
+
+    def environment(self, home: Path, api_port: int, options: StackOptions) -> dict[str, str]:
+        """The settings of this release's processes beyond those every release shares."""
+        if self.is_airflow_2:
+            return {
+                "AIRFLOW__WEBSERVER__WEB_SERVER_HOST": "127.0.0.1",
+                "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(api_port),
+                "AIRFLOW__WEBSERVER__BASE_URL": f"http://127.0.0.1:{api_port}",
+                "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_hex(32),
+                "AIRFLOW__WEBSERVER__WORKERS": "1",
+                "AIRFLOW__API__AUTH_BACKENDS": (
+                    "airflow.providers.fab.auth_manager.api.auth.backend.basic_auth,airflow.api.auth.backend.session"
+                ),
+                "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
+                # the SequentialExecutor runs `airflow tasks run ...` found on the PATH, as in an activated venv
+                "PATH": os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")]),
+            }
+        env = {
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        }
+        if options.login:
+            env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{ADMIN_USER}:admin"
+            env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(home / "passwords.json")
+        else:
+            env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+        return env
+
+    def server_commands(self, api_port: int) -> list[tuple[str, tuple[str, ...]]]:
+        """(process name, ``airflow`` arguments) of the long-running processes, in start order."""
+        if self.is_airflow_2:
+            return [
+                ("webserver", ("webserver", "--hostname", "127.0.0.1", "--port", str(api_port), "--workers", "1")),
+                ("scheduler", ("scheduler", "--skip-serve-logs")),
+                ("triggerer", ("triggerer", "--skip-serve-logs")),
+            ]
+        return [
+            ("api-server", ("api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1")),
+            ("scheduler", ("scheduler", "--skip-serve-logs")),
+            ("dag-processor", ("dag-processor",)),
+            ("triggerer", ("triggerer", "--skip-serve-logs")),
+        ]
+
+    def add_admin(self, stack: AirflowStack) -> None:
+        """Give the ``admin`` user :attr:`AirflowStack.admin_password` (after ``airflow db migrate``)."""
+        if stack.admin_password is None:
+            return
+        if self.is_airflow_2:
+            profile = ("--role", "Admin", "--firstname", "Ada", "--lastname", "Admin", "--email", "admin@example.org")
+            stack.airflow("users", "create", "--username", ADMIN_USER, "--password", stack.admin_password, *profile)
+        else:
+            (stack.home / "passwords.json").write_text(json.dumps({ADMIN_USER: stack.admin_password}))
+
+    def authorization(self, stack: AirflowStack) -> str:
+        """The ``Authorization`` header of a REST API call."""
+        if self.is_airflow_2:
+            assert stack.admin_password is not None
+            user = base64.b64encode(f"{ADMIN_USER}:{stack.admin_password}".encode()).decode()
+            return f"Basic {user}"
+        return f"Bearer {stack.token()}"
+
+
 @dataclass
 class AirflowStack:
     home: Path
@@ -99,6 +243,8 @@ class AirflowStack:
     processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
     #: trigger kwargs seen while triggers were alive (the rows are deleted once triggers end)
     trigger_kwargs_seen: list[str] = field(default_factory=list)
+    #: the Airflow release the processes run (all of the stack's version differences)
+    release: AirflowRelease = field(default_factory=AirflowRelease.installed)
 
     @property
     def db_path(self) -> Path:
@@ -244,7 +390,7 @@ class AirflowStack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def token(self) -> str:
-        """A REST API token: the admin user's when users log in, else the all-admins token."""
+        """A REST API token (Airflow 3): the admin user's when users log in, else the all-admins token."""
         if self.admin_password is None:
             request = urllib.request.Request(f"{self.base_url}/auth/token")
         else:
@@ -261,7 +407,7 @@ class AirflowStack:
             self.base_url + path,
             data=None if body is None else json.dumps(body).encode(),
             method=method,
-            headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"},
+            headers={"Authorization": self.release.authorization(self), "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             raw = response.read()
@@ -325,8 +471,14 @@ def start_emulator(
 
 
 def _child_env(
-    home: Path, api_port: int, conn_json: str | None, fernet_key: str, options: StackOptions
+    home: Path,
+    api_port: int,
+    conn_json: str | None,
+    fernet_key: str,
+    options: StackOptions,
+    release: AirflowRelease | None = None,
 ) -> dict[str, str]:
+    release = release or AirflowRelease.installed()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DUNE_"))}
     env.update(
         {
@@ -334,28 +486,18 @@ def _child_env(
             "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": release.executor,
             "AIRFLOW__CORE__PARALLELISM": str(options.parallelism),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(options.paused_at_creation),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(api_port),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__CORE__FERNET_KEY": fernet_key,
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "6",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            **release.environment(home, api_port, options),
         }
     )
-    if options.login:
-        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{ADMIN_USER}:admin"
-        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(home / "passwords.json")
-    else:
-        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
     if conn_json is not None:
         env["AIRFLOW_CONN_DUNE_DEFAULT"] = conn_json
     env.update(dict(options.extra_env))
@@ -388,23 +530,22 @@ def running_stack(home: Path, options: StackOptions) -> Iterator[AirflowStack]:
         )
         api_port = free_port()
         fernet_key = Fernet.generate_key().decode()
-        env = _child_env(home, api_port, conn_json if options.connection_env else None, fernet_key, options)
-        admin_password = None
-        if options.login:
-            admin_password = secrets.token_urlsafe(12)
-            (home / "passwords.json").write_text(json.dumps({ADMIN_USER: admin_password}))
-        stack = AirflowStack(home, env, api_port, emulator_url, emulator, api_key, fernet_key, admin_password)
+        release = AirflowRelease.installed()
+        env = _child_env(home, api_port, conn_json if options.connection_env else None, fernet_key, options, release)
+        admin_password = secrets.token_urlsafe(12) if options.login or release.always_login else None
+        stack = AirflowStack(
+            home, env, api_port, emulator_url, emulator, api_key, fernet_key, admin_password, release=release
+        )
         stack.airflow("db", "migrate", timeout=180)
-        stack.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1")
-        stack.start("scheduler", "scheduler", "--skip-serve-logs")
-        stack.start("dag-processor", "dag-processor")
-        stack.start("triggerer", "triggerer", "--skip-serve-logs")
+        release.add_admin(stack)
+        for name, args in release.server_commands(api_port):
+            stack.start(name, *args)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             for name, process in stack.processes.items():
                 assert process.poll() is None, f"airflow {name} exited at startup; see {stack.process_log_dir}"
             try:
-                health = stack.rest("GET", "/api/v2/monitor/health")
+                health = stack.rest("GET", release.health_path)
                 parsed = {row[0] for row in stack.query("SELECT dag_id FROM dag")}
             except (OSError, sqlite3.OperationalError):
                 health, parsed = {}, set()
@@ -417,11 +558,12 @@ def running_stack(home: Path, options: StackOptions) -> Iterator[AirflowStack]:
                 break
             assert time.monotonic() < deadline, f"stack not ready after {STARTUP_TIMEOUT}s: {health} {parsed}"
             time.sleep(0.5)
-        print(f"\n[e2e] Airflow stack ready in {time.monotonic() - started:.1f}s (home {home})")
+        print(f"\n[e2e] Airflow {release.version} stack ready in {time.monotonic() - started:.1f}s (home {home})")
         yield stack
     finally:
         if stack is not None:
-            for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+            # the scheduler first, so that it starts nothing while the others stop
+            for name in sorted(stack.processes, key=lambda name: name != "scheduler"):
                 stack.stop(name)
         stop_process(emulator_process)
 
