@@ -8,6 +8,7 @@ Dune queries::
     DUNE_POLL_INTERVAL                 seconds between status calls (default: 30)
     DUNE_NIGHTLY_QUERY_ID              query of dune_nightly_refresh (default: 1001)
     DUNE_RETRIES                       task retries of dune_nightly_refresh (default: 1; the demo uses 0)
+    DUNE_RETRY_DELAY                   seconds between them (default: 300)
     DUNE_PIPELINE_SOURCE_QUERY_ID      first node of dune_explicit_pipeline (default: 1000)
     DUNE_PIPELINE_VIEW_NAME            materialized view node of dune_explicit_pipeline
     DUNE_PIPELINE_REPORT_QUERY_ID      last node of dune_explicit_pipeline (default: 1001)

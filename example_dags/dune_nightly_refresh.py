@@ -15,7 +15,8 @@ Point it at your own query with environment variables (read when the DAG file is
     DUNE_NIGHTLY_QUERY_ID=1234567   # your query (it needs a ``date`` parameter, or edit query_parameters)
     DUNE_CONN_ID=dune_default       # connection of type ``dune``, Password = API key
     DUNE_POLL_INTERVAL=30           # seconds between status calls (``make demo`` uses 1)
-    DUNE_RETRIES=1                  # task retries, 5 minutes apart (``make demo`` uses 0 to fail fast)
+    DUNE_RETRIES=1                  # task retries (``make demo`` uses 0 to fail fast)
+    DUNE_RETRY_DELAY=300            # seconds between them
 
 The task emits an asset event for the query's result (``dune://queries/<id>``, extra: execution ids) and one
 per view the pipeline refreshed through the ``dune_nightly_refreshed_views`` alias; ``dune_after_nightly_refresh``
@@ -52,6 +53,7 @@ QUERY_ID = int(os.environ.get("DUNE_NIGHTLY_QUERY_ID") or 1001)
 CONN_ID = os.environ.get("DUNE_CONN_ID") or "dune_default"
 POLL_INTERVAL = float(os.environ.get("DUNE_POLL_INTERVAL") or 30)
 RETRIES = int(os.environ.get("DUNE_RETRIES") or 1)
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("DUNE_RETRY_DELAY") or 300))
 
 with DAG(
     dag_id="dune_nightly_refresh",
@@ -59,7 +61,7 @@ with DAG(
     **cron_schedule("0 3 * * *"),  # unpausing starts no run for a past time
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "data-platform", "retries": RETRIES, "retry_delay": timedelta(minutes=5)},
+    default_args={"owner": "data-platform", "retries": RETRIES, "retry_delay": RETRY_DELAY},
     tags=["dune", "example"],
     doc_md=__doc__,
 ) as dag:
