@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -88,6 +90,37 @@ def test_the_form_has_one_field_per_extra_setting_the_parser_reads() -> None:
     assert not any(info.is_sensitive for info in widgets.values())
 
 
+class _TypedData(dict):
+    """What a browser posts, as WTForms reads it (``getlist``)."""
+
+    def getlist(self, key: str) -> list[str]:
+        return [self[key]] if key in self else []
+
+
+def test_the_hook_form_checks_what_is_typed_into_it() -> None:
+    """Airflow 2.11's web server validates the hook's form: numbers are text fields checked as numbers."""
+    from wtforms import Form
+
+    from airflow_provider_dune.hooks.dune import DuneHook
+
+    form_class = type("DuneForm", (Form,), dict(DuneHook.get_connection_form_widgets()))
+
+    def errors(**typed: str) -> set[str]:
+        form = form_class(formdata=_TypedData(typed))
+        form.validate()
+        return set(form.errors)
+
+    assert errors() == set()
+    assert errors(timeout="2.5", connect_timeout="0.1", max_retries="3", reads_per_minute="0") == set()
+    assert errors(timeout="abc", connect_timeout="0", retry_min_wait="-1", max_retries="0", reads_per_minute="x") == {
+        "timeout",
+        "connect_timeout",
+        "retry_min_wait",
+        "max_retries",
+        "reads_per_minute",
+    }
+
+
 def test_each_declared_field_name_is_read_by_the_connection_parser() -> None:
     """A form that saves every field (numbers as numbers, blanks as null) yields the settings it shows."""
     extra = {"timeout": 12.5, "connect_timeout": None, "max_retries": 3, "retry_min_wait": "", "retry_max_wait": 9}
@@ -98,16 +131,37 @@ def test_each_declared_field_name_is_read_by_the_connection_parser() -> None:
     assert settings.base_url == "http://10.1.2.3:8765/api"
 
 
+#: What a fresh api-server process answers on /ui/connections/hook_meta for the dune type, as JSON on stdout.
+#: Its own process: Airflow 3.1 builds the answer from whatever hooks the process imported before (this test
+#: process has imported them without the api-server's wtforms stand-ins), and caches it.
+_HOOK_META_SCRIPT = """
+import json
+from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+print(json.dumps([m.model_dump(mode="json") for m in HookMetaService.hook_meta_data() if m.connection_type == "dune"]))
+"""
+
+
 @pytest.mark.skipif(not AIRFLOW_V_3_0_PLUS, reason="the hook metadata endpoint of the REST API is Airflow 3's")
 def test_hook_metadata_the_api_server_serves_describes_the_dune_form() -> None:
-    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
-
-    (dune,) = [meta for meta in HookMetaService.hook_meta_data() if meta.connection_type == "dune"]
-    fields = dune.standard_fields
-    assert fields is not None
-    assert fields.password is not None and fields.password.title == "API Key"
-    assert fields.host is not None and fields.host.placeholder == "https://api.dune.com/api"
-    assert all(f is not None and f.hidden for f in (fields.login, fields.port, fields.url_schema))
-    extra_fields = dune.extra_fields or {}
-    types = {name: field["schema"]["type"][0] for name, field in extra_fields.items()}
-    assert types == {setting.name: setting.kind for setting in EXTRA_SETTINGS}
+    """The API Key label, hidden unused fields and one field per extra setting with its label, JSON type and
+    description: on Airflow 3.0/3.1 from the hook's form, on 3.2+ from the provider info."""
+    result = subprocess.run(
+        [sys.executable, "-c", _HOOK_META_SCRIPT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (dune,) = json.loads(result.stdout.strip().splitlines()[-1])
+    fields = dune["standard_fields"]
+    assert fields is not None, "no standard field behaviour is served for the dune type"
+    assert fields["password"]["title"] == "API Key" and not fields["password"]["hidden"]
+    assert fields["host"]["placeholder"] == "https://api.dune.com/api"
+    assert all(fields[name] is not None and fields[name]["hidden"] for name in ("login", "port", "url_schema"))
+    extra_fields = dune["extra_fields"] or {}
+    assert list(extra_fields) == [setting.name for setting in EXTRA_SETTINGS]
+    for setting in EXTRA_SETTINGS:
+        field = extra_fields[setting.name]
+        assert field["schema"]["type"] == [setting.kind, "null"], (setting.name, field)
+        assert field["schema"]["title"] == setting.label, (setting.name, field)
+        assert field["description"] == setting.description, (setting.name, field)
+        assert field["value"] is None, "no default is stored into the extra by the form"
+        if "minimum" in field["schema"]:
+            assert field["schema"]["minimum"] == setting.minimum, (setting.name, field)

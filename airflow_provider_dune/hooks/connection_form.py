@@ -2,8 +2,9 @@
 
 Airflow 3.2+ builds the form from the provider info (``ui-field-behaviour`` and ``conn-fields`` of the
 connection type) without importing the hook. Airflow 2.11, 3.0 and 3.1 call the hook's
-``get_ui_field_behaviour()`` and ``get_connection_form_widgets()`` (the latter needs ``wtforms``, which their
-web servers ship). All three are built here from
+``get_ui_field_behaviour()`` and ``get_connection_form_widgets()``, and only after ``from wtforms import ...``
+succeeded: the provider depends on ``wtforms`` because Airflow 3.0 and 3.1 install none (their web UI reads
+the hook's fields through ``wtforms`` stand-ins in the api-server). All three are built here from
 :data:`~airflow_provider_dune.api.connection_fields.EXTRA_SETTINGS`,
 the same list the connection parser reads, so the form and the parser cannot drift apart.
 """
@@ -55,26 +56,75 @@ def ui_field_behaviour() -> dict[str, Any]:
     }
 
 
+def _number_check(setting: ExtraSetting) -> Any:
+    """A WTForms validator for a number typed into a text field (Airflow 2.11's form has no number field that
+    its connection form accepts): a number, at least the setting's minimum."""
+
+    def check(form: Any, field: Any) -> None:
+        from wtforms.validators import ValidationError
+
+        text = str(field.data or "").strip()
+        if not text:
+            return
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValidationError("Enter a number.") from None
+        if setting.minimum is not None and value < setting.minimum:
+            raise ValidationError(f"Enter a number of at least {setting.minimum:g}.")
+
+    return check
+
+
+def _text_widget() -> dict[str, Any]:
+    """The Bootstrap text input of Airflow 2.11's Flask-AppBuilder form, when Flask-AppBuilder is there (Airflow
+    3's api-server replaces it with a stand-in, or has none)."""
+    try:
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+    except ImportError:
+        return {}
+    return {"widget": BS3TextFieldWidget()}
+
+
+def _describe_for_the_api_server(field: Any, setting: ExtraSetting) -> Any:
+    """Type the field in the JSON schema that Airflow 3.0/3.1's api-server serves for it.
+
+    Their ``/ui/connections/hook_meta`` calls this form with ``wtforms`` stand-ins that hold the field as an
+    Airflow ``Param`` (``field.param``); they know text, whole-number and yes/no fields only, and drop the
+    validators. The schema gets the setting's kind (``number`` for the timeouts and budgets), as in the
+    provider info Airflow 3.2+ reads. Their number input reads an empty field as 0 and marks it invalid below
+    its minimum, so only a minimum an empty field meets is served (the connection parser checks the others
+    when the connection is used). A real WTForms field (Airflow 2.11's web server) has no ``param`` and is
+    returned as it is.
+    """
+    schema = getattr(getattr(field, "param", None), "schema", None)
+    if isinstance(schema, dict):
+        schema["type"] = [setting.kind, "null"]
+        if setting.minimum is not None and setting.minimum <= 0:
+            schema["minimum"] = setting.minimum
+    return field
+
+
 def connection_form_widgets() -> dict[str, Any]:
     """The extra settings as WTForms fields, for Airflow versions that ask the hook
-    (``get_connection_form_widgets``). Numbers are text fields: the connection parser validates them."""
-    from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-    from flask_babel import lazy_gettext
+    (``get_connection_form_widgets``). Numbers are text fields checked by :func:`_number_check` (Airflow accepts
+    only text, integer, password and boolean fields here); the api-server of Airflow 3.0/3.1 is told they are
+    numbers. Needs ``wtforms`` only: Flask-AppBuilder's widget is used when it is installed."""
     from wtforms import BooleanField, IntegerField, StringField
     from wtforms.validators import NumberRange, Optional
 
+    widget = _text_widget()
     widgets: dict[str, Any] = {}
     for setting in EXTRA_SETTINGS:
-        label, description = lazy_gettext(setting.label), setting.description
+        label, description = setting.label, setting.description
         if setting.kind == "boolean":
-            widgets[setting.name] = BooleanField(label, description=description, default=False)
+            field = BooleanField(label, description=description)
         elif setting.kind == "integer":
             validators = [Optional(), NumberRange(min=setting.minimum)]
-            widgets[setting.name] = IntegerField(
-                label, validators=validators, widget=BS3TextFieldWidget(), description=description
-            )
+            field = IntegerField(label, validators=validators, description=description, **widget)
         else:
-            widgets[setting.name] = StringField(
-                label, validators=[Optional()], widget=BS3TextFieldWidget(), description=description
+            field = StringField(
+                label, validators=[Optional(), _number_check(setting)], description=description, **widget
             )
+        widgets[setting.name] = _describe_for_the_api_server(field, setting)
     return widgets
