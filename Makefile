@@ -104,8 +104,10 @@ test-unit: install
 
 # -- the compatibility matrix ------------------------------------------------------------------------------
 # One entry: .venv-airflow-<release>-py<X.Y> installed with that release's constraints; the unit + DAG tests
-# (less what runs once), then tests/e2e/test_compat.py: the demo with a real deferral, the connection form as
-# the web server serves it (and in Chromium), `airflow connections test`, a REST API run without a logical date.
+# (less what runs once), then the compatibility e2e checks: tests/e2e/test_compat.py (the demo with a real
+# deferral, `airflow connections test`, a REST API run without a logical date, the key grep) and
+# tests/e2e/test_form_versions.py (the connection form as the web server serves it and in Chromium).
+COMPAT_E2E := tests/e2e/test_compat.py tests/e2e/test_form_versions.py
 AIRFLOW ?= $(AIRFLOW_VERSION)
 PY ?=
 # An interpreter for Python X.Y: pythonX.Y on PATH if it runs, else the one pyenv installed.
@@ -128,7 +130,7 @@ test-airflow:
 		|| [ $(call CONSTRAINTS,$(AIRFLOW)) -nt $(ENTRY_VENV)/.installed ]; then \
 		$(MAKE) --no-print-directory _entry_venv AIRFLOW=$(AIRFLOW) PY=$(PY); fi
 	$(MATRIX_PYTEST) -m "not e2e" $(XDIST) -q $(PYTEST_ARGS)
-	$(if $(PY),,$(MATRIX_PYTEST) -m e2e tests/e2e/test_compat.py -q $(PYTEST_ARGS))
+	$(if $(PY),,$(MATRIX_PYTEST) -m e2e $(COMPAT_E2E) -q $(PYTEST_ARGS))
 
 _entry_venv:
 	$(call make_venv,$(ENTRY_VENV),$(ENTRY_PYTHON),$(AIRFLOW),$(MATRIX_EXTRAS))
