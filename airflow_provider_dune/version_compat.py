@@ -13,6 +13,8 @@ AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, Variable
+    from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, determine_kwargs, task_decorator_factory
+    from airflow.sdk.definitions.context import context_merge
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
     from airflow.sdk.log import mask_secret
 else:
@@ -38,6 +40,20 @@ else:
         from airflow.sdk import Variable
     except ImportError:
         from airflow.models import Variable
+    # TaskFlow decorator building blocks (``@task.dune_sql``). Not through common-compat's ``sdk`` module: the
+    # common-compat release Airflow 3.0's constraints pin has none, and 3.1's lacks ``determine_kwargs``.
+    try:  # Airflow 3.0+
+        from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
+    except ImportError:  # Airflow 2.11
+        from airflow.decorators.base import DecoratedOperator, TaskDecorator, task_decorator_factory
+    try:  # Airflow 3.2+
+        from airflow.sdk.bases.decorator import determine_kwargs
+    except ImportError:  # Airflow 2.11-3.1
+        from airflow.utils.operator_helpers import determine_kwargs
+    try:  # Airflow 3.1+
+        from airflow.sdk.definitions.context import context_merge
+    except ImportError:  # Airflow 2.11-3.0
+        from airflow.utils.context import context_merge
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:
@@ -57,7 +73,12 @@ __all__ = [
     "BaseOperator",
     "BaseOperatorLink",
     "BaseSensorOperator",
+    "DecoratedOperator",
     "ObjectStoragePath",
+    "TaskDecorator",
     "Variable",
+    "context_merge",
+    "determine_kwargs",
     "mask_secret",
+    "task_decorator_factory",
 ]
