@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, determine_kwargs, task_decorator_factory
     from airflow.sdk.definitions.context import context_merge
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
-    from airflow.sdk.log import mask_secret
+    from airflow.sdk.log import amask_secret, mask_secret
 else:
     try:
         from airflow.sdk import BaseHook
@@ -61,6 +61,10 @@ else:
             from airflow.sdk.execution_time.secrets_masker import mask_secret
         except ImportError:
             from airflow.utils.log.secrets_masker import mask_secret
+    try:  # Airflow 3.3+: masking from an event loop (a trigger) without blocking it
+        from airflow.sdk.log import amask_secret
+    except ImportError:
+        amask_secret = None
 
 __all__ = [
     "AIRFLOW_VERSION",
@@ -77,6 +81,7 @@ __all__ = [
     "ObjectStoragePath",
     "TaskDecorator",
     "Variable",
+    "amask_secret",
     "context_merge",
     "determine_kwargs",
     "mask_secret",
