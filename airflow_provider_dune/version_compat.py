@@ -12,10 +12,11 @@ AIRFLOW_V_3_0_PLUS = Version("3.0.0") <= AIRFLOW_VERSION
 AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, Variable
+    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, Variable
     from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, determine_kwargs, task_decorator_factory
     from airflow.sdk.definitions.context import context_merge
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+    from airflow.sdk.io import get_fs
     from airflow.sdk.log import amask_secret, mask_secret
 else:
     try:
@@ -32,10 +33,10 @@ else:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
     except ImportError:
         from airflow.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
-    try:
-        from airflow.sdk import ObjectStoragePath
-    except ImportError:
-        from airflow.io.path import ObjectStoragePath
+    try:  # Airflow 3.1+
+        from airflow.sdk.io import get_fs
+    except ImportError:  # Airflow 2.11, 3.0
+        from airflow.io import get_fs
     try:
         from airflow.sdk import Variable
     except ImportError:
@@ -78,12 +79,12 @@ __all__ = [
     "BaseOperatorLink",
     "BaseSensorOperator",
     "DecoratedOperator",
-    "ObjectStoragePath",
     "TaskDecorator",
     "Variable",
     "amask_secret",
     "context_merge",
     "determine_kwargs",
+    "get_fs",
     "mask_secret",
     "task_decorator_factory",
 ]
