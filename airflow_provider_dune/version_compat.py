@@ -12,9 +12,12 @@ AIRFLOW_V_3_0_PLUS = Version("3.0.0") <= AIRFLOW_VERSION
 AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, Variable
+    from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator, Variable
+    from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, determine_kwargs, task_decorator_factory
+    from airflow.sdk.definitions.context import context_merge
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
-    from airflow.sdk.log import mask_secret
+    from airflow.sdk.io import get_fs
+    from airflow.sdk.log import amask_secret, mask_secret
 else:
     try:
         from airflow.sdk import BaseHook
@@ -30,14 +33,28 @@ else:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
     except ImportError:
         from airflow.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
-    try:
-        from airflow.sdk import ObjectStoragePath
-    except ImportError:
-        from airflow.io.path import ObjectStoragePath
+    try:  # Airflow 3.1+
+        from airflow.sdk.io import get_fs
+    except ImportError:  # Airflow 2.11, 3.0
+        from airflow.io import get_fs
     try:
         from airflow.sdk import Variable
     except ImportError:
         from airflow.models import Variable
+    # TaskFlow decorator building blocks (``@task.dune_sql``). Not through common-compat's ``sdk`` module: the
+    # common-compat release Airflow 3.0's constraints pin has none, and 3.1's lacks ``determine_kwargs``.
+    try:  # Airflow 3.0+
+        from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
+    except ImportError:  # Airflow 2.11
+        from airflow.decorators.base import DecoratedOperator, TaskDecorator, task_decorator_factory
+    try:  # Airflow 3.2+
+        from airflow.sdk.bases.decorator import determine_kwargs
+    except ImportError:  # Airflow 2.11-3.1
+        from airflow.utils.operator_helpers import determine_kwargs
+    try:  # Airflow 3.1+
+        from airflow.sdk.definitions.context import context_merge
+    except ImportError:  # Airflow 2.11-3.0
+        from airflow.utils.context import context_merge
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:
@@ -45,6 +62,10 @@ else:
             from airflow.sdk.execution_time.secrets_masker import mask_secret
         except ImportError:
             from airflow.utils.log.secrets_masker import mask_secret
+    try:  # Airflow 3.3+: masking from an event loop (a trigger) without blocking it
+        from airflow.sdk.log import amask_secret
+    except ImportError:
+        amask_secret = None
 
 __all__ = [
     "AIRFLOW_VERSION",
@@ -57,7 +78,13 @@ __all__ = [
     "BaseOperator",
     "BaseOperatorLink",
     "BaseSensorOperator",
-    "ObjectStoragePath",
+    "DecoratedOperator",
+    "TaskDecorator",
     "Variable",
+    "amask_secret",
+    "context_merge",
+    "determine_kwargs",
+    "get_fs",
     "mask_secret",
+    "task_decorator_factory",
 ]

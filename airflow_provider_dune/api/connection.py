@@ -239,9 +239,37 @@ class DuneConnectionSettings:
         )
 
 
+def connection_env_var(conn_id: str) -> str:
+    """The environment variable Airflow reads connection ``conn_id`` from."""
+    return "AIRFLOW_CONN_" + conn_id.upper()
+
+
+def env_connection_problem(conn_id: str, environ: Mapping[str, str]) -> DuneConfigurationError | None:
+    """Why the ``AIRFLOW_CONN_<ID>`` variable set for ``conn_id`` could not be read, when Airflow reported the
+    connection as missing instead (Airflow 3.0 and 3.1 swallow the parse error). Never quotes the value."""
+    env_name = connection_env_var(conn_id)
+    value = environ.get(env_name)
+    if value is None or not value.strip().startswith("{"):
+        return None  # not set, or the URI form: Airflow's own message stands
+    try:
+        conn = json.loads(value)
+    except ValueError as err:
+        position = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
+        return DuneConfigurationError(
+            f"the Airflow connection {conn_id!r} is set by {env_name}, which is not valid JSON{position}: fix it"
+        )
+    if not isinstance(conn, dict):
+        return None
+    try:
+        extra_from_connection(conn_id, conn.get("extra"))
+    except DuneConfigurationError as err:
+        return DuneConfigurationError(f"{err} (it is set by {env_name})")
+    return None
+
+
 def missing_connection_message(conn_id: str) -> str:
     """What to do when Airflow has no connection ``conn_id``."""
-    env_name = "AIRFLOW_CONN_" + conn_id.upper()
+    env_name = connection_env_var(conn_id)
     return (
         f"the Airflow connection {conn_id!r} is not defined: create it with type Dune (Admin > Connections, "
         f"`airflow connections add {conn_id} --conn-type dune --conn-password <API key>`, or the environment "

@@ -17,16 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
-from airflow.providers.common.compat.sdk import (  # Airflow 2.11 and 3.x, shipped with Airflow
+from airflow_provider_dune.api.validation import validate_sql
+from airflow_provider_dune.operators.sql import DuneExecuteSQLOperator
+from airflow_provider_dune.version_compat import (
     DecoratedOperator,
     TaskDecorator,
     context_merge,
     determine_kwargs,
     task_decorator_factory,
 )
-
-from airflow_provider_dune.api.validation import validate_sql
-from airflow_provider_dune.operators.sql import DuneExecuteSQLOperator
 
 #: Stands in for the SQL until the function has returned it (checked again at execute).
 _SQL_FROM_FUNCTION = "SELECT 'the SQL comes from the decorated function'"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from airflow_provider_dune.api import endpoints
 from airflow_provider_dune.api.budget import BUDGET
 from airflow_provider_dune.api.connection import (
     DuneConnectionSettings,
+    env_connection_problem,
     extra_from_connection,
     missing_connection_message,
     settings_from_connection,
@@ -57,8 +59,13 @@ from airflow_provider_dune.hooks.definitions import DuneDefinitionsMixin
 from airflow_provider_dune.utils import transport
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
 from airflow_provider_dune.utils.config import budget_share
+from airflow_provider_dune.utils.log_safety import (
+    amask_key_from_extra,
+    mask_key_from_extra,
+    quiet_debug_lines_that_echo_secrets,
+)
 from airflow_provider_dune.utils.transport import new_session
-from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook, mask_secret
+from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -139,9 +146,6 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             port=conn.port,
             extra=extra_from_connection(self.dune_conn_id, getattr(conn, "extra", None)),
         )
-        if settings.key_from_extra:
-            # Airflow masks Password fields itself; a key taken from the extra is not, so mask that one here.
-            mask_secret(settings.api_key)
         return self._apply_overrides(settings)
 
     def _apply_overrides(self, settings: DuneConnectionSettings) -> DuneConnectionSettings:
@@ -161,15 +165,21 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     def settings(self) -> DuneConnectionSettings:
         """Validated connection settings (looked up once per hook)."""
         if self._settings is None:
+            quiet_debug_lines_that_echo_secrets()
             with _explain_missing_connection(self.dune_conn_id):
                 conn = self.get_connection(self.dune_conn_id)
-            self._settings = self._settings_from(conn)
+            settings = self._settings_from(conn)
+            if settings.key_from_extra:
+                # Airflow masks Password fields itself; a key taken from the extra is not, so mask that one here.
+                mask_key_from_extra(settings.api_key)
+            self._settings = settings
         return self._settings
 
     async def aget_settings(self) -> DuneConnectionSettings:
         """Like :attr:`settings`, without blocking the event loop while the connection is looked up."""
         if self._settings is None:
             aget = getattr(BaseHook, "aget_connection", None)
+            quiet_debug_lines_that_echo_secrets()
             with _explain_missing_connection(self.dune_conn_id):
                 if aget is not None:
                     conn = await aget(self.dune_conn_id)
@@ -177,7 +187,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
                     from asgiref.sync import sync_to_async
 
                     conn = await sync_to_async(self.get_connection)(self.dune_conn_id)
-            self._settings = self._settings_from(conn)
+            settings = self._settings_from(conn)
+            if settings.key_from_extra:
+                await amask_key_from_extra(settings.api_key)
+            self._settings = settings
         return self._settings
 
     @staticmethod
@@ -592,7 +605,9 @@ def _explain_missing_connection(conn_id: str) -> Iterator[None]:
     except Exception as err:
         if type(err).__name__ != "AirflowNotFoundException":
             raise
-        raise DuneConfigurationError(missing_connection_message(conn_id)) from None
+        # Airflow 3.0/3.1 report an AIRFLOW_CONN_* variable they could not parse as a missing connection.
+        problem = env_connection_problem(conn_id, os.environ)
+        raise (problem or DuneConfigurationError(missing_connection_message(conn_id))) from None
 
 
 def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_dune.api.definitions import TableDefinition
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneNotFoundError
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.utils.results import storage_path
+from airflow_provider_dune.utils.log_safety import quiet_debug_lines_that_echo_secrets
+from airflow_provider_dune.utils.storage import storage_file
 from airflow_provider_dune.utils.uploads import DEFAULT_CHUNK_BYTES, Chunk, csv_chunks, ndjson_chunks
 from airflow_provider_dune.version_compat import BaseHook, BaseOperator
 
@@ -90,11 +91,11 @@ class DuneUploadOperator(BaseOperator):
         """The rows to send, chunked; format errors surface before the chunk that holds them is sent."""
         columns = self.table.column_names
         if self.source is not None:
-            path = storage_path(self.source)
+            source = storage_file(self.source)
             lowered = self.source.lower()
-            if not path.exists():
+            if not source.exists():
                 raise DuneConfigurationError(f"source {self.source!r} does not exist")
-            with path.open("r", encoding="utf-8", newline="") as handle:
+            with source.open_text("r") as handle:
                 lines = iter(handle.readline, "")  # Airflow 2.11's file wrapper is not iterable itself
                 if lowered.endswith(".csv"):
                     yield from csv_chunks(lines, self.chunk_bytes, columns)
@@ -106,6 +107,7 @@ class DuneUploadOperator(BaseOperator):
         yield from ndjson_chunks(self._sql_rows(), self.chunk_bytes, columns)
 
     def _sql_rows(self) -> Iterator[dict[str, Any]]:
+        quiet_debug_lines_that_echo_secrets()  # that connection's password too, on Airflow 3.0's dags test
         hook = BaseHook.get_connection(str(self.sql_conn_id)).get_hook()
         with hook.get_conn() as conn:
             cursor = conn.cursor()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.models import ResultPage
-from airflow_provider_dune.version_compat import ObjectStoragePath
+from airflow_provider_dune.utils.storage import storage_file
 
 OUTPUT_FORMATS = ("jsonl", "csv")
 
@@ -39,13 +38,6 @@ def output_format_for(path: str, output_format: str | None) -> str:
     )
 
 
-def storage_path(path: str) -> ObjectStoragePath:
-    """An ``ObjectStoragePath`` for a URL (``s3://...``, ``file:///...``) or a local path."""
-    if "://" not in path:
-        path = "file://" + os.path.abspath(path)
-    return ObjectStoragePath(path)
-
-
 def _csv_line(values: Sequence[Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(
@@ -56,12 +48,11 @@ def _csv_line(values: Sequence[Any]) -> str:
 
 def write_pages(pages: Iterable[ResultPage], path: str, output_format: str) -> int:
     """Write every row of ``pages`` to ``path``; only one page is held in memory. Returns the row count."""
-    target = storage_path(path)
-    if target.parent and not target.parent.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    target = storage_file(path)
+    target.make_parent()
     rows_written = 0
     columns: list[str] | None = None
-    with target.open("w", encoding="utf-8", newline="") as handle:
+    with target.open_text("w") as handle:
         for page in pages:
             if output_format == "csv" and columns is None:
                 columns = list(page.metadata.column_names) if page.metadata and page.metadata.column_names else []

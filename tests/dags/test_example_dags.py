@@ -18,8 +18,8 @@ from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.schedules import RUN_DATE
 from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
 from airflow_provider_dune.version_compat import AIRFLOW_V_3_0_PLUS
-from example_dags.demo import DAGS_FOLDER, airflow_env
-from tests.dags.conftest import DAG_TEST_API_KEY, DAG_TEST_POLL_INTERVAL, airflow_command
+from example_dags.demo import DAGS_FOLDER
+from tests.dags.conftest import DAG_TEST_API_KEY, airflow_command, dag_test_env
 
 CRON_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
 # Scheduled on Dune assets; the AssetWatcher one needs Airflow 3.
@@ -190,9 +190,14 @@ def test_every_example_template_avoids_keys_a_manual_run_may_lack(dag_id, dagbag
 def test_unpausing_starts_no_run_for_a_past_schedule_time(dag_id, dagbag, monkeypatch):
     """The trigger dialog unpauses by default: that must not add a second, scheduled (billed) run."""
     import airflow.timetables.trigger as trigger_timetables
-    from airflow.serialization.serialized_objects import DagSerialization
 
-    dag = DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dagbag.dags[dag_id]))))
+    try:  # Airflow 3.2+
+        from airflow.serialization.serialized_objects import DagSerialization as serialization
+    except ImportError:  # Airflow 3.0/3.1: SerializedDAG serializes itself
+        from airflow.serialization.serialized_objects import SerializedDAG as serialization
+
+    # The DAG as the scheduler sees it: serialized to JSON and back.
+    dag = serialization.from_dict(json.loads(json.dumps(serialization.to_dict(dagbag.dags[dag_id]))))
     timetable = dag.timetable
     # just after a scheduled time: the moment a "run the latest one" rule would fire
     now = timetable._get_next(timetable._align_to_prev(datetime(2026, 11, 25, 12, tzinfo=timezone.utc)))
@@ -205,18 +210,18 @@ def test_unpausing_starts_no_run_for_a_past_schedule_time(dag_id, dagbag, monkey
 # -- running through `airflow dags test` ---------------------------------------------------------------------
 
 
-def _dags_test(home: Path, emulator: Any, dag_id: str) -> subprocess.CompletedProcess[str]:
-    conn = json.dumps(
-        {
-            "conn_type": "dune",
-            "host": emulator.url,
-            "password": DAG_TEST_API_KEY,
-            "extra": {"timeout": 5, "retry_min_wait": 0.05, "retry_max_wait": 0.2, "reads_per_minute": 0},
-        }
-    )
-    env = airflow_env(home, conn, DAG_TEST_POLL_INTERVAL)
-    env["AIRFLOW__DUNE__MIN_POLL_INTERVAL"] = DAG_TEST_POLL_INTERVAL  # below the 1 s floor, to keep runs short
-    return subprocess.run(
+def _dags_test(
+    home: Path, emulator: Any, dag_id: str, *, key_in_extra: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``airflow dags test dag_id``; the API key (in Password, or ``api_key`` in the extra) is never printed."""
+    extra: dict[str, Any] = {"timeout": 5, "retry_min_wait": 0.05, "retry_max_wait": 0.2, "reads_per_minute": 0}
+    conn: dict[str, Any] = {"conn_type": "dune", "host": emulator.url, "extra": extra}
+    if key_in_extra:
+        extra["api_key"] = DAG_TEST_API_KEY
+    else:
+        conn["password"] = DAG_TEST_API_KEY
+    env = dag_test_env(home, json.dumps(conn))
+    result = subprocess.run(
         [*airflow_command(), "dags", "test", dag_id, LOGICAL_DATE],
         env=env,
         capture_output=True,
@@ -224,6 +229,9 @@ def _dags_test(home: Path, emulator: Any, dag_id: str) -> subprocess.CompletedPr
         timeout=120,
         check=False,
     )
+    printed = _output(result)
+    assert DAG_TEST_API_KEY not in printed, printed[max(0, printed.find(DAG_TEST_API_KEY) - 2000) :][:3000]
+    return result
 
 
 def _run_record(home: Path, dag_id: str) -> dict[str, Any]:
@@ -270,18 +278,31 @@ def _output(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout + result.stderr
 
 
+#: A deferred task's states, in the order ``dags test`` goes through them.
+DEFERRED_HISTORY = ["running", "deferred", "running", "success"]
+
+
+def _in_order_within(events: list[str], history: list[str]) -> bool:
+    """``events`` are some of ``history``'s, in its order (a version may record only some of them)."""
+    remaining = iter(history)
+    return all(event in remaining for event in events)
+
+
 def _assert_deferred_and_resumed(record: dict[str, Any], task_id: str, output: str, trigger_classpath: str) -> None:
-    """The task went to a trigger and came back, judged by what each Airflow version records of ``dags test``."""
+    """The task went to a trigger and came back, judged by what each Airflow version records of ``dags test``.
+
+    Every version runs the trigger in line once and says so. Airflow 3 also keeps the trigger row and logs the
+    deferral; Airflow 2 deletes the row. The per-state rows of the ``log`` table differ: 3.3 writes all four,
+    3.2 some, 3.0 and 3.1 none, 2.11 only ``success``; whatever is there must follow a deferral's history.
+    """
     task = record["tasks"][task_id]
+    assert task["state"] == "success"
+    assert output.count("[DAG TEST] running trigger in line") == 1
+    assert "[DAG TEST] Trigger completed" in output
+    assert _in_order_within(task["events"], DEFERRED_HISTORY), task["events"]
     if AIRFLOW_V_3_0_PLUS:
-        assert task["events"] == ["running", "deferred", "running", "success"]
         assert trigger_classpath in record["triggers"]
         assert "Pausing task as DEFERRED" in output
-    else:
-        # Airflow 2 logs no per-state events and deletes the trigger row; it says so in the output instead.
-        assert task["events"] == ["success"]
-        assert output.count("[DAG TEST] running trigger in line") == 1
-        assert "[DAG TEST] Trigger completed" in output
 
 
 @pytest.mark.dag
@@ -358,11 +379,12 @@ def test_queries_views_and_data_runs_every_task_once(migrated_airflow_home, dag_
     upload = xcoms[("load_token_labels", "return_value")]
     assert upload["rows_sent"] == upload["rows_written"] == 4
     # The waits went to the triggerer (a task whose run ended before its first status read does not defer).
+    assert "[DAG TEST] running trigger in line" in output
+    for task in record["tasks"].values():
+        assert _in_order_within(task["events"], DEFERRED_HISTORY), record["tasks"]
     if AIRFLOW_V_3_0_PLUS:
         assert EXECUTION_TRIGGER in record["triggers"]
-        assert any("deferred" in task["events"] for task in record["tasks"].values())
-    else:
-        assert "[DAG TEST] running trigger in line" in output
+        assert "Pausing task as DEFERRED" in output
     sql = next(r for r in dag_test_emulator.requests if r.endpoint == "execute_sql").json_body["sql"]
     assert f"DATE '{LOGICAL_DATE[:10]}'" in sql  # the run's date, rendered
     # One billed run per task that starts one; the view refresh, the upsert and each query once.
@@ -377,7 +399,8 @@ def test_queries_views_and_data_runs_every_task_once(migrated_airflow_home, dag_
 
 
 @pytest.mark.dag
-def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, dag_test_emulator):
+def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, slow_pipelines_emulator):
+    dag_test_emulator = slow_pipelines_emulator  # the sensor starts seconds after the pipeline: it must not be done
     result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_trigger_then_sense")
     output = _output(result)
     assert result.returncode == 0, output[-6000:]
@@ -405,3 +428,20 @@ def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, dag_te
         status = json.loads(response.read())
     assert status["status"] == "completed"
     assert len(status["node_executions"]) == 4
+
+
+@pytest.mark.dag
+@pytest.mark.parametrize("key_in_extra", [False, True], ids=["key-in-password", "key-in-extra"])
+def test_the_api_key_is_printed_and_written_nowhere(migrated_airflow_home, dag_test_emulator, key_in_extra):
+    """Not in the ``dags test`` output (the task and its trigger, in-line), nor in any file under AIRFLOW_HOME
+    (task logs where this Airflow writes them, the metadata DB); the key really was read and sent."""
+    before = {p: p.stat().st_mtime_ns for p in migrated_airflow_home.rglob("*") if p.is_file()}
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_nightly_refresh", key_in_extra=key_in_extra)
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    assert _run_record(migrated_airflow_home, "dune_nightly_refresh")["state"] == "success", output[-6000:]
+    assert dag_test_emulator.counts["execute_query_pipeline"] == 1  # the emulator accepts DAG_TEST_API_KEY only
+    files = [p for p in migrated_airflow_home.rglob("*") if p.is_file()]
+    written = [p for p in files if before.get(p) != p.stat().st_mtime_ns]
+    assert written, "the run wrote nothing under AIRFLOW_HOME (not even the metadata DB)"
+    assert [str(p) for p in files if DAG_TEST_API_KEY.encode() in p.read_bytes()] == []

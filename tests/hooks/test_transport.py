@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from airflow_provider_dune.api import endpoints
+from airflow_provider_dune.api.connection import env_connection_problem
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneTLSError
-from airflow_provider_dune.hooks import dune as dune_hook_module
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.testing.emulator import DuneEmulator
+from airflow_provider_dune.utils import log_safety
 from tests.conftest import dune_connection_json
 
 
@@ -167,11 +168,42 @@ def test_invalid_json_in_the_extra_fails_before_any_request(
     assert not dune_emulator.counts
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"conn_type": "dune", "password": "SECRET-KEY-4242",, "extra": {}}', "AIRFLOW_CONN_DUNE_DEFAULT, which is"),
+        ('{"conn_type": "dune", "password": "SECRET-KEY-4242", "extra": "{,"}', "extra of the Airflow connection"),
+        ('{"conn_type": "dune", "password": "SECRET-KEY-4242", "extra": "[1]"}', "must be a JSON object"),
+    ],
+    ids=["connection-not-json", "extra-not-json", "extra-not-an-object"],
+)
+def test_an_unreadable_connection_variable_is_named_without_its_value(
+    value: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever Airflow makes of the variable (3.0/3.1: "not defined"), the user learns what is wrong with it,
+    and the key in it is quoted nowhere."""
+    problem = env_connection_problem("dune_default", {"AIRFLOW_CONN_DUNE_DEFAULT": value})
+    assert problem is not None and expected in str(problem) and "'dune_default'" in str(problem)
+    assert "SECRET-KEY-4242" not in str(problem)
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", value)
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - Airflow's own error on some versions
+        DuneHook().settings  # noqa: B018 - reads the connection
+    assert "SECRET-KEY-4242" not in str(raised.value)
+    if isinstance(raised.value, DuneConfigurationError):
+        assert "not defined" not in str(raised.value), "the true error was hidden"
+
+
+@pytest.mark.parametrize("value", [None, "dune://:key@host", '{"conn_type": "dune", "extra": {"timeout": 5}}'])
+def test_a_readable_or_absent_variable_keeps_airflows_message(value: str | None) -> None:
+    environ = {} if value is None else {"AIRFLOW_CONN_DUNE_DEFAULT": value}
+    assert env_connection_problem("dune_default", environ) is None
+
+
 def test_the_key_is_masked_once_and_only_when_airflow_does_not(
     dune_emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     masked: list[str] = []
-    monkeypatch.setattr(dune_hook_module, "mask_secret", masked.append)
+    monkeypatch.setattr(log_safety, "mask_secret", masked.append)
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url, api_key="from-password"))
     DuneHook().settings  # noqa: B018 - reads the connection
     assert masked == []  # a Password field is masked by Airflow itself
