@@ -45,6 +45,7 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
 def test_a_file_is_loaded_in_bounded_chunks(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, kind: str
@@ -63,6 +64,7 @@ def test_a_file_is_loaded_in_bounded_chunks(
     assert all(r.json_body["bytes"] <= 1024 for r in dune_emulator.requests if r.endpoint == "insert_rows")
 
 
+@pytest.mark.slow
 def test_replace_mode_makes_a_retry_load_the_data_once(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -73,6 +75,7 @@ def test_replace_mode_makes_a_retry_load_the_data_once(
     assert dune_emulator.counts["create_table"] == 1  # created once (billed), found the second time
 
 
+@pytest.mark.slow
 def test_append_mode_adds(dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path) -> None:
     source = str(_jsonl(tmp_path / "v.jsonl", ROWS[:5]))
     upload(source=source, mode="append").execute(context)
@@ -138,6 +141,7 @@ def test_chunkers() -> None:
         list(ndjson_chunks([], 10))
 
 
+@pytest.mark.slow
 def test_rows_from_an_airflow_sql_connection_stream_in_chunks(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
