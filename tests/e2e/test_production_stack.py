@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_dune.utils.run_registry import KEY_PREFIX, STATE_KEY
+from airflow_provider_dune.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.compose_file import airflow_environment, load_compose
 from tests.e2e.production import (
     HOST_SPECIFIC,
@@ -119,7 +121,12 @@ def _wait_assignment(production: ProductionStack, expected: int, timeout: float 
 
 
 def _run_records(production: ProductionStack) -> list[str]:
-    rows = production.airflow.query("SELECT key FROM variable WHERE key LIKE 'airflow_provider_dune_run_%'")
+    """The runs tasks recorded for a retry: in the task state store on Airflow 3.3+, as Variables before."""
+    if AIRFLOW_V_3_3_PLUS:
+        rows = production.airflow.query("SELECT task_id FROM task_state_store WHERE key = ?", (STATE_KEY,))
+        assert production.airflow.query("SELECT key FROM variable WHERE key LIKE ?", (f"{KEY_PREFIX}%",)) == []
+    else:
+        rows = production.airflow.query("SELECT key FROM variable WHERE key LIKE ?", (f"{KEY_PREFIX}%",))
     return [str(row[0]) for row in rows]
 
 

@@ -13,12 +13,11 @@ import time
 from typing import Any
 
 import pytest
-from packaging.version import Version
 
 from airflow_provider_dune.api.connection_fields import DEFAULT_MAX_ATTEMPTS
 from airflow_provider_dune.testing.emulator import Fault
 from airflow_provider_dune.utils.run_registry import KEY_PREFIX, STATE_KEY
-from airflow_provider_dune.version_compat import AIRFLOW_VERSION
+from airflow_provider_dune.version_compat import AIRFLOW_V_3_3_PLUS
 
 from .conftest import AirflowStack
 
@@ -273,7 +272,7 @@ def _run_record_variables(stack: AirflowStack) -> list[str]:
     return [row[0] for row in stack.query("SELECT key FROM variable WHERE key LIKE ?", (f"{KEY_PREFIX}%",))]
 
 
-@pytest.mark.skipif(Version("3.3") > AIRFLOW_VERSION, reason="Airflow's task state store arrived in Airflow 3.3")
+@pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="Airflow's task state store arrived in Airflow 3.3")
 def test_a_retried_deferred_task_reattaches_through_the_task_state_store(airflow_stack: AirflowStack) -> None:
     """The query ran once; its rows could not be fetched (503 beyond the hook's tries), so the task failed after
     its trigger fired; the retry finds the run in the task state store and uses it instead of starting another."""
