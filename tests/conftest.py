@@ -66,3 +66,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                 said.add(marker)
                 terminalreporter.write_line("")
                 terminalreporter.write_line(f"NOTE: {what}: {reason.split(': ', 1)[-1]}", yellow=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The DAG runs first: they are the longest tests, so on several processes (pytest-xdist) they start while
+    the short ones fill the other processes, instead of ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("dag") is None)

@@ -30,7 +30,7 @@ def airflow_releases() -> list[str]:
 
 
 def extra_pythons() -> list[str]:
-    """The Pythons besides :data:`CI_PYTHON` the newest release's unit and DAG tests run on."""
+    """The Pythons besides :data:`CI_PYTHON` the newest release's unit tests run on."""
     match = re.search(r"^EXTRA_PYTHONS \?= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
     assert match, "the Makefile defines no EXTRA_PYTHONS"
     return match.group(1).split()
@@ -68,7 +68,7 @@ def installation_table() -> str:
             )
             for release in older
         ),
-        *((f"{newest} (Python {python})", "unit and DAG tests") for python in extra_pythons()),
+        *((f"{newest} (Python {python})", "unit tests") for python in extra_pythons()),
     ]
     lines = [".. list-table::", "   :header-rows: 1", "", "   * - Airflow", "     - what runs"]
     for release, what in rows:
