@@ -11,7 +11,7 @@ AIRFLOW_MATRIX := $(shell ls constraints/airflow-*.txt | sed -E "s|constraints/a
 AIRFLOW_VERSION ?= $(lastword $(AIRFLOW_MATRIX))
 OLDER_AIRFLOWS := $(filter-out $(AIRFLOW_VERSION),$(AIRFLOW_MATRIX))
 # Pythons besides $(PYTHON) that the unit suite runs on with the newest Airflow (oldest and newest supported).
-EXTRA_PYTHONS ?= 3.10 3.13
+EXTRA_PYTHONS ?= 3.10 3.12 3.13
 
 VENV ?= .venv
 BIN := $(VENV)/bin

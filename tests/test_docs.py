@@ -101,3 +101,15 @@ def test_ci_runs_the_python_the_matrix_names():
     if not os.environ.get("DUNE_REQUIRE_PYTHONS"):
         pytest.skip("not the CI run (.ci/run sets DUNE_REQUIRE_PYTHONS)")
     assert f"{sys.version_info.major}.{sys.version_info.minor}" == matrix.CI_PYTHON
+
+
+def test_the_classifiers_name_exactly_the_pythons_the_matrix_tests():
+    import tomllib
+
+    from tests import matrix
+
+    classifiers = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["classifiers"]
+    named = sorted(
+        c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    )
+    assert named == matrix.tested_pythons()
