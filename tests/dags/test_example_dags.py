@@ -239,7 +239,14 @@ def _dags_test(
     return result
 
 
-def _run_record(home: Path, dag_id: str) -> dict[str, Any]:
+def _last_log_id(home: Path) -> int:
+    """The newest row of the ``log`` table: Airflow 2 reuses a run for the same logical date, keeping its rows."""
+    with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+        return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM log").fetchone()[0])
+
+
+def _run_record(home: Path, dag_id: str, *, after_log_id: int = 0) -> dict[str, Any]:
+    """The newest run of ``dag_id``; its tasks' ``log`` events only from rows after ``after_log_id``."""
     with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
         run_id, state = db.execute(
             "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
@@ -255,8 +262,8 @@ def _run_record(home: Path, dag_id: str) -> dict[str, Any]:
             task["events"] = [
                 row[0]
                 for row in db.execute(
-                    "SELECT event FROM log WHERE dag_id = ? AND run_id = ? AND task_id = ? ORDER BY id",
-                    (dag_id, run_id, task_id),
+                    "SELECT event FROM log WHERE dag_id = ? AND run_id = ? AND task_id = ? AND id > ? ORDER BY id",
+                    (dag_id, run_id, task_id, after_log_id),
                 )
             ]
         xcoms = {
@@ -321,10 +328,11 @@ def test_nightly_refresh_runs_and_defers(migrated_airflow_home, dag_test_emulato
     the output of the task and its in-line trigger) and written in no file under AIRFLOW_HOME (task logs where
     this Airflow writes them, the metadata DB), although it really was read and sent."""
     before = _files(migrated_airflow_home)
+    last_log_id = _last_log_id(migrated_airflow_home)
     result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_nightly_refresh", key_in_extra=key_in_extra)
     output = _output(result)
     assert result.returncode == 0, output[-6000:]
-    record = _run_record(migrated_airflow_home, "dune_nightly_refresh")
+    record = _run_record(migrated_airflow_home, "dune_nightly_refresh", after_log_id=last_log_id)
     assert record["state"] == "success", output[-6000:]
 
     task = record["tasks"]["refresh_daily_dex_volume"]
