@@ -22,7 +22,7 @@ from airflow_provider_dune.get_provider_info import get_provider_info
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from airflow_provider_dune.version_compat import AIRFLOW_V_3_0_PLUS
 from tests.operators.fakes import FakeTI, FakeVariables
 
@@ -117,7 +117,7 @@ def test_only_completed_nodes_count_as_refreshed() -> None:
 
 @pytest.fixture
 def run(dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    monkeypatch.setattr(task_records, "Variable", FakeVariables())
 
     def _run(task: Any) -> tuple[Any, OutletEventAccessors]:
         events = OutletEventAccessors()

@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from tests.operators.fakes import FakeTI, FakeVariables
 
 pytest.importorskip("airflow.providers.openlineage", reason="needs apache-airflow-providers-openlineage")
@@ -20,7 +20,7 @@ from openlineage.client.serde import Serde
 
 @pytest.fixture
 def context(dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    monkeypatch.setattr(task_records, "Variable", FakeVariables())
     return {"ti": FakeTI(dune_emulator)}
 
 

@@ -17,7 +17,6 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
 from airflow_provider_dune.api.errors import (
-    DuneAPIError,
     DuneConfigurationError,
     DuneDatapointLimitError,
     DuneError,
@@ -47,6 +46,7 @@ from airflow_provider_dune.utils.polling import (
     decide,
     validate_event,
 )
+from airflow_provider_dune.utils.unconfirmed import fail_when_unconfirmed
 from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator
 
 if TYPE_CHECKING:
@@ -316,23 +316,14 @@ class DuneRunOperator(BaseOperator):
 
     def _start(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         """Start the run; an answer that never came (the run may exist) fails the task without retries."""
-        try:
+        with fail_when_unconfirmed(
+            effect="Dune may have started the run",
+            risk="a second billed run",
+            check=f"Check {self.where_to_check(request)}: if it did not run, clear this task to run it again.",
+            retry_setting="retry_unconfirmed_start",
+            allow_retry=self.retry_unconfirmed_start,
+        ):
             return self.start_run(hook, request)
-        except DuneAPIError as err:
-            if not err.may_have_started_run:
-                raise
-            if self.retry_unconfirmed_start:
-                self.log.warning(
-                    "Dune may have started the run although the request failed; retry_unconfirmed_start=True lets "
-                    "Airflow retry this task, which may start a second billed run"
-                )
-                raise
-            raise AirflowFailException(
-                f"{err}\nDune may have started the run, but no answer confirmed it, so this task fails without "
-                "retries instead of risking a second billed run. Check "
-                f"{self.where_to_check(request)}: if it did not run, clear this task to run it again. Set "
-                "retry_unconfirmed_start=True to let Airflow's retries start it again instead."
-            ) from None
 
     def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> tuple[str, Snapshot] | None:
         """The run a previous try of this task instance started, when it is still running or it succeeded.

@@ -21,7 +21,7 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.conftest import dune_connection_json
 from tests.operators.fakes import FakeTaskStateStore, FakeTI, FakeVariables
@@ -36,7 +36,7 @@ VIEW = "dune.safety.result_view"
 def records(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeVariables | FakeTaskStateStore:
     """Where runs are recorded: Variables (Airflow < 3.3) or the task state store; ``.store`` holds the records."""
     variables = FakeVariables()
-    monkeypatch.setattr(run_registry, "Variable", variables)
+    monkeypatch.setattr(task_records, "Variable", variables)
     return variables if request.param == "variable" else FakeTaskStateStore()
 
 

@@ -18,7 +18,7 @@ from airflow_provider_dune.operators.definitions import (
 )
 from airflow_provider_dune.operators.sql import DuneExecuteSQLOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from tests.operators.fakes import FakeTI, FakeVariables
 
 SQL = "SELECT block_date, SUM(amount_usd) AS volume\nFROM dex.trades\nWHERE block_date = DATE '{{day}}'\nGROUP BY 1"
@@ -27,7 +27,7 @@ SQL = "SELECT block_date, SUM(amount_usd) AS volume\nFROM dex.trades\nWHERE bloc
 @pytest.fixture
 def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
     fake = FakeVariables()
-    monkeypatch.setattr(run_registry, "Variable", fake)
+    monkeypatch.setattr(task_records, "Variable", fake)
     monkeypatch.setattr(definitions_module, "Variable", fake)
     return fake
 

@@ -9,7 +9,7 @@ import pytest
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.get_provider_info import get_provider_info
 from airflow_provider_dune.testing.emulator import DuneEmulator
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from airflow_provider_dune.version_compat import AIRFLOW_V_3_0_PLUS
 from tests.operators.fakes import FakeTI, FakeVariables
 
@@ -39,7 +39,7 @@ def _operator(function_returns: object) -> object:
 def test_runs_the_sql_the_function_returns(
     dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    monkeypatch.setattr(task_records, "Variable", FakeVariables())
     operator = _operator(None)
     result = operator.execute({"ti": FakeTI(dune_emulator)})  # type: ignore[attr-defined]
     assert result["state"] == "completed" and result["rows"]

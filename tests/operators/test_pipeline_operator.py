@@ -16,7 +16,7 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.pipeline import XCOM_PIPELINE_EXECUTION_ID, DuneExecutePipelineOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from tests.conftest import TEST_API_KEY, dune_connection_json
 from tests.helpers import execution_state, wait_running
 from tests.operators.fakes import FakeTI, FakeVariables
@@ -32,7 +32,7 @@ VIEW = "dune.demo.result_token_prices_hourly"
 @pytest.fixture
 def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
     fake = FakeVariables()
-    monkeypatch.setattr(run_registry, "Variable", fake)
+    monkeypatch.setattr(task_records, "Variable", fake)
     return fake
 
 

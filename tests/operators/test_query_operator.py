@@ -16,7 +16,7 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.operators.fakes import FakeTI, FakeVariables
 
@@ -25,7 +25,7 @@ ROWS = [{"day": f"2026-01-{i + 1:02d}", "volume": i * 10.5, "tags": ["a", i]} fo
 
 @pytest.fixture
 def emulator(dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch) -> DuneEmulator:
-    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    monkeypatch.setattr(task_records, "Variable", FakeVariables())
     dune_emulator.add_query(8001, duration=0.1, rows=ROWS, parameters=["date"])
     dune_emulator.add_query(8002, duration=30)
     dune_emulator.add_query(8003, duration=0.05, error="line 1:8: Column 'x' cannot be resolved")

@@ -20,7 +20,7 @@ from airflow_provider_dune.sensors.execution import DuneExecutionSensor
 from airflow_provider_dune.testing._profiles import ResponseProfile
 from airflow_provider_dune.testing.emulator import DuneEmulator
 from airflow_provider_dune.testing.pytest_plugin import make_test_emulator
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.conftest import dune_connection_json
 from tests.emulator.test_emulator_profiles import SHAPE_CASES
@@ -42,7 +42,7 @@ Start = Callable[..., DuneEmulator]
 @pytest.fixture
 def start(monkeypatch: pytest.MonkeyPatch) -> Iterator[Start]:
     """Start an emulator with the given profile (forced shapes) and point ``dune_default`` at it."""
-    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    monkeypatch.setattr(task_records, "Variable", FakeVariables())
     started: list[DuneEmulator] = []
 
     def _start(*always: str, strict: bool = False, **connection_extra: Any) -> DuneEmulator:
@@ -260,7 +260,7 @@ def test_a_recorded_run_whose_id_dune_calls_invalid_is_replaced_by_a_new_run(sta
     ctx = context(emulator)
     with pytest.raises(TaskDeferred):
         query_op(query_id=LONG, deferrable=True).execute(ctx)
-    store = run_registry.Variable.store  # type: ignore[attr-defined]
+    store = task_records.Variable.store  # type: ignore[attr-defined]
     (key,) = store
     record = json.loads(store[key])
     record["run_id"] = "not-a-dune-id"

@@ -152,10 +152,10 @@ def test_pairs_with_a_query_operator_that_does_not_wait(
     emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
-    from airflow_provider_dune.utils import run_registry
+    from airflow_provider_dune.utils import task_records
     from tests.operators.fakes import FakeTI, FakeVariables
 
-    monkeypatch.setattr(run_registry, "Variable", FakeVariables())
+    monkeypatch.setattr(task_records, "Variable", FakeVariables())
     ti = FakeTI(emulator)
     start_task = DuneExecuteQueryOperator(task_id="run_query", query_id=QUICK, wait_for_completion=False)
     started = start_task.execute({"ti": ti})

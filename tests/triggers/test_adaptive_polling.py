@@ -16,7 +16,7 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
-from airflow_provider_dune.utils import run_durations, run_registry
+from airflow_provider_dune.utils import run_durations, task_records
 from tests.operators.fakes import FakeTI, FakeVariables
 
 DURATION = 6.0
@@ -68,7 +68,7 @@ def test_a_forecast_from_history_notices_the_end_within_seconds_reads_staying_wi
 @pytest.fixture
 def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
     fake = FakeVariables()
-    monkeypatch.setattr(run_registry, "Variable", fake)
+    monkeypatch.setattr(task_records, "Variable", fake)
     return fake
 
 

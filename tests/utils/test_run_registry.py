@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import run_registry, task_records
 from tests.operators.fakes import FakeTaskStateStore, FakeVariables
 
 TI = SimpleNamespace(dag_id="nightly", task_id="refresh", run_id="scheduled__2024-06-01", map_index=-1)
@@ -17,7 +17,7 @@ TI = SimpleNamespace(dag_id="nightly", task_id="refresh", run_id="scheduled__202
 @pytest.fixture
 def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
     fake = FakeVariables()
-    monkeypatch.setattr(run_registry, "Variable", fake)
+    monkeypatch.setattr(task_records, "Variable", fake)
     return fake
 
 
