@@ -66,8 +66,9 @@ class DuneAPIError(DuneError):
 
     def redact(self, secret: str) -> None:
         """Remove ``secret`` (the API key) from the message, e.g. when a server echoed it back."""
-        if secret and secret in self.message:
-            self.message = redact(self.message, secret)
+        redacted = redact(self.message, secret)
+        if redacted != self.message:
+            self.message = redacted
             self.args = (self._format(),)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
@@ -78,9 +79,28 @@ class DuneAPIError(DuneError):
         )
 
 
+#: The shortest piece of the key at either end of a text that :func:`redact` removes (a text cut mid-key).
+_MIN_REDACTED_PIECE = 4
+
+
 def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
-    return text.replace(secret, "***") if secret else text
+    """``text`` with every occurrence of ``secret`` replaced by ``***``.
+
+    A text that was cut elsewhere may also end with the key's beginning or start with its end; such pieces
+    (from 4 characters) are replaced too. Callers redact before they truncate, so this is a second line.
+    """
+    if not secret:
+        return text
+    text = text.replace(secret, "***")
+    for size in range(min(len(secret), len(text)) - 1, _MIN_REDACTED_PIECE - 1, -1):
+        if text.endswith(secret[:size]):
+            text = text[:-size] + "***"
+            break
+    for size in range(min(len(secret), len(text)) - 1, _MIN_REDACTED_PIECE - 1, -1):
+        if text.startswith(secret[-size:]):
+            text = "***" + text[size:]
+            break
+    return text
 
 
 def _rebuild_error(
@@ -277,9 +297,13 @@ def _error_class_for(status_code: int, message: str) -> type[DuneAPIError]:
     return _STATUS_CLASSES.get(status_code, DuneAPIError)
 
 
-def error_message_from_body(body: bytes | str | None, status_code: int) -> str:
-    """Extract Dune's ``{"error": "..."}`` message, falling back to a trimmed body or the reason phrase."""
+def error_message_from_body(body: bytes | str | None, status_code: int, *, secret: str = "") -> str:
+    """Extract Dune's ``{"error": "..."}`` message, falling back to a trimmed body or the reason phrase.
+
+    ``secret`` (the API key) is removed before the message is cut, so no piece of it survives the cut.
+    """
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else (body or "")
+    text = redact(text, secret)
     try:
         payload = json.loads(text) if text else None
     except (ValueError, RecursionError):
@@ -322,19 +346,20 @@ def error_from_response(
     headers: Mapping[str, str] | None = None,
     *,
     endpoint: str | None = None,
+    secret: str = "",
 ) -> DuneAPIError:
-    """Map a non-2xx Dune response to the matching :class:`DuneAPIError` subclass."""
+    """Map a non-2xx Dune response to the matching :class:`DuneAPIError` subclass (``secret`` redacted)."""
     lowered = {key.lower(): value for key, value in (headers or {}).items()}
     if 300 <= status_code < 400:
         location = lowered.get("location")
-        where = f" to {location[:200]}" if location else " (no Location header)"
+        where = f" to {redact(location, secret)[:200]}" if location else " (no Location header)"
         return DuneRedirectError(
             f"the server answered HTTP {status_code}, a redirect{where}; redirects are not followed, so the API key "
             "is only ever sent to the configured host",
             http_status=status_code,
             endpoint=endpoint,
         )
-    message = error_message_from_body(body, status_code)
+    message = error_message_from_body(body, status_code, secret=secret)
     retry_after = parse_retry_after(lowered.get("retry-after"))
     error_class = _error_class_for(status_code, message)
     return error_class(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after)

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_dune.api.endpoints import DuneRequest
-from airflow_provider_dune.api.errors import DuneAPIError, DuneResponseError, error_from_response, redact
+from airflow_provider_dune.api.errors import DuneResponseError, error_from_response, redact
+
+_PREVIEW_BYTES = 120
 
 
 def decode_response(
@@ -18,14 +20,14 @@ def decode_response(
     ``secret`` (the API key) is removed from every message built from the body, should a server echo it.
     """
     if not 200 <= status_code < 300:
-        error: DuneAPIError = error_from_response(status_code, content, headers, endpoint=request.description)
-        error.redact(secret)
-        raise error
+        raise error_from_response(status_code, content, headers, endpoint=request.description, secret=secret)
     try:
         return json.loads(content) if content else {}
     except (ValueError, RecursionError) as err:
         reason = "nested too deeply" if isinstance(err, RecursionError) else "not valid JSON"
-        preview = redact(content[:120].decode("utf-8", errors="replace"), secret)
+        # Redacted before the cut, over enough bytes to hold a key that straddles it.
+        preview = redact(content[: _PREVIEW_BYTES + len(secret.encode())].decode("utf-8", errors="replace"), secret)
+        preview = preview[:_PREVIEW_BYTES]
         raise DuneResponseError(
             f"the response is {reason} (starts with {preview!r})",
             http_status=status_code,

@@ -126,3 +126,44 @@ def test_may_have_started_run_survives_pickling() -> None:
     error.mark_may_have_started_run("it may have started")
     copy = pickle.loads(pickle.dumps(error))
     assert copy.may_have_started_run and copy.request_sent and "it may have started" in str(copy)
+
+
+def _pieces(secret: str, size: int = 6) -> list[str]:
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
+
+
+@pytest.mark.parametrize("shape", ["json-error", "json-message", "plain-text"])
+@pytest.mark.parametrize("offset", range(470, 500, 3))
+def test_a_key_echoed_across_the_message_cut_leaves_no_piece(shape: str, offset: int) -> None:
+    """The message is cut at 500 characters: the key is removed before the cut, wherever it straddles it."""
+    from airflow_provider_dune.api import endpoints
+    from airflow_provider_dune.api.responses import decode_response
+
+    key = "KEY0123456789abcdefghijklmnopqrstu"  # 34 characters, none of its 6-character pieces occur elsewhere
+    text = "x" * offset + key + " trailing"
+    body = {"json-error": f'{{"error": "{text}"}}', "json-message": f'{{"message": "{text}"}}', "plain-text": text}
+    with pytest.raises(DuneAPIError) as info:
+        decode_response(endpoints.get_pipeline_status("P1"), 500, body[shape].encode(), {}, secret=key)
+    leaked = [piece for piece in _pieces(key) if piece in str(info.value)]
+    assert leaked == [], str(info.value)[-80:]
+
+
+@pytest.mark.parametrize("offset", range(100, 121, 2))
+def test_a_key_echoed_across_the_preview_cut_leaves_no_piece(offset: int) -> None:
+    from airflow_provider_dune.api import endpoints
+    from airflow_provider_dune.api.errors import DuneResponseError
+    from airflow_provider_dune.api.responses import decode_response
+
+    key = "KEY0123456789abcdefghijklmnopqrstu"
+    with pytest.raises(DuneResponseError) as info:
+        decode_response(endpoints.get_pipeline_status("P1"), 200, ("<" * offset + key).encode(), {}, secret=key)
+    assert [piece for piece in _pieces(key) if piece in str(info.value)] == [], str(info.value)
+
+
+def test_redact_removes_a_piece_of_the_key_left_at_either_end_of_a_cut_text() -> None:
+    from airflow_provider_dune.api.errors import redact
+
+    key = "KEY0123456789abcdef"
+    assert redact("invalid API key KEY0123456", key) == "invalid API key ***"
+    assert redact("789abcdef was refused", key) == "*** was refused"
+    assert redact("nothing here", key) == "nothing here"
