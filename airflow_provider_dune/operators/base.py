@@ -17,12 +17,14 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
 from airflow_provider_dune.api.errors import (
+    DuneAPIError,
     DuneConfigurationError,
     DuneDatapointLimitError,
     DuneError,
     DuneNotFoundError,
     DunePartialResultError,
 )
+from airflow_provider_dune.api.failures import not_retried, permanent_request_failure, permanent_run_failure
 from airflow_provider_dune.api.forecast import observed_duration
 from airflow_provider_dune.api.models import PipelineOutcome
 from airflow_provider_dune.api.validation import (
@@ -323,7 +325,13 @@ class DuneRunOperator(BaseOperator):
             retry_setting="retry_unconfirmed_start",
             allow_retry=self.retry_unconfirmed_start,
         ):
-            return self.start_run(hook, request)
+            try:
+                return self.start_run(hook, request)
+            except DuneAPIError as err:
+                reason = permanent_request_failure(err)
+                if reason is None:
+                    raise
+                raise AirflowFailException(not_retried(str(err), reason, "be refused")) from None
 
     def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> tuple[str, Snapshot] | None:
         """The run a previous try of this task instance started, when it is still running or it succeeded.
@@ -335,7 +343,7 @@ class DuneRunOperator(BaseOperator):
         if not self.reuse_existing_execution:
             return None
         try:
-            previous = run_registry.recall(context, fingerprint)
+            record = run_registry.read(context)
         except run_registry.RunRecordUnavailable as err:
             if getattr(context["ti"], "try_number", 1) <= 1:  # no earlier try of this task instance to find
                 self.log.warning("%s; this is the first try, so no earlier run can exist", err)
@@ -344,6 +352,16 @@ class DuneRunOperator(BaseOperator):
                 f"{str(err)[:1].upper()}{str(err)[1:]}. Not starting another billed run while one a previous try "
                 "started may still be running; the next try of this task checks again."
             ) from None
+        if record and record.get("ended"):
+            self.log.warning(
+                "Try %s ran %s, which ended %s: %s. Starting a new run.",
+                record.get("try", "?"),
+                self.run_label(str(record.get("run_id"))),
+                record["ended"],
+                record.get("summary") or "no details",
+            )
+            return None
+        previous = run_registry.recall(context, fingerprint) if record else None
         if not previous:
             return None
         try:
@@ -454,13 +472,31 @@ class DuneRunOperator(BaseOperator):
             emit_asset_events(context, self.outlets, self.refreshed_objects(details or {}), self.log)
             return result
         cancelled = self.cancel_running(run_id, details)
-        run_registry.forget(context)
         if cancelled:
             message += f"\nCancelled {cancelled} still-running {self.cancelled_noun} so they use no more credits."
         if status == TIMEOUT and self.timeout is not None:
             message += f"\nTimeout was {self.timeout:g} s; raise `timeout` if the run legitimately needs longer."
         self._lineage_error = message
+        reason = permanent_run_failure(details) if status == "failed" else None
+        if reason is not None:
+            run_registry.forget(context)
+            raise AirflowFailException(not_retried(message, reason, "start another billed run that fails"))
+        self._remember_for_next_try(context, run_id, status, message)
         raise AirflowException(message)
+
+    def _remember_for_next_try(self, context: Context, run_id: str, status: str, message: str) -> None:
+        """Keep what this run was for the log of the next try, when Airflow will retry the task."""
+        ti = context["ti"]
+        tries, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+        if not (isinstance(tries, int) and isinstance(max_tries, int) and tries <= max_tries):
+            run_registry.forget(context)
+            return
+        try:
+            fingerprint = self.request_fingerprint(self.build_request(allow_templates=False))
+        except Exception:  # nothing to compare with: the next try starts a new run anyway
+            fingerprint = ""
+        summary = " / ".join(line.strip() for line in message.splitlines() if line.strip())[:400] or status
+        run_registry.remember_ended(context, run_id, fingerprint, outcome=status, summary=summary, try_number=tries)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """A trigger that failed or timed out in the triggerer (Airflow's ``__fail__``): cancel what still runs

@@ -50,13 +50,32 @@ def remember(context: Mapping[str, Any], run_id: str, fingerprint: str) -> None:
         log.warning("Could not record Dune run %s for re-attachment on retry: %s", run_id, err)
 
 
+def remember_ended(
+    context: Mapping[str, Any], run_id: str, fingerprint: str, *, outcome: str, summary: str, try_number: int
+) -> None:
+    """Record that the run ended without success, so the next try names it in its log (and starts a new one)."""
+    value = {"run_id": run_id, "fingerprint": fingerprint, "ended": outcome, "summary": summary, "try": try_number}
+    try:
+        RECORD.write(context, value)
+    except TaskRecordUnavailable as err:
+        log.debug("Could not record the outcome of Dune run %s: %s", run_id, err)
+
+
+def read(context: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The whole record of this task instance (a run it started, or one that ended: ``ended`` is set).
+
+    :raises RunRecordUnavailable: the record could not be read.
+    """
+    return RECORD.read(context)
+
+
 def recall(context: Mapping[str, Any], fingerprint: str) -> str | None:
-    """The run recorded for this task instance with the same request fingerprint, if any.
+    """The run recorded for this task instance with the same request fingerprint, if it has not ended.
 
     :raises RunRecordUnavailable: the record could not be read.
     """
     record = RECORD.read(context)
-    if record is None or record.get("fingerprint") != fingerprint:
+    if record is None or record.get("fingerprint") != fingerprint or record.get("ended"):
         return None
     run_id = record.get("run_id")
     return run_id if isinstance(run_id, str) and run_id else None
@@ -65,7 +84,7 @@ def recall(context: Mapping[str, Any], fingerprint: str) -> str | None:
 def recall_any(context: Mapping[str, Any]) -> str | None:
     """The run recorded for this task instance, whatever request started it (:meth:`recall` raises the same)."""
     record = RECORD.read(context)
-    run_id = record.get("run_id") if record else None
+    run_id = record.get("run_id") if record and not record.get("ended") else None
     return run_id if isinstance(run_id, str) and run_id else None
 
 

@@ -246,3 +246,82 @@ def test_a_failed_trigger_cancels_and_forgets_the_run(
     assert emulator.counts.get("cancel_execution") == 1
     assert records.store == {}
     json.dumps(first.trigger.serialize()[1])  # the trigger never carried anything but ids and settings
+
+
+# -- failures a retry cannot change, and what the next try is told ------------------------------------------------
+
+SQL_ERROR = "line 3:14: Column 'volume_usdd' cannot be resolved"
+
+
+@pytest.mark.parametrize("operator", ["pipeline", "query"])
+def test_a_run_that_failed_on_an_sql_error_fails_without_retries(
+    emulator: DuneEmulator, context: dict[str, Any], operator: str
+) -> None:
+    """Dune bills failed executions too: a retry would pay for a run that fails the same way."""
+    emulator.add_query(QUICK, duration=0.05, error=SQL_ERROR)
+    op = pipeline_op(query_id=QUICK, deferrable=False) if operator == "pipeline" else query_op()
+    context["ti"].max_tries = 2
+    with pytest.raises(AirflowFailException) as info:
+        op.execute(context)
+    message = str(info.value)
+    assert "cannot be resolved" in message
+    assert message.count("\nNot retried: this is an SQL error") == 1
+    assert emulator.executions_started(QUICK) == 1
+
+
+@pytest.mark.parametrize("operator", ["pipeline", "query"])
+def test_a_transient_failure_keeps_the_retries_and_the_next_try_names_the_failed_run(
+    emulator: DuneEmulator,
+    context: dict[str, Any],
+    operator: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emulator.add_query(QUICK, duration=0.05, error="Internal error while executing the query, please try again")
+    op = pipeline_op(query_id=QUICK, deferrable=False) if operator == "pipeline" else query_op()
+    ti = context["ti"]
+    ti.max_tries = 1
+    with pytest.raises(AirflowException) as info:
+        op.execute(context)
+    assert not isinstance(info.value, AirflowFailException), info.value
+    failed_run = ti.xcom[op.id_field]
+
+    emulator.add_query(QUICK, duration=0.05, rows=ROWS)  # fixed on Dune's side before the retry
+    ti.try_number = 2
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        assert op.execute(context)["outcome"] == "success"
+    logged = caplog.text + capsys.readouterr().out  # stdlib logging on Airflow 2, structlog's output on 3
+    assert f"Try 1 ran {op.run_label(failed_run)}, which ended failed: " in logged
+    assert "Internal error" in logged
+    assert emulator.executions_started(QUICK) == 2
+
+
+def test_the_last_try_leaves_no_record_behind(
+    emulator: DuneEmulator, context: dict[str, Any], records: FakeVariables | FakeTaskStateStore
+) -> None:
+    emulator.add_query(QUICK, duration=0.05, error="Internal error")
+    context["ti"].max_tries = 0
+    with pytest.raises(AirflowException):
+        query_op().execute(context)
+    assert records.store == {}
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (SQL_ERROR, "an SQL error"),
+        ("mismatched input 'FORM'. Expecting: ...", "an error in the query (SQL or parameters)"),
+        ("Table 'dex.tradez' does not exist", "a missing table, query or view"),
+        ("Not allowed to execute query. Query is archived", "a missing permission"),
+        ("Query exceeded the maximum execution time (timeout)", None),
+        ("Internal error", None),
+        ("", None),
+        ("line 1:1: internal error, please try again", None),  # a transient sign keeps the retries
+    ],
+)
+def test_which_failures_are_permanent(message: str, reason: str | None) -> None:
+    from airflow_provider_dune.api.failures import permanent_run_failure
+
+    assert permanent_run_failure({"error_message": message}) == reason
+    assert permanent_run_failure({"error": None, "nodes": [{"error": None}, {"error": message}]}) == reason

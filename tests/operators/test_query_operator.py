@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from airflow.exceptions import AirflowException, TaskDeferred
 
-from airflow_provider_dune.api.errors import DuneConfigurationError, DuneCreditsExhaustedError, DuneNotFoundError
+from airflow_provider_dune.api.errors import DuneConfigurationError, DuneCreditsExhaustedError
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
@@ -110,10 +110,11 @@ def test_failed_query_fails_with_dunes_error(context: dict[str, Any]) -> None:
         query_op(query_id=8003).execute(context)
 
 
-def test_unknown_query_and_bad_parameters(context: dict[str, Any]) -> None:
-    with pytest.raises(DuneNotFoundError):
+def test_unknown_query_and_bad_parameters_fail_without_retries(context: dict[str, Any]) -> None:
+    """Dune refused the start: another try would be refused the same way, so Airflow does not retry."""
+    with pytest.raises(AirflowFailException, match=r"(?s)HTTP 404.*Not retried: this is a missing query"):
         query_op(query_id=999999).execute(context)
-    with pytest.raises(AirflowException, match="HTTP 400"):
+    with pytest.raises(AirflowFailException, match=r"(?s)HTTP 400.*\nNot retried: "):
         query_op(query_parameters={"nope": 1}).execute(context)
 
 
@@ -179,7 +180,7 @@ def test_refresh_materialized_view(emulator: DuneEmulator, context: dict[str, An
     ).execute(context)
     assert result["outcome"] == "success"
     assert emulator.counts["refresh_materialized_view"] == 1
-    with pytest.raises(DuneNotFoundError):
+    with pytest.raises(AirflowFailException, match=r"(?s)HTTP 404.*Not retried"):
         DuneRefreshMaterializedViewOperator(task_id="r2", view_name="dune.nope.missing", deferrable=False).execute(
             context
         )
