@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError
@@ -162,6 +163,31 @@ def validate_cron(value: Any) -> str | None:
     return " ".join(value.split())
 
 
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\d)[Tt](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)$")
+
+
+def normalise_rfc3339(value: Any, what: str) -> str:
+    """One spelling of an RFC 3339 time, in UTC: ``2027-01-01T01:00:00.500+01:00`` -> ``2027-01-01T00:00:00.5Z``.
+
+    Equal instants spelled differently (``Z`` or ``+00:00``, fractional zeros, another offset) compare equal, so
+    a definition is not sent again (a billed view refresh) when only the spelling changed.
+    """
+    match = _RFC3339.match(value.strip()) if isinstance(value, str) else None
+    try:
+        if match is None:
+            raise ValueError("not an RFC 3339 time")
+        day, clock, fraction, zone = match.groups()
+        zone = "+00:00" if zone in ("Z", "z") else zone
+        when = datetime.fromisoformat(f"{day}T{clock}{zone}").astimezone(timezone.utc)
+    except ValueError:
+        raise DuneConfigurationError(
+            f"{what} must be an RFC 3339 time with its offset, such as '2027-01-01T00:00:00Z', got {value!r}"
+        ) from None
+    # The fraction is kept as written (up to nanoseconds), minus trailing zeros: offsets are whole minutes.
+    digits = (fraction or "").rstrip("0")
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{digits}" if digits else "") + "Z"
+
+
 @dataclass(frozen=True)
 class MaterializedViewDefinition:
     """A materialized view as code: Dune stores a query's result as a table and refreshes it on ``cron``.
@@ -171,7 +197,7 @@ class MaterializedViewDefinition:
     :param cron_expression: Dune-side refresh schedule (``None``: refreshed only on request).
     :param performance: ``small``, ``medium`` or ``large``.
     :param is_private: visible to the owning team only.
-    :param expires_at: when Dune drops the view (RFC 3339), ``None`` for never.
+    :param expires_at: when Dune drops the view (RFC 3339, kept in UTC as ``...Z``), ``None`` for never.
     """
 
     name: str
@@ -194,17 +220,13 @@ class MaterializedViewDefinition:
     ) -> MaterializedViewDefinition:
         if not isinstance(is_private, bool):
             raise DuneConfigurationError(f"is_private must be True or False, got {is_private!r}")
-        if expires_at is not None and (not isinstance(expires_at, str) or "T" not in expires_at):
-            raise DuneConfigurationError(
-                f"expires_at must be an RFC 3339 timestamp such as '2027-01-01T00:00:00Z', got {expires_at!r}"
-            )
         return cls(
             validate_view_name(name),
             validate_query_id(query_id),
             validate_cron(cron_expression),
             validate_view_performance(performance),
             is_private,
-            expires_at,
+            None if expires_at is None else normalise_rfc3339(expires_at, "expires_at"),
         )
 
     def to_request(self) -> dict[str, Any]:

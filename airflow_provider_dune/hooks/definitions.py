@@ -3,13 +3,13 @@ results without running anything: saved queries, raw SQL, latest results, materi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar
 
 from airflow_provider_dune.api import endpoints
 from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition, TableDefinition
 from airflow_provider_dune.api.endpoints import DuneRequest
-from airflow_provider_dune.api.errors import DuneError, DuneResponseError
+from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError, DuneResponseError
 from airflow_provider_dune.api.models import (
     ExecutionStarted,
     MaterializedViewUpsert,
@@ -50,15 +50,28 @@ class DuneDefinitionsMixin:
         """Replace a saved query's SQL, name, parameters and flags (a new version on dune.com)."""
         return parse_query_id(self.run(endpoints.update_query(query_id, definition)), "update query")
 
-    def sync_query(self, definition: QueryDefinition, query_id: int | None = None) -> tuple[int, str, list[str]]:
+    def sync_query(
+        self, definition: QueryDefinition, query_id: int | None = None, expected_names: Collection[str] = ()
+    ) -> tuple[int, str, list[str]]:
         """Make Dune's query match ``definition``: ``(query_id, "created" | "updated" | "unchanged", changed)``.
 
         With ``query_id`` the query is read first and only updated when something differs, so a re-run makes no
         new version; without one a query is created.
+
+        :param expected_names: when given, the query on Dune must have one of these names, or nothing is sent
+            (:class:`~airflow_provider_dune.api.errors.DuneConfigurationError`): a remembered id that points at
+            another query must not overwrite it.
         """
         if query_id is None:
             return self.create_query(definition), "created", ["all"]
-        changed = definition.changes_from(self.get_query(query_id))
+        current = self.get_query(query_id)
+        if expected_names and current.get("name") not in expected_names:
+            names = " or ".join(repr(name) for name in sorted(expected_names))
+            raise DuneConfigurationError(
+                f"Dune query {query_id} is named {current.get('name')!r}, not {names}: it is not the query this "
+                "definition was synced to, so it is left unchanged"
+            )
+        changed = definition.changes_from(current)
         if not changed:
             return query_id, "unchanged", []
         return self.update_query(query_id, definition), "updated", changed

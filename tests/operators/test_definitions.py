@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationErro
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators import definitions as definitions_module
 from airflow_provider_dune.operators.definitions import (
+    VIEW_VARIABLE_PREFIX,
     DuneDeleteMaterializedViewOperator,
     DuneSyncQueryOperator,
     DuneUpsertMaterializedViewOperator,
@@ -19,7 +21,8 @@ from airflow_provider_dune.operators.definitions import (
 from airflow_provider_dune.operators.sql import DuneExecuteSQLOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.utils import task_records
-from tests.operators.fakes import FakeTI, FakeVariables
+from airflow_provider_dune.version_compat import AirflowFailException
+from tests.operators.fakes import FakeTaskStateStore, FakeTI, FakeVariables
 
 SQL = "SELECT block_date, SUM(amount_usd) AS volume\nFROM dex.trades\nWHERE block_date = DATE '{{day}}'\nGROUP BY 1"
 
@@ -52,7 +55,10 @@ def test_sync_creates_once_then_changes_nothing_then_updates(
     dune_emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
 ) -> None:
     query_id = sync().execute(context)
-    assert variables.store["airflow_provider_dune_query__daily_volume"] == str(query_id)
+    assert json.loads(variables.store["airflow_provider_dune_query__daily_volume"]) == {
+        "query_id": query_id,
+        "name": "daily volume",
+    }
     assert sync().execute(context) == query_id  # unchanged: nothing sent
     assert dune_emulator.counts.get("create_query") == 1 and "update_query" not in dune_emulator.counts
     changed = sync(sql=SQL.replace("SUM", "AVG"), tags=["dex"]).execute(context)
@@ -74,7 +80,8 @@ def test_sync_recreates_a_query_deleted_on_dune(
 ) -> None:
     variables.store["airflow_provider_dune_query__daily_volume"] = "1999999"  # remembered, but gone
     query_id = sync().execute(context)
-    assert query_id != 1999999 and variables.store["airflow_provider_dune_query__daily_volume"] == str(query_id)
+    assert query_id != 1999999
+    assert json.loads(variables.store["airflow_provider_dune_query__daily_volume"])["query_id"] == query_id
 
 
 def test_sync_of_an_explicit_query_id_updates_it(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
@@ -84,9 +91,20 @@ def test_sync_of_an_explicit_query_id_updates_it(dune_emulator: DuneEmulator, co
 
 def test_an_unanswered_create_is_not_sent_twice(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
     dune_emulator.inject("create_query", Fault.drop_after_processing())
-    with pytest.raises(DuneAPIError, match="saved the query"):
+    with pytest.raises(AirflowFailException, match="saved the query"):
         sync().execute(context)
     assert dune_emulator.counts["create_query"] == 1
+
+
+def test_a_refused_create_withdraws_the_intent(
+    dune_emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
+) -> None:
+    dune_emulator.inject("create_query", Fault.status(400, "invalid request body"))
+    with pytest.raises(DuneAPIError, match="invalid request body"):
+        sync().execute(context)
+    assert "airflow_provider_dune_query__daily_volume" not in variables.store
+    sync().execute(context)  # nothing was created: the next run creates it
+    assert dune_emulator.counts["create_query"] == 2
 
 
 @pytest.mark.parametrize(
@@ -309,3 +327,200 @@ def test_results_as_dataframes(dune_emulator: DuneEmulator, dune_conn_id: str) -
     assert len(latest) == 7 and "volume_usd" in latest.columns
     with pytest.raises(Exception, match="exactly one of execution_id or query_id"):
         next(hook.iter_results_dataframes())
+
+
+# -- retries, lost answers and shared keys ------------------------------------------------------------------
+
+
+def run_with_airflow_retries(task: Any, context: dict[str, Any], retries: int = 1) -> Any:
+    """Execute ``task`` as Airflow would for one task instance: an error other than ``AirflowFailException``
+    is retried (the same TI, the next try number) up to ``retries`` times."""
+    for attempt in range(1, retries + 2):
+        context["ti"].try_number = attempt
+        try:
+            return task.execute(context)
+        except AirflowFailException:
+            raise
+        except Exception:
+            if attempt > retries:
+                raise
+    raise AssertionError("unreachable")
+
+
+class FlakyVariables(FakeVariables):
+    """Variables whose ``set`` of keys starting with ``prefix`` fails ``failures`` times."""
+
+    def __init__(self, prefix: str, failures: int = 1) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.failures = failures
+
+    def set(self, key: str, value: str, description: str | None = None) -> None:
+        if key.startswith(self.prefix) and self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("the metadata database is unavailable")
+        super().set(key, value, description)
+
+
+@pytest.fixture(params=["variable", "task_state_store"])
+def retry_context(
+    request: pytest.FixtureRequest, dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """A context whose task records live in Variables (Airflow < 3.3) or in the task state store (3.3+)."""
+    variables = FlakyVariables(VIEW_VARIABLE_PREFIX, failures=0)
+    monkeypatch.setattr(task_records, "Variable", variables)
+    monkeypatch.setattr(definitions_module, "Variable", variables)
+    store = {"task_state_store": FakeTaskStateStore()} if request.param == "task_state_store" else {}
+    return {"ti": FakeTI(dune_emulator), "variables": variables, **store}
+
+
+def test_a_lost_upsert_answer_is_not_upserted_again_by_a_retry(
+    dune_emulator: DuneEmulator, retry_context: dict[str, Any]
+) -> None:
+    dune_emulator.inject("upsert_materialized_view", Fault.drop_after_processing())
+    with pytest.raises(AirflowFailException) as info:
+        run_with_airflow_retries(view(), retry_context)
+    assert dune_emulator.counts["upsert_materialized_view"] == 1  # one billed refresh, not two
+    message = str(info.value)
+    assert "dune.demo.result_code_view" in message and "a second billed refresh" in message
+    assert "airflow_provider_dune_view__dune.demo.result_code_view" in message  # what to set if it was applied
+
+
+def test_a_retry_after_the_digest_could_not_be_saved_does_not_upsert_again(
+    dune_emulator: DuneEmulator, retry_context: dict[str, Any]
+) -> None:
+    variables: FlakyVariables = retry_context["variables"]
+    variables.failures = 1
+    result = run_with_airflow_retries(view(), retry_context)
+    assert dune_emulator.counts["upsert_materialized_view"] == 1
+    assert result["action"] == "created" and result["execution_id"]
+    assert view().execute(retry_context)["action"] == "unchanged"  # the digest was saved by the retry
+    assert dune_emulator.counts["upsert_materialized_view"] == 1
+
+
+def test_an_upsert_that_cannot_be_recorded_anywhere_fails_without_retries(
+    dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variables = FlakyVariables("airflow_provider_dune_view", failures=2)  # the task record and the digest
+    monkeypatch.setattr(task_records, "Variable", variables)
+    monkeypatch.setattr(definitions_module, "Variable", variables)
+    with pytest.raises(
+        AirflowFailException, match=r"Set Variable airflow_provider_dune_view__dune\.demo\.result_code_view"
+    ):
+        run_with_airflow_retries(view(), {"ti": FakeTI(dune_emulator)})
+    assert dune_emulator.counts["upsert_materialized_view"] == 1
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["2027-01-01T00:00:00+00:00", "2027-01-01T00:00:00.000Z", "2027-01-01T01:00:00+01:00", "2027-01-01t00:00:00z"],
+)
+def test_the_spelling_of_expires_at_does_not_pay_a_refresh(
+    dune_emulator: DuneEmulator, context: dict[str, Any], spelling: str
+) -> None:
+    view(expires_at="2027-01-01T00:00:00Z").execute(context)
+    assert view(expires_at=spelling).execute(context)["action"] == "unchanged"
+    assert dune_emulator.counts["upsert_materialized_view"] == 1
+    assert view(expires_at="2027-01-01T00:00:00.5Z").execute(context)["action"] == "updated"
+
+
+@pytest.mark.parametrize("expires_at", ["2027-13-01T00:00:00Z", "2027-01-01T00:00:00", "2027-01-01 00:00"])
+def test_an_unreadable_expires_at_is_refused(
+    dune_emulator: DuneEmulator, context: dict[str, Any], expires_at: str
+) -> None:
+    with pytest.raises(DuneConfigurationError, match="RFC 3339"):
+        view(expires_at=expires_at).execute(context)
+    assert dune_emulator.counts == {}
+
+
+def test_two_tasks_declaring_one_view_differently_fail_clearly(
+    dune_emulator: DuneEmulator, context: dict[str, Any]
+) -> None:
+    context["ti"].dag_id, context["ti"].task_id = "dag_a", "view_a"
+    view().execute(context)
+    context["ti"].dag_id, context["ti"].task_id = "dag_b", "view_b"
+    assert view().execute(context)["action"] == "unchanged"  # the same definition: fine
+    with pytest.raises(DuneConfigurationError, match=r"dag_a\.view_a") as info:
+        view(cron_expression="0 */12 * * *").execute(context)
+    assert "take_over=True" in str(info.value)
+    assert dune_emulator.counts["upsert_materialized_view"] == 1
+    assert view(cron_expression="0 */12 * * *", take_over=True).execute(context)["action"] == "updated"
+    context["ti"].dag_id, context["ti"].task_id = "dag_a", "view_a"
+    with pytest.raises(DuneConfigurationError, match=r"dag_b\.view_b"):
+        view().execute(context)
+    assert dune_emulator.counts["upsert_materialized_view"] == 2
+
+
+def test_a_lost_create_answer_under_an_airflow_retry_creates_one_query(
+    dune_emulator: DuneEmulator, retry_context: dict[str, Any]
+) -> None:
+    dune_emulator.inject("create_query", Fault.drop_after_processing())
+    with pytest.raises(AirflowFailException) as info:
+        run_with_airflow_retries(sync(), retry_context)
+    assert dune_emulator.counts["create_query"] == 1
+    assert "'daily volume'" in str(info.value) and "query_id=" in str(info.value)
+    # The user clears the task without looking: it still does not create a second query.
+    retry_context["ti"].try_number = 1
+    with pytest.raises(DuneConfigurationError, match="started creating query 'daily volume'"):
+        sync().execute(retry_context)
+    assert dune_emulator.counts["create_query"] == 1
+
+
+def test_two_tasks_syncing_one_key_at_once_create_one_query(
+    dune_emulator: DuneEmulator, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other_task: list[BaseException] = []
+    create = DuneHook.create_query
+
+    def create_while_another_task_syncs(hook: DuneHook, definition: QueryDefinition) -> int:
+        # The other task runs between this task's look at the Variable and its create.
+        monkeypatch.setattr(DuneHook, "create_query", create)
+        try:
+            sync(task_id="other").execute({"ti": FakeTI(dune_emulator, run_id="other_run")})
+        except Exception as err:
+            other_task.append(err)
+        return create(hook, definition)
+
+    monkeypatch.setattr(DuneHook, "create_query", create_while_another_task_syncs)
+    query_id = sync().execute(context)
+    assert dune_emulator.counts["create_query"] == 1
+    assert len(other_task) == 1 and isinstance(other_task[0], DuneConfigurationError)
+    assert "started creating query 'daily volume'" in str(other_task[0])
+    assert sync().execute(context) == query_id  # the intent was replaced by the id
+
+
+def test_names_sharing_a_key_are_refused(dune_emulator: DuneEmulator, context: dict[str, Any]) -> None:
+    sync(name="Daily volume").execute(context)
+    with pytest.raises(DuneConfigurationError, match="query_key") as info:
+        sync(name="daily volume!").execute(context)
+    assert "'Daily volume'" in str(info.value)
+    assert "update_query" not in dune_emulator.counts
+    other = sync(name="daily volume!", query_key="daily_volume_bang").execute(context)
+    assert dune_emulator.counts["create_query"] == 2 and other
+
+
+def test_a_plain_id_variable_is_still_read(
+    dune_emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables
+) -> None:
+    with DuneHook() as hook:
+        query_id = hook.create_query(QueryDefinition.build(name="daily volume", sql="SELECT 1"))
+    variables.store["airflow_provider_dune_query__daily_volume"] = str(query_id)
+    assert sync().execute(context) == query_id
+    assert dune_emulator.counts["create_query"] == 1 and dune_emulator.counts["update_query"] == 1
+    assert json.loads(variables.store["airflow_provider_dune_query__daily_volume"]) == {
+        "query_id": query_id,
+        "name": "daily volume",
+    }
+
+
+@pytest.mark.parametrize("recorded", ["plain", "json"])
+def test_a_variable_pointing_at_another_query_is_refused(
+    dune_emulator: DuneEmulator, context: dict[str, Any], variables: FakeVariables, recorded: str
+) -> None:
+    sync().execute(context)
+    key = "airflow_provider_dune_query__daily_volume"
+    variables.store[key] = "1003" if recorded == "plain" else json.dumps({"query_id": 1003, "name": "daily volume"})
+    with pytest.raises(DuneConfigurationError, match="token_prices_latest") as info:
+        sync(sql="SELECT 2", parameters=[]).execute(context)
+    assert "update_query" not in dune_emulator.counts
+    assert key in str(info.value)
