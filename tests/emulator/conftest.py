@@ -136,7 +136,7 @@ class SpecChecker:
         if response is None:
             return None
         schema: dict[str, Any] = response["content"]["application/json"]["schema"]
-        return {"$ref": "urn:spec" + schema["$ref"]}
+        return {"$ref": "urn:spec" + schema["$ref"]} if "$ref" in schema else schema  # inline: {"type": "object"}
 
     def validate(self, endpoint: str, status: int, body: Any) -> None:
         """Raise ``jsonschema.ValidationError`` when ``body`` does not conform."""

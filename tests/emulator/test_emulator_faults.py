@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import requests
 
+from airflow_provider_dune.testing._model import ENDPOINTS
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from tests.emulator.conftest import WRITE_KEY, Api, FakeClock
 
@@ -280,3 +282,79 @@ def test_reset_forgets_runs_but_keeps_the_catalog(api: Api, emu: DuneEmulator) -
     assert api.get("/v1/query/1001").status_code == 200  # fault forgotten, query kept
     assert api.get(f"/v1/execution/{execution_id}/status").status_code == 404
     assert emu.counts == {"get_query": 1, "execution_status": 1}
+
+
+def _every_endpoint_request(api: Api, emu: DuneEmulator, endpoint: str) -> tuple[str, str, dict[str, Any]]:
+    """A valid request to ``endpoint`` on the demo catalog (setting up what it needs): method, path, options."""
+    schema = [{"name": "a", "type": "integer"}]
+    ndjson = {"data": b'{"a": 1}\n', "headers": {"Content-Type": "application/x-ndjson"}}
+    if endpoint in ("insert_rows", "clear_table", "delete_table"):
+        assert api.post("/v1/uploads", json={"namespace": "s", "table_name": "t", "schema": schema}).ok
+        assert api.post("/v1/uploads/s/t/insert", **ndjson).ok
+    if endpoint in ("pipeline_status",):
+        return "GET", f"/v1/pipelines/executions/{api.run_query_pipeline(1001)}/status", {}
+    execution = ""
+    if endpoint in ("execution_status", "execution_results", "cancel_execution"):
+        execution = api.post("/v1/query/1003/execute", json={}).json()["execution_id"]
+    created = 0
+    if endpoint in ("update_query", "upsert_materialized_view", "delete_materialized_view"):
+        created = api.post("/v1/query", json={"name": "q", "query_sql": "SELECT 1"}).json()["query_id"]
+    if endpoint == "delete_materialized_view":
+        assert api.post("/v1/materialized-views", json={"name": "dune.s.result_code", "query_id": created}).ok
+    view = "dune.demo.result_dex_trades_daily"
+    requests_by_endpoint: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "execute_query_pipeline": ("POST", "/v1/query/1001/pipeline/execute", {"json": {"performance": "medium"}}),
+        "execute_pipeline": (
+            "POST",
+            "/v1/pipelines/execute",
+            {"json": {"pipeline": {"nodes": [{"id": 1, "query_execution": {"query_id": 1003}}]}}},
+        ),
+        "get_query_pipeline": ("GET", "/v1/query/1001/pipeline", {}),
+        "execute_query": ("POST", "/v1/query/1003/execute", {"json": {}}),
+        "execution_status": ("GET", f"/v1/execution/{execution}/status", {}),
+        "execution_results": ("GET", f"/v1/execution/{execution}/results", {}),
+        "query_results": ("GET", "/v1/query/1003/results", {}),
+        "cancel_execution": ("POST", f"/v1/execution/{execution}/cancel", {}),
+        "refresh_materialized_view": ("POST", f"/v1/materialized-views/{view}/refresh", {"json": {}}),
+        "get_materialized_view": ("GET", f"/v1/materialized-views/{view}", {}),
+        "get_query": ("GET", "/v1/query/1003", {}),
+        "usage": ("POST", "/v1/usage", {"json": {}}),
+        "create_query": ("POST", "/v1/query", {"json": {"name": "lost", "query_sql": "SELECT 1"}}),
+        "update_query": ("PATCH", f"/v1/query/{created}", {"json": {"query_sql": "SELECT 2"}}),
+        "execute_sql": ("POST", "/v1/sql/execute", {"json": {"sql": "SELECT 1", "performance": "medium"}}),
+        "upsert_materialized_view": (
+            "POST",
+            "/v1/materialized-views",
+            {"json": {"name": "dune.s.result_lost", "query_id": created}},
+        ),
+        "delete_materialized_view": ("DELETE", "/v1/materialized-views/dune.s.result_code", {}),
+        "create_table": ("POST", "/v1/uploads", {"json": {"namespace": "s", "table_name": "u", "schema": schema}}),
+        "insert_rows": ("POST", "/v1/uploads/s/t/insert", ndjson),
+        "clear_table": ("POST", "/v1/uploads/s/t/clear", {}),
+        "delete_table": ("DELETE", "/v1/uploads/s/t", {}),
+    }
+    return requests_by_endpoint[endpoint]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_any_endpoint_can_lose_its_answer_after_doing_the_work(api: Api, emu: DuneEmulator, endpoint: str) -> None:
+    """``drop_after_processing`` works on every endpoint: the request is performed (a second, identical request
+    then sees its effect where it has one) and the connection closes without an answer."""
+    method, path, options = _every_endpoint_request(api, emu, endpoint)
+    emu.inject(endpoint, Fault.drop_after_processing())
+    with pytest.raises(requests.exceptions.ConnectionError):
+        api.session.request(method, api.url + path, timeout=5, **options)
+    recorded = emu.requests[-1]
+    assert (recorded.endpoint, recorded.status, recorded.fault) == (endpoint, None, "drop_after_processing")
+    again = api.session.request(method, api.url + path, timeout=5, **options)
+    effects = {
+        "create_table": lambda: again.json().get("already_existed") is True,
+        "delete_materialized_view": lambda: again.status_code == 404,
+        "delete_table": lambda: again.status_code == 404,
+        "insert_rows": lambda: again.ok,
+        "create_query": lambda: again.ok and again.json()["query_id"] != recorded.json_body,
+    }
+    if endpoint in effects:
+        assert effects[endpoint](), (again.status_code, again.text)
+    else:
+        assert again.status_code < 500, (again.status_code, again.text)
