@@ -7,7 +7,13 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError, DuneResponseError
-from airflow_provider_dune.api.models import is_partial_result, parse_timestamp, result_age_seconds
+from airflow_provider_dune.api.models import (
+    is_partial_result,
+    parse_result_metadata,
+    parse_timestamp,
+    result_age_seconds,
+)
+from airflow_provider_dune.api.paging import json_bytes_per_row
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.api.validation import (
     validate_positive_int,
@@ -88,7 +94,9 @@ class _DuneResultsOperator(_DuneExecutionOperator):
         ``/data/out.jsonl``), page by page, without holding the result in memory (templated).
     :param output_format: ``jsonl`` or ``csv``; inferred from the ``output_path`` suffix when omitted.
     :param page_size: most rows per results request; fewer when rows x columns would cross the
-        connection's ``max_datapoints_per_request`` (Dune's per-request cap).
+        connection's ``max_datapoints_per_request`` (Dune's per-request cap) or when a page would be much
+        larger than 32 MiB of JSON (estimated from the bytes Dune reports), so one page in memory stays
+        bounded. A page over 128 MiB is refused: lower ``page_size`` then.
     :param max_xcom_rows: largest result ``fetch_results`` accepts.
     :param allow_partial_results: accept ``QUERY_STATE_COMPLETED_PARTIAL`` (a result Dune truncated); by
         default it fails the task.
@@ -138,6 +146,7 @@ class _DuneResultsOperator(_DuneExecutionOperator):
             page_size=self.page_size,
             allow_partial_results=partial,
             column_count=len(columns) if isinstance(columns, list) and columns else None,
+            row_bytes=json_bytes_per_row(parse_result_metadata(metadata), total=True),
         )
         if self.output_path:
             fmt = output_format_for(self.output_path, self.output_format)

@@ -287,3 +287,37 @@ def test_reuse_skips_a_result_with_an_unreadable_or_far_future_time_and_runs(
     assert result["execution_id"] != latest and emulator.counts["execute_query"] == 2
     logged = _logged(caplog, capsys)
     assert "not a readable time" in logged or "in the future" in logged
+
+
+# -- results are read in bounded memory -------------------------------------------------------------------------
+
+WIDE_ROWS = [{"n": i, "payload": "x" * 10_000} for i in range(30)]  # ~10 KB of JSON a row
+
+
+def test_wide_rows_are_read_in_pages_sized_by_bytes_not_only_rows(
+    emulator: DuneEmulator, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow_provider_dune.api import paging
+
+    monkeypatch.setattr(paging, "PAGE_TARGET_BYTES", 64 * 1024, raising=False)  # 32 MiB, scaled down
+    emulator.add_query(8120, duration=0.05, rows=WIDE_ROWS)
+    result = query_op(query_id=8120, output_path=str(tmp_path / "wide.jsonl")).execute(context)
+    assert result["row_count"] == 30
+    pages = [r for r in emulator.requests if r.endpoint == "execution_results"]
+    biggest = max(len(r.response_body) for r in pages)
+    assert len(pages) > 1 and biggest <= 2 * 64 * 1024, (len(pages), biggest)  # page_size=10,000 rows asked one page
+
+
+def test_a_results_page_over_the_cap_says_to_lower_page_size_and_is_not_read_again(
+    emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_dune.api import endpoints
+    from tests.helpers import wait_finished
+
+    monkeypatch.setattr(endpoints, "RESULTS_MAX_RESPONSE_BYTES", 64 * 1024)  # 128 MiB, scaled down
+    emulator.add_query(8121, duration=0.05, rows=WIDE_ROWS)
+    with DuneHook() as hook:
+        execution_id = wait_finished(hook.execute_query(8121).execution_id, pipeline=False)
+        with pytest.raises(DuneConfigurationError, match=r"\(30 rows\) is larger than 0.0625 MiB.*lower page_size"):
+            hook.get_execution_results(execution_id, limit=30)
+    assert emulator.counts["execution_results"] == 1  # reading it again would cost the same and fail the same
