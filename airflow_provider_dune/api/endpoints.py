@@ -32,8 +32,9 @@ from airflow_provider_dune.api.validation import (
 
 #: Largest answer read for a status or start call; Dune's are a few KB.
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-#: Largest results page read (bounded by the page size and Dune's datapoints-per-request cap).
-RESULTS_MAX_RESPONSE_BYTES = 512 * 1024 * 1024
+#: Largest results page read; pages are sized well under it (``paging.PAGE_TARGET_BYTES``). A longer answer is
+#: refused with an error that says to lower ``page_size``.
+RESULTS_MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -478,18 +478,32 @@ def _error_fields(error: Any) -> tuple[str | None, str | None, int | None, int |
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
 
 
+def parse_timestamp(text: str | None, what: str) -> datetime | None:
+    """Dune's RFC 3339 time (nanoseconds allowed, UTC when no offset) as an aware ``datetime``; ``None`` if absent.
+
+    :raises DuneResponseError: ``text`` is not a readable time (a bad format or an impossible date).
+    """
+    if not text or not text.strip():
+        return None
+    match = _TIMESTAMP.match(text.strip())
+    try:
+        if match is None:
+            raise ValueError
+        fraction = (match.group(2) or "0")[:6].ljust(6, "0")
+        zone = match.group(3) or "Z"
+        zone = "+00:00" if zone == "Z" else zone
+        return datetime.fromisoformat(f"{match.group(1)}.{fraction}{zone}")
+    except ValueError:
+        raise DuneResponseError(f"{what} {text[:60]!r} is not a readable time") from None
+
+
 def result_age_seconds(ended_at: str | None, now: datetime | None = None) -> float | None:
-    """Seconds since ``ended_at`` (Dune's RFC 3339 time, nanoseconds allowed); ``None`` if absent or unreadable."""
-    if not ended_at:
+    """Seconds since ``ended_at`` (negative when it is in the future); ``None`` if absent or unreadable."""
+    try:
+        when = parse_timestamp(ended_at, "execution_ended_at")
+    except DuneResponseError:
         return None
-    match = _TIMESTAMP.match(ended_at.strip())
-    if match is None:
-        return None
-    fraction = (match.group(2) or "0")[:6].ljust(6, "0")
-    zone = match.group(3) or "Z"
-    zone = "+00:00" if zone == "Z" else zone
-    when = datetime.fromisoformat(f"{match.group(1)}.{fraction}{zone}")
-    return ((now or datetime.now(timezone.utc)) - when).total_seconds()
+    return None if when is None else ((now or datetime.now(timezone.utc)) - when).total_seconds()
 
 
 def is_partial_result(details: Mapping[str, Any] | None) -> bool:

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_dune.api.endpoints import DuneRequest
-from airflow_provider_dune.api.errors import DuneResponseError, error_from_response, redact
+from airflow_provider_dune.api.errors import (
+    DuneConfigurationError,
+    DuneError,
+    DuneResponseError,
+    error_from_response,
+    redact,
+)
 
 _PREVIEW_BYTES = 120
 
@@ -35,10 +41,23 @@ def decode_response(
         ) from None
 
 
-def response_too_large(request: DuneRequest, limit: int, status_code: int | None = None) -> DuneResponseError:
-    """The error for an answer longer than ``limit`` bytes (the rest is not read)."""
+def response_too_large(request: DuneRequest, limit: int, status_code: int | None = None) -> DuneError:
+    """The error for an answer longer than ``limit`` bytes (the rest is not read).
+
+    A results page over the limit is a :class:`DuneConfigurationError` (not retried: reading it again costs
+    the same and fails the same) that says how many rows were asked for and to lower ``page_size``.
+    """
+    rows = (request.params or {}).get("limit")
+    if "/results" in request.path and status_code is not None and 200 <= status_code < 300:
+        asked = f"{rows} rows" if rows else "a page without a row limit"
+        smaller = f" (e.g. page_size={max(1, int(rows) // 4)})" if rows and rows.isdigit() else ""
+        return DuneConfigurationError(
+            f"{request.description}: the results page ({asked}) is larger than {limit / (1024 * 1024):g} MiB, the "
+            f"most read into memory at once. Set a lower page_size on the task{smaller}, or select fewer or "
+            "narrower columns"
+        )
     return DuneResponseError(
-        f"the response is larger than {limit // (1024 * 1024)} MiB and was not read to the end",
+        f"the response is larger than {limit / (1024 * 1024):g} MiB and was not read to the end",
         http_status=status_code,
         endpoint=request.description,
     )

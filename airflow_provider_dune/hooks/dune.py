@@ -532,12 +532,16 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         page_size: int = 10_000,
         allow_partial_results: bool = False,
         column_count: int | None = None,
+        row_bytes: float | None = None,
     ) -> Iterator[ResultPage]:
         """Every page of an execution's results, one request per page.
 
         A page holds at most ``page_size`` rows, fewer when rows x columns would cross the connection's
-        ``max_datapoints_per_request`` (Dune refuses such a request). ``column_count``, when known (from the
-        execution status), sizes the first page; later pages use the columns Dune reports.
+        ``max_datapoints_per_request`` (Dune refuses such a request) or when the page's JSON would be much
+        larger than ``paging.PAGE_TARGET_BYTES`` (32 MiB), so memory stays bounded for wide rows.
+        ``column_count`` and ``row_bytes`` (estimated JSON bytes per row, :func:`paging.json_bytes_per_row`
+        of the execution status's metadata), when known, size the first page; later pages use what Dune
+        reports. A page over 128 MiB is refused with an error saying to lower ``page_size``.
 
         Pages are followed by ``next_offset`` on the configured base URL, never by the ``next_uri`` Dune
         returns, so the API key is only ever sent to the host of the connection.
@@ -551,6 +555,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             page_size,
             self.settings.max_datapoints_per_request,
             column_count,
+            row_bytes,
         )
 
     def cancel_execution(self, execution_id: str) -> bool:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError
-from airflow_provider_dune.api.models import is_partial_result, result_age_seconds
+from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError, DuneResponseError
+from airflow_provider_dune.api.models import (
+    is_partial_result,
+    parse_result_metadata,
+    parse_timestamp,
+    result_age_seconds,
+)
+from airflow_provider_dune.api.paging import json_bytes_per_row
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.api.validation import (
     validate_positive_int,
@@ -28,6 +34,39 @@ if TYPE_CHECKING:
     from airflow_provider_dune.hooks.dune import DuneHook
 
 DEFAULT_MAX_XCOM_ROWS = 1000
+#: How far in the future a result's time may be (Dune's clock vs the worker's) before its age is not trusted.
+CLOCK_SKEW_ALLOWANCE_SECONDS = 60
+
+
+def _not_of_current_query(query: Mapping[str, Any], submitted: datetime) -> str | None:
+    """Why a result submitted at ``submitted`` may not be what the query (``GET /v1/query/{id}``) computes now.
+
+    Dune's latest result says neither the parameter values it ran with nor the query version, so:
+
+    - a query with parameters is never reused (the latest run may have used other values than the defaults);
+    - the result must be newer than the query's last change: when Dune's answer carries ``updated_at``, the
+      result must have been submitted after it; when it does not (Dune's documented answer has only ``version``,
+      a counter of changes), only a query never changed since it was created (``version`` 1) is reused.
+    """
+    parameters = query.get("parameters")
+    if parameters:
+        names = ", ".join(str(p.get("key")) if isinstance(p, Mapping) else str(p) for p in parameters)
+        return f"the query has parameters ({names}) and Dune's latest result does not say which values it ran with"
+    try:
+        updated = parse_timestamp(query.get("updated_at"), "the query's updated_at")
+    except DuneResponseError as err:
+        return str(err)
+    if updated is not None:
+        if submitted <= updated:
+            return f"the query was changed at {query.get('updated_at')}, after this result was started (older SQL)"
+        return None
+    version = query.get("version")
+    if version != 1:
+        return (
+            f"the query was changed since it was created (version {version!r}) and Dune does not say when, so the "
+            "result may be of older SQL"
+        )
+    return None
 
 
 class _DuneExecutionOperator(DuneRunOperator):
@@ -55,7 +94,9 @@ class _DuneResultsOperator(_DuneExecutionOperator):
         ``/data/out.jsonl``), page by page, without holding the result in memory (templated).
     :param output_format: ``jsonl`` or ``csv``; inferred from the ``output_path`` suffix when omitted.
     :param page_size: most rows per results request; fewer when rows x columns would cross the
-        connection's ``max_datapoints_per_request`` (Dune's per-request cap).
+        connection's ``max_datapoints_per_request`` (Dune's per-request cap) or when a page would be much
+        larger than 32 MiB of JSON (estimated from the bytes Dune reports), so one page in memory stays
+        bounded. A page over 128 MiB is refused: lower ``page_size`` then.
     :param max_xcom_rows: largest result ``fetch_results`` accepts.
     :param allow_partial_results: accept ``QUERY_STATE_COMPLETED_PARTIAL`` (a result Dune truncated); by
         default it fails the task.
@@ -105,6 +146,7 @@ class _DuneResultsOperator(_DuneExecutionOperator):
             page_size=self.page_size,
             allow_partial_results=partial,
             column_count=len(columns) if isinstance(columns, list) and columns else None,
+            row_bytes=json_bytes_per_row(parse_result_metadata(metadata), total=True),
         )
         if self.output_path:
             fmt = output_format_for(self.output_path, self.output_format)
@@ -147,7 +189,12 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
     :param performance: ``medium`` or ``large`` (templated).
     :param reuse_latest_result_max_age: seconds (or a ``timedelta``): when the query's latest result (whoever
         ran it) completed less than this long ago, use it instead of executing the query, which spends no
-        execution credits. Only for queries without ``query_parameters``.
+        execution credits. Only for tasks without ``query_parameters``, and only a result that is provably what
+        this task would compute: the query has no parameters (Dune's latest result does not say which values it
+        ran with), the result is newer than the query's last change (Dune's answer has no change time, so only a
+        query never changed since it was created qualifies, unless Dune sends ``updated_at``), and its times
+        are readable and not more than 60 s in the future (a Dune clock ahead of the worker's would make an
+        old result look fresh). Otherwise the query runs, and the log says why.
 
     Results options (``fetch_results``, ``output_path``, ``output_format``, ``page_size``, ``max_xcom_rows``,
     ``allow_partial_results``) are those of ``_DuneResultsOperator``.
@@ -188,31 +235,57 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
         self.build_request(allow_templates=True)
 
     def reusable_run(self, hook: DuneHook, request: Mapping[str, Any]) -> tuple[str, Any] | None:
-        """The query's latest execution when it completed less than ``reuse_latest_result_max_age`` ago."""
+        """The query's latest execution, when it is provably the result this task would compute, else ``None``.
+
+        Every reason not to reuse is logged and the query runs; nothing here fails the task (a reuse check
+        that cannot decide falls back to what the task does without the option: run the query).
+        """
         if self.reuse_latest_result_max_age is None:
             return None
+        query_id = request["query_id"]
         try:
-            latest = hook.get_query_results(request["query_id"], limit=1)
+            latest = hook.get_query_results(query_id, limit=1)
+            status = hook.get_execution_status(latest.execution_id)
+            reason = self._not_reusable(hook, query_id, status)
         except DuneAPIError as err:
-            self.log.info("No latest result of query %s to reuse (%s): running it", request["query_id"], err)
-            return None
-        status = hook.get_execution_status(latest.execution_id)
-        age = result_age_seconds(status.execution_ended_at)
-        if not status.succeeded or age is None or age > self.reuse_latest_result_max_age:
-            self.log.info(
-                "Latest result of query %s is %s: running the query",
-                request["query_id"],
-                "not complete" if not status.succeeded else f"{age:.0f}s old" if age is not None else "undated",
-            )
+            reason = f"it could not be read: {err}"
+        if reason is not None:
+            self.log.info("Not reusing the latest result of query %s: %s. Running the query", query_id, reason)
             return None
         self.log.info(
             "Reusing execution %s of query %s, completed %.0fs ago (reuse_latest_result_max_age=%gs): no credits spent",
             status.execution_id,
-            request["query_id"],
-            age,
+            query_id,
+            result_age_seconds(status.execution_ended_at) or 0.0,
             self.reuse_latest_result_max_age,
         )
         return status.execution_id, status
+
+    def _not_reusable(self, hook: DuneHook, query_id: int, status: ExecutionStatus) -> str | None:
+        """Why ``status`` (the query's latest execution) is not reusable, or ``None`` when it is."""
+        if not status.succeeded:
+            return f"it is not complete ({status.progress_summary()})"
+        if status.query_id is not None and status.query_id != int(query_id):
+            return f"Dune answered with a result of query {status.query_id}"
+        now = datetime.now(timezone.utc)
+        try:
+            ended = parse_timestamp(status.execution_ended_at, "its end time")
+            submitted = parse_timestamp(status.submitted_at or status.execution_started_at, "its submission time")
+        except DuneResponseError as err:
+            return str(err)
+        if ended is None or submitted is None:
+            return "Dune did not say when it was run"
+        ahead = (max(ended, submitted) - now).total_seconds()
+        if ahead > CLOCK_SKEW_ALLOWANCE_SECONDS:
+            return (
+                f"its time {status.execution_ended_at} is {ahead:.0f}s in the future (more than the "
+                f"{CLOCK_SKEW_ALLOWANCE_SECONDS}s allowed for clock differences): Dune's clock and this worker's "
+                "disagree, so its age cannot be trusted"
+            )
+        age = (now - ended).total_seconds()
+        if age > (self.reuse_latest_result_max_age or 0):
+            return f"it is {age:.0f}s old, more than reuse_latest_result_max_age={self.reuse_latest_result_max_age:g}s"
+        return _not_of_current_query(hook.get_query(query_id), submitted)
 
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id} of query {self.query_id}"

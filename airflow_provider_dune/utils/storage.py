@@ -35,6 +35,18 @@ class StorageFile(Protocol):
 
     def open_text(self, mode: str) -> IO[str]: ...
 
+    def sibling(self, name: str) -> StorageFile:
+        """The file called ``name`` in the same directory (bucket prefix)."""
+        ...
+
+    def move_to(self, target: StorageFile) -> None:
+        """Put this file in ``target``'s place, replacing it."""
+        ...
+
+    def remove(self) -> None:
+        """Delete the file; nothing happens when there is none."""
+        ...
+
 
 @dataclass(frozen=True)
 class LocalFile:
@@ -48,6 +60,18 @@ class LocalFile:
 
     def open_text(self, mode: str) -> IO[str]:
         return self.path.open(mode, encoding="utf-8", newline="")
+
+    def sibling(self, name: str) -> LocalFile:
+        return LocalFile(self.path.with_name(name))
+
+    def move_to(self, target: StorageFile) -> None:
+        """Atomic (``os.replace`` within one directory): readers see the old file or the new one, never a mix."""
+        if not isinstance(target, LocalFile):
+            raise TypeError("a local file can only replace a local file")
+        os.replace(self.path, target.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,21 @@ class ObjectStorageFile:
     def open_text(self, mode: str) -> IO[str]:
         handle: IO[str] = self.fs.open(self.path, mode, encoding="utf-8", newline="")
         return handle
+
+    def sibling(self, name: str) -> ObjectStorageFile:
+        parent, slash, _ = self.path.rpartition("/")
+        return ObjectStorageFile(self.fs, f"{parent}{slash}{name}")
+
+    def move_to(self, target: StorageFile) -> None:
+        """The filesystem's move: on object storage a copy then a delete, so not atomic, but the target only
+        ever receives a complete file (a reader sees the old object or the new one)."""
+        if not isinstance(target, ObjectStorageFile) or target.fs is not self.fs:
+            raise TypeError("an object can only replace an object on the same filesystem")
+        self.fs.mv(self.path, target.path)
+
+    def remove(self) -> None:
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path)
 
 
 def local_path(location: str) -> Path | None:

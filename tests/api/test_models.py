@@ -208,3 +208,27 @@ def test_result_page_pagination_fields() -> None:
     )
     assert page.rows == [{"a": 1}] and page.has_more and page.next_offset == 1
     assert page.metadata is not None and page.metadata.total_row_count == 10
+
+
+# -- timestamps -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01T25:00:00Z", "yesterday"])
+def test_an_unreadable_timestamp_is_a_clear_error_not_a_raw_valueerror(text: str) -> None:
+    from airflow_provider_dune.api.models import parse_timestamp, result_age_seconds
+
+    with pytest.raises(DuneResponseError, match="not a readable time"):
+        parse_timestamp(text, "execution_ended_at")
+    assert result_age_seconds(text) is None
+
+
+def test_timestamps_are_read_with_nanoseconds_and_offsets() -> None:
+    from datetime import datetime, timezone
+
+    from airflow_provider_dune.api.models import parse_timestamp
+
+    assert parse_timestamp("9999-12-31T23:59:59.999999999Z", "t") == datetime(
+        9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc
+    )
+    assert parse_timestamp("2026-01-01T01:00:00+01:00", "t") == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert parse_timestamp(None, "t") is None

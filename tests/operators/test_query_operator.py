@@ -184,3 +184,141 @@ def test_refresh_materialized_view(emulator: DuneEmulator, context: dict[str, An
         DuneRefreshMaterializedViewOperator(task_id="r2", view_name="dune.nope.missing", deferrable=False).execute(
             context
         )
+
+
+# -- reusing the latest result only when it is the one the task would compute ---------------------------------
+
+
+def _run_and_wait(query_id: int, parameters: dict[str, Any] | None = None) -> str:
+    from tests.helpers import wait_finished
+
+    with DuneHook() as hook:
+        return wait_finished(hook.execute_query(query_id, query_parameters=parameters).execution_id, pipeline=False)
+
+
+def _logged(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> str:
+    """What the task logged: through stdlib logging (Airflow 2) or printed by structlog (Airflow 3)."""
+    captured = capsys.readouterr()
+    return caplog.text + captured.out + captured.err
+
+
+def _reusing_task(query_id: int) -> DuneExecuteQueryOperator:
+    return query_op(query_id=query_id, fetch_results=True, reuse_latest_result_max_age=3600)
+
+
+def test_reuse_uses_a_fresh_result_of_a_query_without_parameters(
+    emulator: DuneEmulator, context: dict[str, Any]
+) -> None:
+    emulator.add_query(8110, duration=0.05, rows=ROWS[:2])
+    latest = _run_and_wait(8110)
+    result = _reusing_task(8110).execute(context)
+    assert result["execution_id"] == latest and result["rows"] == ROWS[:2]
+    assert emulator.counts["execute_query"] == 1  # only the run above
+
+
+def test_reuse_skips_a_result_that_may_be_of_other_parameter_values(
+    emulator: DuneEmulator,
+    context: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emulator.add_query(8111, duration=0.05, parameters=["symbol"])
+    someone_elses = _run_and_wait(8111, {"symbol": "BTC"})  # the task asks for the defaults
+    result = _reusing_task(8111).execute(context)
+    assert result["execution_id"] != someone_elses
+    assert emulator.counts["execute_query"] == 2
+    assert "has parameters (symbol)" in _logged(caplog, capsys)
+
+
+def test_reuse_skips_a_result_of_the_sql_before_the_query_was_updated(
+    emulator: DuneEmulator,
+    context: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from airflow_provider_dune.api.definitions import QueryDefinition
+
+    with DuneHook() as hook:
+        query_id = hook.create_query(QueryDefinition.build(name="volume", sql="SELECT 1 AS volume"))
+    old_sql_result = _run_and_wait(query_id)
+    with DuneHook() as hook:
+        hook.update_query(query_id, QueryDefinition.build(name="volume", sql="SELECT 2 AS volume"))
+    result = _reusing_task(query_id).execute(context)
+    assert result["execution_id"] != old_sql_result
+    assert emulator.counts["execute_query"] == 2
+    assert "older SQL" in _logged(caplog, capsys)
+
+
+def test_reuse_skips_a_result_dated_in_the_future(
+    emulator: DuneEmulator,
+    context: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emulator.add_query(8112, duration=0.05)
+    emulator._state._wall0 += 86_400  # Dune's clock runs a day ahead of the worker's
+    future = _run_and_wait(8112)
+    result = _reusing_task(8112).execute(context)
+    assert result["execution_id"] != future
+    assert emulator.counts["execute_query"] == 2
+    assert "in the future" in _logged(caplog, capsys)
+
+
+@pytest.mark.parametrize("ended_at", ["2026-02-30T00:00:00Z", "9999-12-31T23:59:59Z"])
+def test_reuse_skips_a_result_with_an_unreadable_or_far_future_time_and_runs(
+    emulator: DuneEmulator,
+    context: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    ended_at: str,
+) -> None:
+    from dataclasses import replace
+
+    emulator.add_query(8113, duration=0.05)
+    latest = _run_and_wait(8113)
+    real_status = DuneHook.get_execution_status
+
+    def dune_sends_a_bad_time(hook: DuneHook, execution_id: str) -> Any:  # no emulator answer carries one
+        status = real_status(hook, execution_id)
+        return replace(status, execution_ended_at=ended_at) if execution_id == latest else status
+
+    monkeypatch.setattr(DuneHook, "get_execution_status", dune_sends_a_bad_time)
+    result = _reusing_task(8113).execute(context)
+    assert result["execution_id"] != latest and emulator.counts["execute_query"] == 2
+    logged = _logged(caplog, capsys)
+    assert "not a readable time" in logged or "in the future" in logged
+
+
+# -- results are read in bounded memory -------------------------------------------------------------------------
+
+WIDE_ROWS = [{"n": i, "payload": "x" * 10_000} for i in range(30)]  # ~10 KB of JSON a row
+
+
+def test_wide_rows_are_read_in_pages_sized_by_bytes_not_only_rows(
+    emulator: DuneEmulator, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow_provider_dune.api import paging
+
+    monkeypatch.setattr(paging, "PAGE_TARGET_BYTES", 64 * 1024, raising=False)  # 32 MiB, scaled down
+    emulator.add_query(8120, duration=0.05, rows=WIDE_ROWS)
+    result = query_op(query_id=8120, output_path=str(tmp_path / "wide.jsonl")).execute(context)
+    assert result["row_count"] == 30
+    pages = [r for r in emulator.requests if r.endpoint == "execution_results"]
+    biggest = max(len(r.response_body) for r in pages)
+    assert len(pages) > 1 and biggest <= 2 * 64 * 1024, (len(pages), biggest)  # page_size=10,000 rows asked one page
+
+
+def test_a_results_page_over_the_cap_says_to_lower_page_size_and_is_not_read_again(
+    emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_dune.api import endpoints
+    from tests.helpers import wait_finished
+
+    monkeypatch.setattr(endpoints, "RESULTS_MAX_RESPONSE_BYTES", 64 * 1024)  # 128 MiB, scaled down
+    emulator.add_query(8121, duration=0.05, rows=WIDE_ROWS)
+    with DuneHook() as hook:
+        execution_id = wait_finished(hook.execute_query(8121).execution_id, pipeline=False)
+        with pytest.raises(DuneConfigurationError, match=r"\(30 rows\) is larger than 0.0625 MiB.*lower page_size"):
+            hook.get_execution_results(execution_id, limit=30)
+    assert emulator.counts["execution_results"] == 1  # reading it again would cost the same and fail the same

@@ -22,7 +22,7 @@ from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.models import ResultMetadata, ResultPage
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.operators.uploads import DuneUploadOperator
-from airflow_provider_dune.testing.emulator import DuneEmulator
+from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.utils.results import write_pages
 from airflow_provider_dune.utils.storage import LocalFile, ObjectStorageFile, storage_file
 from airflow_provider_dune.version_compat import AIRFLOW_VERSION
@@ -233,3 +233,64 @@ def test_results_and_uploads_with_universal_pathlib_0_3(tmp_path: Path) -> None:
     assert child.returncode == 0, summary
     assert "test_results_go_to_object_storage_through_airflows_filesystem_and_connection PASSED" in child.stdout
     assert "test_an_upload_source_is_read_from_local_files_and_object_storage[object-storage] PASSED" in child.stdout
+
+
+# -- a failed export leaves the previous file in place --------------------------------------------------------
+
+SEVEN_ROWS = [{"day": f"2026-01-0{i + 1}", "volume": i} for i in range(7)]
+YESTERDAY = "day,volume\nyesterday's,complete file\n"
+
+
+def _export_failing_on_the_third_page(location: str, dune_emulator: DuneEmulator) -> None:
+    """Stream a 7-row result in pages of 2 rows to ``location``; the 3rd results request fails."""
+    from airflow_provider_dune.api.errors import DuneAPIError
+    from airflow_provider_dune.hooks.dune import DuneHook
+    from tests.helpers import wait_finished
+
+    dune_emulator.add_query(8101, duration=0.05, rows=SEVEN_ROWS)
+    with DuneHook(max_retries=1) as hook:
+        execution_id = wait_finished(hook.execute_query(8101).execution_id, pipeline=False)
+        dune_emulator.inject("execution_results", Fault.slow(0, times=2), Fault.status(400, "boom"))
+        with pytest.raises(DuneAPIError, match="boom"):
+            write_pages(hook.iter_execution_results(execution_id, page_size=2), location, "csv")
+
+
+def test_a_failed_export_leaves_the_previous_local_file_untouched(
+    dune_emulator: DuneEmulator, dune_conn_id: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "exports" / "volume.csv"
+    target.parent.mkdir()
+    target.write_text(YESTERDAY)
+    _export_failing_on_the_third_page(str(target), dune_emulator)
+    assert target.read_text() == YESTERDAY
+    assert sorted(p.name for p in target.parent.iterdir()) == ["volume.csv"]  # no temporary file left behind
+
+
+def test_a_failed_export_leaves_the_previous_object_untouched(
+    dune_emulator: DuneEmulator, dune_conn_id: str, object_storage: tuple[MemoryFileSystem, list[str | None]]
+) -> None:
+    fs, _ = object_storage
+    fs.pipe_file("bucket/exports/volume.csv", YESTERDAY.encode())
+    _export_failing_on_the_third_page("memory://bucket/exports/volume.csv", dune_emulator)
+    assert fs.cat_file("bucket/exports/volume.csv").decode() == YESTERDAY
+    assert [p.rsplit("/", 1)[-1] for p in fs.find("bucket/exports")] == ["volume.csv"]
+
+
+@pytest.mark.parametrize("where", ["local", "object-storage"])
+def test_a_complete_export_replaces_the_previous_file(
+    object_storage: tuple[MemoryFileSystem, list[str | None]], tmp_path: Path, where: str
+) -> None:
+    fs, _ = object_storage
+    if where == "local":
+        location = str(tmp_path / "volume.csv")
+        Path(location).write_text(YESTERDAY)
+    else:
+        location = "memory://bucket/exports/volume.csv"
+        fs.pipe_file("bucket/exports/volume.csv", YESTERDAY.encode())
+    assert write_pages(_pages(), location, "csv") == 2
+    if where == "local":
+        assert Path(location).read_text() == CSV_TEXT
+        assert [p.name for p in tmp_path.iterdir()] == ["volume.csv"]
+    else:
+        assert fs.cat_file("bucket/exports/volume.csv").decode() == CSV_TEXT
+        assert [p.rsplit("/", 1)[-1] for p in fs.find("bucket/exports")] == ["volume.csv"]
