@@ -23,6 +23,7 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.utils.task_records import TaskRecord, TaskRecordUnavailable, try_number
 from airflow_provider_dune.utils.unconfirmed import fail_when_unconfirmed
+from airflow_provider_dune.utils import query_versions
 from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator, Variable
 
 if TYPE_CHECKING:
@@ -206,6 +207,8 @@ class DuneSyncQueryOperator(BaseOperator):
                     ) from None
             if query_id is None:
                 query_id, action, changed = self._create(context, hook, definition, key, variable, raw), "created", []
+            if action != "unchanged":
+                self._note_version(hook, query_id)
         saved = _RememberedQuery.saved(query_id, definition.name)
         if raw != saved:
             try:
@@ -223,6 +226,13 @@ class DuneSyncQueryOperator(BaseOperator):
         self.log.info("Dune query %s %s%s: %s", query_id, action, detail, DuneQueryLink.url_for(query_id))
         context["ti"].xcom_push(key="query_uri", value=query_uri(query_id))
         return query_id
+
+    def _note_version(self, hook: DuneHook, query_id: int) -> None:
+        """Note the version this task made, so a result started from now on can be reused (one free read)."""
+        try:
+            query_versions.note(query_id, hook.get_query(query_id).get("version"))
+        except DuneAPIError as err:
+            self.log.warning("Could not read the new version of Dune query %s: %s", query_id, err)
 
     def _check_remembered(
         self, remembered: _RememberedQuery, definition: QueryDefinition, key: str, variable: str

@@ -25,6 +25,7 @@ from airflow_provider_dune.assets import RefreshedObject, refreshed_by_query, re
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.operators.base import DuneRunOperator, is_template, query_run_request, validated
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
+from airflow_provider_dune.utils.query_versions import current_since, note
 from airflow_provider_dune.utils.results import output_format_for, write_pages
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ DEFAULT_MAX_XCOM_ROWS = 1000
 CLOCK_SKEW_ALLOWANCE_SECONDS = 60
 
 
-def _not_of_current_query(query: Mapping[str, Any], submitted: datetime) -> str | None:
+def _not_of_current_query(query_id: int, query: Mapping[str, Any], submitted: datetime) -> str | None:
     """Why a result submitted at ``submitted`` may not be what the query (``GET /v1/query/{id}``) computes now.
 
     Dune's latest result says neither the parameter values it ran with nor the query version, so:
@@ -46,7 +47,9 @@ def _not_of_current_query(query: Mapping[str, Any], submitted: datetime) -> str 
     - a query with parameters is never reused (the latest run may have used other values than the defaults);
     - the result must be newer than the query's last change: when Dune's answer carries ``updated_at``, the
       result must have been submitted after it; when it does not (Dune's documented answer has only ``version``,
-      a counter of changes), only a query never changed since it was created (``version`` 1) is reused.
+      a counter of changes), a query never changed since it was created (``version`` 1) qualifies, and so does a
+      result started after this deployment first saw the current version
+      (:mod:`~airflow_provider_dune.utils.query_versions`; the sync operator notes the versions it makes).
     """
     parameters = query.get("parameters")
     if parameters:
@@ -61,12 +64,18 @@ def _not_of_current_query(query: Mapping[str, Any], submitted: datetime) -> str 
             return f"the query was changed at {query.get('updated_at')}, after this result was started (older SQL)"
         return None
     version = query.get("version")
-    if version != 1:
-        return (
-            f"the query was changed since it was created (version {version!r}) and Dune does not say when, so the "
-            "result may be of older SQL"
-        )
-    return None
+    if version == 1:
+        return None
+    since = current_since(query_id, version)
+    if since is not None:
+        if submitted <= since:
+            return f"it was started before version {version} of the query was first seen here ({since.isoformat()})"
+        return None
+    note(query_id, version)
+    return (
+        f"the query was changed since it was created (version {version!r}) and Dune does not say when, so the "
+        "result may be of older SQL; this version is noted now, so results started from now on can be reused"
+    )
 
 
 class _DuneExecutionOperator(DuneRunOperator):
@@ -285,7 +294,7 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
         age = (now - ended).total_seconds()
         if age > (self.reuse_latest_result_max_age or 0):
             return f"it is {age:.0f}s old, more than reuse_latest_result_max_age={self.reuse_latest_result_max_age:g}s"
-        return _not_of_current_query(hook.get_query(query_id), submitted)
+        return _not_of_current_query(int(query_id), hook.get_query(query_id), submitted)
 
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id} of query {self.query_id}"

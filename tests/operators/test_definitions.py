@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from airflow_provider_dune.operators.definitions import (
 )
 from airflow_provider_dune.operators.sql import DuneExecuteSQLOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
-from airflow_provider_dune.utils import task_records
+from airflow_provider_dune.utils import query_versions, task_records
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.operators.fakes import FakeTaskStateStore, FakeTI, FakeVariables
 
@@ -32,6 +33,7 @@ def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
     fake = FakeVariables()
     monkeypatch.setattr(task_records, "Variable", fake)
     monkeypatch.setattr(definitions_module, "Variable", fake)
+    monkeypatch.setattr(query_versions, "Variable", fake)
     return fake
 
 
@@ -524,3 +526,26 @@ def test_a_variable_pointing_at_another_query_is_refused(
         sync(sql="SELECT 2", parameters=[]).execute(context)
     assert "update_query" not in dune_emulator.counts
     assert key in str(info.value)
+
+
+def test_a_synced_query_s_next_result_is_reused_by_an_export(
+    dune_emulator: DuneEmulator, context: dict[str, Any]
+) -> None:
+    """The sync notes the version it made, so the export after the run reuses that run's result (one run)."""
+    from airflow_provider_dune.hooks.dune import DuneHook
+    from airflow_provider_dune.operators.query import DuneExecuteQueryOperator
+
+    def sync(sql: str) -> int:
+        return DuneSyncQueryOperator(task_id="sync", name="Reused volume", sql=sql).execute(context)
+
+    query_id = sync("SELECT 1 AS volume")
+    assert sync("SELECT 2 AS volume") == query_id  # version 2
+    with DuneHook() as hook:
+        execution_id = hook.execute_query(query_id).execution_id
+        while not hook.get_execution_status(execution_id).is_terminal:
+            time.sleep(0.05)
+    export = DuneExecuteQueryOperator(
+        task_id="export", query_id=query_id, reuse_latest_result_max_age=3600, poll_interval=0.05, deferrable=False
+    )
+    assert export.execute(context)["execution_id"] == execution_id
+    assert dune_emulator.counts["execute_query"] == 1

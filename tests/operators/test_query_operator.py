@@ -16,7 +16,7 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
-from airflow_provider_dune.utils import task_records
+from airflow_provider_dune.utils import query_versions, task_records
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.operators.fakes import FakeTI, FakeVariables
 
@@ -25,7 +25,9 @@ ROWS = [{"day": f"2026-01-{i + 1:02d}", "volume": i * 10.5, "tags": ["a", i]} fo
 
 @pytest.fixture
 def emulator(dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: pytest.MonkeyPatch) -> DuneEmulator:
-    monkeypatch.setattr(task_records, "Variable", FakeVariables())
+    variables = FakeVariables()
+    monkeypatch.setattr(task_records, "Variable", variables)
+    monkeypatch.setattr(query_versions, "Variable", variables)
     dune_emulator.add_query(8001, duration=0.1, rows=ROWS, parameters=["date"])
     dune_emulator.add_query(8002, duration=30)
     dune_emulator.add_query(8003, duration=0.05, error="line 1:8: Column 'x' cannot be resolved")
@@ -247,6 +249,29 @@ def test_reuse_skips_a_result_of_the_sql_before_the_query_was_updated(
     assert result["execution_id"] != old_sql_result
     assert emulator.counts["execute_query"] == 2
     assert "older SQL" in _logged(caplog, capsys)
+
+
+def test_reuse_takes_a_result_started_after_the_current_version_was_first_seen(
+    emulator: DuneEmulator, context: dict[str, Any]
+) -> None:
+    """Dune does not say when a query changed: the first check notes the version, later results of it are reused."""
+    from airflow_provider_dune.api.definitions import QueryDefinition
+
+    with DuneHook() as hook:
+        query_id = hook.create_query(QueryDefinition.build(name="volume", sql="SELECT 1 AS volume"))
+        hook.update_query(query_id, QueryDefinition.build(name="volume", sql="SELECT 2 AS volume"))
+    _run_and_wait(query_id)  # of version 2, but nothing here can prove it
+    first = _reusing_task(query_id).execute(context)
+    assert emulator.counts["execute_query"] == 2
+    second = _reusing_task(query_id).execute(context)
+    assert second["execution_id"] == first["execution_id"]  # started after version 2 was noted
+    assert emulator.counts["execute_query"] == 2
+
+    with DuneHook() as hook:  # changed again, on dune.com: the note is of another version
+        hook.update_query(query_id, QueryDefinition.build(name="volume", sql="SELECT 3 AS volume"))
+    third = _reusing_task(query_id).execute(context)
+    assert third["execution_id"] != first["execution_id"]
+    assert emulator.counts["execute_query"] == 3
 
 
 def test_reuse_skips_a_result_dated_in_the_future(
