@@ -21,9 +21,14 @@ from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationErro
 from airflow_provider_dune.assets import query_uri, view_uri
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.links import DuneQueryLink
-from airflow_provider_dune.utils.task_records import TaskRecord, TaskRecordUnavailable, try_number
-from airflow_provider_dune.utils.unconfirmed import fail_when_unconfirmed
 from airflow_provider_dune.utils import query_versions
+from airflow_provider_dune.utils.task_records import (
+    TaskRecord,
+    TaskRecordUnavailable,
+    task_instance_fields,
+    try_number,
+)
+from airflow_provider_dune.utils.unconfirmed import fail_when_unconfirmed
 from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator, Variable
 
 if TYPE_CHECKING:
@@ -85,12 +90,8 @@ class _RememberedQuery:
 
 
 def _creator(context: Context) -> dict[str, Any]:
-    ti = context["ti"]
     return {
-        "dag_id": ti.dag_id,
-        "task_id": ti.task_id,
-        "run_id": ti.run_id,
-        "map_index": getattr(ti, "map_index", -1),
+        **task_instance_fields(context),
         "try_number": try_number(context),
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
