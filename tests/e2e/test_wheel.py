@@ -53,9 +53,19 @@ NEEDS_PYTEST = {"airflow_provider_dune.testing.pytest_plugin"}
 #: What the sdist must hold besides the package: the tests, docs, example DAGs and constraints files.
 SDIST_FOLDERS = ("airflow_provider_dune", "tests", "docs", "example_dags", "constraints", "bench")
 SDIST_FILES = ("LICENSE", "README.md", "CONTRIBUTING.md", "SECURITY.md", "pyproject.toml", "Makefile", "PKG-INFO")
-#: Local files that must never be in a distribution (a path part equal to, or starting with, one of these).
-LOCAL_PARTS = (".venv", "build", "dist", ".demo", ".airflow_home", "__pycache__", ".mypy_cache", ".ruff_cache")
-LOCAL_PARTS += (".pytest_cache", ".git", "results")
+#: Local folders that must never be in a distribution, besides virtualenvs (``.venv*``) and bench/results/.
+LOCAL_DIRS = {"build", "dist", ".demo", ".airflow_home", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+LOCAL_DIRS |= {".git", ".venv-tools"}
+
+
+def _is_local(name: str) -> bool:
+    parts = Path(name).parts
+    return (
+        bool(set(parts) & LOCAL_DIRS)
+        or any(part.startswith(".venv") for part in parts)
+        or name.startswith("bench/results/")
+        or name.endswith((".pyc", ".pyo"))
+    )
 
 
 def _run(argv: list[str], *, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -166,7 +176,7 @@ def test_the_wheel_holds_the_package_and_the_license(dist):
     assert {name.split("/")[0] for name in names} == {"airflow_provider_dune", dist_info}
     assert "airflow_provider_dune/py.typed" in names
     assert "airflow_provider_dune/testing/default_seed.json" in names
-    assert not [name for name in names if set(Path(name).parts) & set(LOCAL_PARTS) or name.endswith(".pyc")]
+    assert not [name for name in names if _is_local(name)]
 
 
 def test_the_clean_venv_has_airflow_and_no_extra(venv, env, workdir):
@@ -316,8 +326,7 @@ def test_the_sdist_holds_what_a_packager_needs_and_nothing_local(dist):
     top = {name.split("/")[0] for name in members}
     assert set(SDIST_FOLDERS) <= top
     assert set(SDIST_FILES) <= set(members)
-    local = [name for name in members if any(part.startswith(LOCAL_PARTS) for part in Path(name).parts)]
-    assert local == [] and not [name for name in members if name.endswith((".pyc", ".pyo"))]
+    assert [name for name in members if _is_local(name)] == []
     # Only setuptools' own metadata is generated; every other file is a tracked file of the repository.
     generated = {"PKG-INFO", "setup.cfg"} | {n for n in members if n.startswith("airflow_provider_dune.egg-info/")}
     tracked = _tracked_files()
