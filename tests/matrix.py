@@ -3,11 +3,13 @@
 The Airflow releases are the committed ``constraints/airflow-<release>.txt`` files; the extra Pythons are the
 Makefile's ``EXTRA_PYTHONS``; :data:`CI_PYTHON` is the ``python3`` of the CI machine that runs ``.ci/run``.
 ``python -m tests.matrix --write`` rewrites the generated parts of README.md and docs/installation.rst;
-``tests/test_docs.py`` fails while they are stale.
+``tests/test_docs.py`` fails while they are stale. ``python -m tests.matrix --github`` prints the entries as
+``.github/workflows/ci.yml`` reads them (``key=JSON`` lines for ``$GITHUB_OUTPUT``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -99,7 +101,22 @@ def write() -> None:
     INSTALLATION.write_text(_render_installation(INSTALLATION.read_text()))
 
 
+def github_outputs() -> dict[str, str]:
+    """The CI workflow's jobs: the Python of every entry, the newest release, the older releases (each a job on
+    :data:`CI_PYTHON`) and the extra Pythons (each a job with the newest release), as JSON."""
+    *older, newest = airflow_releases()
+    return {
+        "ci-python": CI_PYTHON,
+        "newest-airflow": newest,
+        "older-airflows": json.dumps(older),
+        "extra-pythons": json.dumps(extra_pythons()),
+    }
+
+
 if __name__ == "__main__":
+    if "--github" in sys.argv[1:]:
+        print("\n".join(f"{key}={value}" for key, value in github_outputs().items()))
+        sys.exit(0)
     if "--write" in sys.argv[1:]:
         write()
     print(readme_line())

@@ -113,3 +113,34 @@ def test_the_classifiers_name_exactly_the_pythons_the_matrix_tests():
         c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
     )
     assert named == matrix.tested_pythons()
+
+
+def test_the_version_has_one_source_and_a_changelog_section():
+    import tomllib
+
+    from airflow_provider_dune import __version__
+    from airflow_provider_dune.get_provider_info import get_provider_info
+    from tests import release
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "airflow_provider_dune.__version__"}
+    assert release.package_version() == __version__ == get_provider_info()["versions"][0]
+    assert __version__ in release.changelog_entries(), f"docs/changelog.rst has no section for {__version__}"
+
+
+def test_a_release_needs_the_version_tag_and_a_dated_changelog_section(tmp_path, monkeypatch):
+    from tests import release
+
+    version = release.package_version()
+    changelog = tmp_path / "changelog.rst"
+    monkeypatch.setattr(release, "CHANGELOG", changelog)
+    title = f"{version} (in development)"
+    changelog.write_text(f"Changelog\n=========\n\n{title}\n{'-' * len(title)}\n\n- Things.\n")
+    assert "(YYYY-MM-DD)" in " ".join(release.release_problems(f"v{version}"))
+    title = f"{version} (2027-01-15)"
+    changelog.write_text(f"Changelog\n=========\n\n{title}\n{'-' * len(title)}\n\n- Things.\n")
+    assert release.release_problems(f"v{version}") == []
+    assert "is not v" in " ".join(release.release_problems("v99.0.0"))
+    changelog.write_text("Changelog\n=========\n")
+    assert "no section" in " ".join(release.release_problems(f"v{version}"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from typing import Any
 
 import pytest
@@ -73,3 +75,16 @@ def test_failure_lineage_carries_the_error_and_no_outputs(context: dict[str, Any
     assert lineage.outputs == []
     assert "Column 'balance_raw' cannot be resolved" in lineage.run_facets["errorMessage"].message
     assert "balance_raw" in _plain(lineage.run_facets["dune"])["error"]
+
+
+@pytest.mark.parametrize("missing", ["airflow.providers.openlineage.extractors", "openlineage.client.facet_v2"])
+def test_facets_without_the_extra_name_it(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """Without the ``openlineage`` extra (simulated: the module cannot be imported), the error says what to install."""
+    from airflow_provider_dune.api.errors import DuneError
+    from airflow_provider_dune.utils import openlineage
+
+    monkeypatch.setitem(sys.modules, missing, None)
+    monkeypatch.setattr(openlineage, "_FACETS", None)
+    task = DuneExecutePipelineOperator(task_id="p", query_id=1001)
+    with pytest.raises(DuneError, match=re.escape("pip install 'airflow-provider-dune[openlineage]'")):
+        task.get_openlineage_facets_on_complete(None)

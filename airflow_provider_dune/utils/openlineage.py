@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from airflow_provider_dune.api.errors import DuneError
 from airflow_provider_dune.assets import OPENLINEAGE_NAMESPACE, RefreshedObject, parse_uri
 
 
@@ -56,15 +57,20 @@ def operator_lineage(
     error: str | None = None,
 ) -> Any:
     """An ``OperatorLineage`` for one Dune task run."""
-    from airflow.providers.common.compat.openlineage.facet import (
-        Dataset,
-        ErrorMessageRunFacet,
-        ExternalQueryRunFacet,
-        OutputStatisticsOutputDatasetFacet,
-    )
-    from airflow.providers.openlineage.extractors import OperatorLineage
+    try:
+        from airflow.providers.common.compat.openlineage.facet import (
+            Dataset,
+            ErrorMessageRunFacet,
+            ExternalQueryRunFacet,
+            OutputStatisticsOutputDatasetFacet,
+        )
+        from airflow.providers.openlineage.extractors import OperatorLineage
 
-    job_facet_class, run_facet_class = _facet_classes()
+        job_facet_class, run_facet_class = _facet_classes()
+    except ImportError:
+        raise DuneError(
+            "OpenLineage facets need the OpenLineage provider: pip install 'airflow-provider-dune[openlineage]'"
+        ) from None
     outputs = []
     for item in refreshed:
         kind, identifier = parse_uri(item.uri)
