@@ -24,7 +24,7 @@ except ImportError:  # Airflow 2
     from airflow.exceptions import TaskDeferred  # type: ignore[no-redef]
 
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
-from airflow_provider_dune.utils import run_registry
+from airflow_provider_dune.utils import task_records
 
 #: Pipeline states after which the SDK loop stops polling (what a user of ``get_pipeline_status`` checks).
 SDK_TERMINAL_STATES = frozenset({"completed", "failed", "cancelled", "canceled"})
@@ -52,7 +52,7 @@ class InMemoryVariables:
 
 def install_in_memory_variables() -> None:
     """Point the run registry at in-memory Variables (no metadata database in the benchmarks)."""
-    run_registry.Variable = InMemoryVariables()  # type: ignore[assignment, misc]
+    task_records.Variable = InMemoryVariables()  # type: ignore[assignment, misc]
 
 
 class BenchTaskInstance:

@@ -265,11 +265,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     common.isolate_airflow()
-    from airflow_provider_dune.utils import run_durations, run_registry
+    from airflow_provider_dune.utils import run_durations, task_records
     from bench import _operator_harness as harness
 
     harness.install_in_memory_variables()
-    run_durations.Variable = run_registry.Variable  # type: ignore[misc]
+    run_durations.Variable = task_records.Variable  # type: ignore[misc]
     results: dict[str, Any] = {"quick": args.quick}
     started = time.time()
     with contextlib.ExitStack() as stack:

@@ -539,7 +539,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         A page holds at most ``page_size`` rows, fewer when rows x columns would cross the connection's
         ``max_datapoints_per_request`` (Dune refuses such a request) or when the page's JSON would be much
         larger than ``paging.PAGE_TARGET_BYTES`` (32 MiB), so memory stays bounded for wide rows.
-        ``column_count`` and ``row_bytes`` (estimated JSON bytes per row, :func:`paging.json_bytes_per_row`
+        ``column_count`` and ``row_bytes`` (estimated JSON bytes per row, ``api.paging.json_bytes_per_row``
         of the execution status's metadata), when known, size the first page; later pages use what Dune
         reports. A page over 128 MiB is refused with an error saying to lower ``page_size``.
 

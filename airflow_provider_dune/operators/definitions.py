@@ -2,7 +2,7 @@
 
 Both operators are idempotent: they compare first and send nothing when Dune already matches, so a DAG can
 sync on every run without creating query versions or paying for view refreshes. A create or upsert whose
-answer was lost is never sent again by an Airflow retry (:func:`fail_when_unconfirmed`).
+answer was lost is never sent again by an Airflow retry (the rule of ``utils.unconfirmed``).
 """
 
 from __future__ import annotations
