@@ -262,19 +262,21 @@ class DuneUploadOperator(BaseOperator):
         self.log.info("Created table %s (%s)", self.table.full_name, created.get("message") or "created")
 
     def _insert(self, hook: DuneHook, spool: ChunkSpool, index: int, chunk: Chunk) -> int:
-        """Send one chunk; returns the rows Dune wrote."""
-        table = self.table
+        """Send one chunk (creating the table when it is not there); returns the rows Dune wrote."""
+        try:
+            return self._send(hook, spool, index, chunk)
+        except DuneNotFoundError:  # the table is not there (yet): nothing was inserted
+            pass
+        self._create(hook)
+        return self._send(hook, spool, index, chunk)
 
-        def send() -> int:
+    def _send(self, hook: DuneHook, spool: ChunkSpool, index: int, chunk: Chunk) -> int:
+        table = self.table
+        try:
             with self._unconfirmed(spool, index):
                 return hook.insert_rows(table.namespace, table.table_name, chunk)
-
-        try:
-            try:
-                return send()
-            except DuneNotFoundError:  # the table is not there (yet): nothing was inserted
-                self._create(hook)
-                return send()
+        except DuneNotFoundError:
+            raise
         except DuneAPIError as err:
             if err.http_status in REFUSED_STATUSES and not err.may_have_started_run:
                 raise AirflowFailException(
