@@ -20,6 +20,7 @@ from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.utils import task_records
 from airflow_provider_dune.utils.uploads import Chunk
 from airflow_provider_dune.version_compat import AirflowFailException
+from tests.conftest import dune_connection_json
 from tests.operators.fakes import FakeTaskStateStore, FakeTI, FakeVariables
 
 SCHEMA = [{"name": "day", "type": "date"}, {"name": "pool", "type": "varchar"}, {"name": "volume", "type": "double"}]
@@ -44,6 +45,8 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 @pytest.fixture(params=["variables", "task_state_store"])
 def context(request: pytest.FixtureRequest, dune_emulator: DuneEmulator, dune_conn_id: str, monkeypatch: Any) -> Any:
     monkeypatch.setattr(task_records, "Variable", FakeVariables())
+    # No pacing of writes (15 a minute by default): these tests send many inserts in a row.
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url, writes_per_minute=0))
     ti = FakeTI(dune_emulator)
     ti.task_id = "upload"
     if request.param == "task_state_store":
@@ -87,7 +90,6 @@ def fail_insert(monkeypatch: pytest.MonkeyPatch, emulator: DuneEmulator, number:
 # -- append: a lost answer, a retry, a changed input --------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_append_an_insert_whose_answer_was_lost_fails_without_retries(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,7 +105,6 @@ def test_append_an_insert_whose_answer_was_lost_fails_without_retries(
     assert task_record(context)["chunks_confirmed"] == 1
 
 
-@pytest.mark.slow
 def test_append_a_retry_after_a_refusal_before_processing_resumes_after_the_confirmed_chunks(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,7 +129,6 @@ def task_record(context: dict[str, Any]) -> Any:
     return UPLOAD_RECORD.read(context)
 
 
-@pytest.mark.slow
 def test_append_a_retry_with_a_changed_input_after_confirmed_chunks_fails_instead_of_appending(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,7 +144,6 @@ def test_append_a_retry_with_a_changed_input_after_confirmed_chunks_fails_instea
     assert len(table_rows(dune_emulator)) == first_try and dune_emulator.counts["insert_rows"] == inserts
 
 
-@pytest.mark.slow
 def test_append_a_chunk_dune_refuses_fails_without_retries_and_names_the_source_lines(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,7 +205,6 @@ def _refused_in_chunk_3(path: Path) -> None:
     write_csv(path, records)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make_input", "message"),
     [
@@ -231,7 +229,6 @@ def test_replace_a_bad_input_leaves_the_table_as_it_was(
     assert dune_emulator.counts.get("clear_table") == 1  # the one that loaded the 200 rows
 
 
-@pytest.mark.slow
 def test_replace_a_lost_answer_leaves_the_retry_to_replace_the_table(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
