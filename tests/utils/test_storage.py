@@ -25,7 +25,7 @@ from airflow_provider_dune.operators.uploads import DuneUploadOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.utils.results import write_pages
 from airflow_provider_dune.utils.storage import LocalFile, ObjectStorageFile, storage_file
-from airflow_provider_dune.version_compat import AIRFLOW_VERSION
+from airflow_provider_dune.version_compat import AIRFLOW_VERSION, AirflowFailException
 from tests.conftest import REPO_ROOT
 from tests.operators.fakes import FakeTI
 
@@ -134,9 +134,9 @@ def test_a_missing_object_is_reported_before_anything_is_sent(
         task_id="up", namespace="team_x", table_name="labels", schema=SCHEMA, source="memory://bucket/none.csv"
     )
     context: dict[str, Any] = {"ti": FakeTI(dune_emulator)}
-    with pytest.raises(DuneConfigurationError, match="does not exist"):
+    with pytest.raises(AirflowFailException, match="does not exist"):  # a bad input: no retries
         operator.execute(context)  # type: ignore[arg-type]
-    assert "insert_table" not in dune_emulator.counts
+    assert "insert_rows" not in dune_emulator.counts
 
 
 # -- universal-pathlib 0.3 ---------------------------------------------------------------------------------
