@@ -42,13 +42,6 @@ UPLOAD_RECORD = TaskRecord(
     description="Chunks of an append upload Dune confirmed; lets a retry resume after them (deleted when done).",
 )
 #: The package that reads each object-storage scheme, for the error when it is missing.
-STORAGE_PACKAGES = {
-    "s3": "s3fs (pip install 'apache-airflow-providers-amazon[s3fs]')",
-    "gs": "gcsfs (pip install apache-airflow-providers-google)",
-    "gcs": "gcsfs (pip install apache-airflow-providers-google)",
-    "abfs": "adlfs (pip install apache-airflow-providers-microsoft-azure)",
-    "az": "adlfs (pip install apache-airflow-providers-microsoft-azure)",
-}
 
 
 class DuneUploadOperator(BaseOperator):
@@ -408,13 +401,6 @@ def _reading(location: str) -> Iterator[None]:
     """Errors of opening or reading a source file, as errors that say what to fix."""
     try:
         yield
-    except ImportError as err:
-        scheme = location.partition("://")[0].lower() if "://" in location else ""
-        package = STORAGE_PACKAGES.get(scheme, f"the fsspec filesystem package for {scheme}://")
-        raise DuneConfigurationError(
-            f"cannot open source {location!r}: reading {scheme}:// needs a package that is not installed ({err}); "
-            f"install {package} where the task runs"
-        ) from None
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
         raise DuneConfigurationError(f"cannot read source {location!r}: {reason}") from None

@@ -26,6 +26,16 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 
+#: What to install for the filesystems of the common object stores.
+STORAGE_PACKAGES = {
+    "s3": "s3fs (pip install 'apache-airflow-providers-amazon[s3fs]')",
+    "gs": "gcsfs (pip install apache-airflow-providers-google)",
+    "gcs": "gcsfs (pip install apache-airflow-providers-google)",
+    "abfs": "adlfs (pip install apache-airflow-providers-microsoft-azure)",
+    "az": "adlfs (pip install apache-airflow-providers-microsoft-azure)",
+}
+
+
 class StorageFile(Protocol):
     """A file to read or write as UTF-8 text (CSV-safe newlines)."""
 
@@ -135,6 +145,12 @@ def storage_file(location: str) -> StorageFile:
         raise DuneConfigurationError(f"{location!r} is not an object-storage URL such as s3://bucket/key.csv")
     try:
         fs = get_fs(scheme.lower(), conn_id or None)
+    except ImportError as err:  # the provider is there, its filesystem package is not
+        package = STORAGE_PACKAGES.get(scheme.lower(), f"the fsspec filesystem package for {scheme}://")
+        raise DuneConfigurationError(
+            f"cannot open {location!r}: {scheme}:// needs a package that is not installed ({err}); install "
+            f"{package} where the task runs"
+        ) from None
     except ValueError as err:  # "No filesystem registered for scheme ..."
         raise DuneConfigurationError(
             f"cannot open {location!r}: {err} (install the Airflow provider for that storage, e.g. "

@@ -294,3 +294,17 @@ def test_a_complete_export_replaces_the_previous_file(
     else:
         assert fs.cat_file("bucket/exports/volume.csv").decode() == CSV_TEXT
         assert [p.rsplit("/", 1)[-1] for p in fs.find("bucket/exports")] == ["volume.csv"]
+
+
+def test_an_export_to_object_storage_without_its_filesystem_package_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_provider_dune.api.errors import DuneConfigurationError
+    from airflow_provider_dune.utils import storage
+
+    def missing(scheme: str, conn_id: str | None = None) -> Any:
+        raise ImportError("No module named 'gcsfs'", name="gcsfs")
+
+    monkeypatch.setattr(storage, "get_fs", missing)
+    with pytest.raises(DuneConfigurationError, match=r"gcsfs.*apache-airflow-providers-google"):
+        storage.storage_file("gs://bucket/out/result.csv")
