@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from airflow.triggers import base as _trigger_base
 from airflow.triggers.base import TriggerEvent
@@ -156,13 +156,13 @@ class DuneMaterializedViewRefreshTrigger(_EventTriggerBase):
                     state = await self._take_in(state, ids)
                     for execution_id in state.running:
                         status = await self._status(hook, execution_id, missing)
-                        if status is not None and not status.is_terminal:
+                        if status == "unknown" or (isinstance(status, ExecutionStatus) and not status.is_terminal):
                             continue
                         state = WatchState(state.last_seen, tuple(i for i in state.running if i != execution_id))
                         # Saved before the event leaves: a stop in between loses the event instead of firing it
                         # twice on restart (each event may start a DAG run, and with it billed Dune runs).
                         await self._save_state(state)
-                        if status is not None and status.outcome is PipelineOutcome.SUCCESS:
+                        if isinstance(status, ExecutionStatus) and status.outcome is PipelineOutcome.SUCCESS:
                             self.log.info("Dune refreshed %s (execution %s)", self.view_name, execution_id)
                             yield TriggerEvent(
                                 {
@@ -172,7 +172,7 @@ class DuneMaterializedViewRefreshTrigger(_EventTriggerBase):
                                     "state": status.state.value,
                                 }
                             )
-                        elif status is not None:
+                        elif isinstance(status, ExecutionStatus):
                             self.log.warning(
                                 "Refresh %s of %s ended %s: no event", execution_id, self.view_name, status.describe()
                             )
@@ -191,7 +191,7 @@ class DuneMaterializedViewRefreshTrigger(_EventTriggerBase):
             state = WatchState(latest)
             await self._save_state(state)
             return state
-        if state.last_seen and state.last_seen not in ids:
+        if state.last_seen and ids and state.last_seen not in ids:
             self.log.warning(
                 "The last refresh of %s this watch handled (%s) is not among the %d Dune lists (more refreshes "
                 "happened while the watch was stopped, or its saved state is wrong): starting from the latest "
@@ -212,23 +212,34 @@ class DuneMaterializedViewRefreshTrigger(_EventTriggerBase):
             await self._save_state(taken)
         return taken
 
-    async def _status(self, hook: DuneHook, execution_id: str, missing: dict[str, int]) -> ExecutionStatus | None:
-        """Status of a running refresh; ``None`` once Dune has not known it :data:`MAX_MISSING_READS` times in a
-        row (it is then given up). Other errors propagate: the whole read is tried again later."""
+    async def _status(
+        self, hook: DuneHook, execution_id: str, missing: dict[str, int]
+    ) -> ExecutionStatus | Literal["unknown", "given_up"]:
+        """Status of a running refresh. A 404 makes it ``"unknown"`` for this read (it stays followed) and
+        ``"given_up"`` after :data:`MAX_MISSING_READS` in a row; other errors propagate (the whole read is tried
+        again later)."""
         try:
             status = await hook.aget_execution_status(execution_id)
-        except DuneNotFoundError:
+        except DuneNotFoundError as err:
             missing[execution_id] = missing.get(execution_id, 0) + 1
             if missing[execution_id] < MAX_MISSING_READS:
-                raise
+                self.log.warning(
+                    "Dune does not know refresh %s of %s (%d of %d reads in a row, then it is no longer followed): %s",
+                    execution_id,
+                    self.view_name,
+                    missing[execution_id],
+                    MAX_MISSING_READS,
+                    err,
+                )
+                return "unknown"
             missing.pop(execution_id)
             self.log.warning(
-                "Dune does not know refresh %s of %s (%d reads in a row): no longer followed",
+                "Dune does not know refresh %s of %s (%d reads in a row): no longer followed, no event for it",
                 execution_id,
                 self.view_name,
                 MAX_MISSING_READS,
             )
-            return None
+            return "given_up"
         missing.pop(execution_id, None)
         return status
 

@@ -348,3 +348,29 @@ async def test_transient_errors_do_not_stop_the_watch(emulator: DuneEmulator) ->
     done = refresh()
     assert [e["execution_id"] for e in await watch.next(timeout=8)] == [done]
     await watch.stop()
+
+
+async def test_a_refresh_dune_briefly_does_not_know_is_still_followed(
+    clocked: tuple[DuneEmulator, ManualClock], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator, clock = clocked
+    monkeypatch.setattr(materialized_view, "MAX_MISSING_READS", 3)
+    emulator.add_materialized_view(VIEW, query_id=9500, duration=10)
+    watch = Watch(trigger())
+    assert await watch.nothing_within(0.2)
+    blip = refresh(wait=False)
+    emulator.inject("execution_status", Fault.status(404, times=2))  # fewer than MAX_MISSING_READS
+    assert await watch.nothing_within(0.4)
+    assert len(warnings_about(capsys, f"Dune does not know refresh {blip}")) == 2
+    clock.now += 20
+    assert [e["execution_id"] for e in await watch.next()] == [blip]
+    lost = refresh(wait=False)
+    emulator.inject("execution_status", Fault.status(404, times=3))  # Dune lost it: given up, no event
+    assert await watch.nothing_within(0.4)
+    assert warnings_about(capsys, f"Dune does not know refresh {lost}")[-1].count("no longer followed, no event")
+    clock.now += 20
+    later = refresh(wait=False)
+    clock.now += 20
+    assert [e["execution_id"] for e in await watch.next()] == [later]
+    assert await watch.nothing_within(0.2)
+    await watch.stop()
