@@ -112,8 +112,8 @@ class DuneMaterializedViewRefreshTrigger(_EventTriggerBase):
     ``{"view_name", "uri", "execution_id", "state"}``: ``execution_id`` identifies the refresh.
 
     What it has handled is kept in the watched asset's state store (Airflow 3.3+), so a triggerer restart
-    neither replays old refreshes nor misses one that ended while it was down (up to the 10 Dune lists); the
-    state is saved before each event is handed to Airflow, so an event is fired at most once: a triggerer
+    neither replays old refreshes nor misses one that ended while it was down (when more than the 10 refreshes
+    Dune lists happened meanwhile, it starts again from the latest, with a warning); the state is saved before each event is handed to Airflow, so an event is fired at most once: a triggerer
     that stops in the second between the two loses that event rather than starting the downstream DAG
     (and the billed Dune runs in it) twice. Without a store, or with a saved state it cannot read (logged as a
     warning), the watch starts from the latest refresh without firing for it.
@@ -291,8 +291,8 @@ class DuneMaterializedViewRefreshTrigger(_EventTriggerBase):
             await store.aset(WATERMARK_KEY, state.to_stored())
         except Exception as err:
             self.log.warning(
-                "Could not save the watch state of %s (%s): a triggerer restart before the next save may fire "
-                "its latest event again",
+                "Could not save the watch state of %s (%s): a triggerer restart before the next successful save "
+                "resumes from an older saved state (this refresh may fire again) or, with none, from the latest",
                 self.view_name,
                 err,
             )
