@@ -113,10 +113,11 @@ class DuneMaterializedViewRefreshTrigger(_EventTriggerBase):
 
     What it has handled is kept in the watched asset's state store (Airflow 3.3+), so a triggerer restart
     neither replays old refreshes nor misses one that ended while it was down (when more than the 10 refreshes
-    Dune lists happened meanwhile, it starts again from the latest, with a warning); the state is saved before each event is handed to Airflow, so an event is fired at most once: a triggerer
-    that stops in the second between the two loses that event rather than starting the downstream DAG
-    (and the billed Dune runs in it) twice. Without a store, or with a saved state it cannot read (logged as a
-    warning), the watch starts from the latest refresh without firing for it.
+    Dune lists happened meanwhile, it starts again from the latest, with a warning). The state is saved before
+    each event is handed to Airflow, so an event fires at most once: a triggerer that stops in the second
+    between the two loses that event rather than starting the downstream DAG (and the billed Dune runs in it)
+    twice. Without a store, or with a saved state it cannot read (logged as a warning), the watch starts from
+    the latest refresh without firing for it.
 
     No error ends the watch: a failed read (a 5xx, a network error, a 401/403 or a 404, also a lasting one
     when the view was deleted) is logged as a warning and read again after ``poll_interval``, doubling up to
