@@ -183,6 +183,11 @@ def read_extra_setting(extra: Mapping[str, Any], name: str) -> Any:
         raise DuneConfigurationError(f"connection extra '{name}' must be a whole number, got {value!r}")
     if setting.minimum is not None and number < setting.minimum:
         raise DuneConfigurationError(f"connection extra '{name}' must be >= {setting.minimum:g}, got {value!r}")
+    if setting.zero_or_at_least is not None and 0 < number < setting.zero_or_at_least:
+        raise DuneConfigurationError(
+            f"connection extra '{name}' must be 0 (no pacing) or >= {setting.zero_or_at_least:g} a minute, got "
+            f"{value!r}: set it to your Dune plan's budget"
+        )
     return int(number) if setting.kind == "integer" else number
 
 

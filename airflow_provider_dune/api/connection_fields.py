@@ -17,6 +17,8 @@ DEFAULT_RETRY_MAX_WAIT = 60.0
 #: Dune's Free-plan budget per API key: the safe default until the connection says otherwise.
 DEFAULT_READS_PER_MINUTE = 40
 DEFAULT_WRITES_PER_MINUTE = 15
+#: Smallest pacing budget (requests a minute) besides 0 (no pacing): below it, one request waits over a minute.
+MIN_REQUESTS_PER_MINUTE = 1
 #: Dune's default cap on datapoints (rows x columns) per results request; an account setting.
 DEFAULT_MAX_DATAPOINTS_PER_REQUEST = 250_000
 
@@ -31,6 +33,8 @@ class ExtraSetting:
     :param default: value used when the extra does not set it.
     :param minimum: smallest accepted value (numbers only).
     :param description: help text under the form field.
+    :param zero_or_at_least: when set, the only accepted values below it are ``0`` ("off") and ``minimum``
+        does not apply above ``0`` (a budget of a thousandth of a read a minute waits hours per read).
     """
 
     name: str
@@ -39,6 +43,7 @@ class ExtraSetting:
     default: float | bool
     description: str
     minimum: float | None = None
+    zero_or_at_least: float | None = None
 
 
 #: Every setting the connection's extra may hold, in form order. The API key is not here: it is the Password.
@@ -92,16 +97,19 @@ EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
         DEFAULT_READS_PER_MINUTE,
         "Your Dune plan's read budget for this key (status, results; default "
         f"{DEFAULT_READS_PER_MINUTE}, the Free plan). Every task and trigger in a process shares it, so Dune never has "
-        "to answer 429; 0 turns pacing off.",
+        f"to answer 429; 0 turns pacing off, otherwise at least {MIN_REQUESTS_PER_MINUTE}.",
         minimum=0,
+        zero_or_at_least=MIN_REQUESTS_PER_MINUTE,
     ),
     ExtraSetting(
         "writes_per_minute",
         "Runs started per minute",
         "number",
         DEFAULT_WRITES_PER_MINUTE,
-        f"Your plan's budget for executions and refreshes (default {DEFAULT_WRITES_PER_MINUTE}); 0 turns pacing off.",
+        f"Your plan's budget for executions and refreshes (default {DEFAULT_WRITES_PER_MINUTE}); 0 turns pacing off, "
+        f"otherwise at least {MIN_REQUESTS_PER_MINUTE}.",
         minimum=0,
+        zero_or_at_least=MIN_REQUESTS_PER_MINUTE,
     ),
     ExtraSetting(
         "max_datapoints_per_request",

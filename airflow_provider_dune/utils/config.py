@@ -1,51 +1,69 @@
-"""The provider's options in Airflow's configuration (section ``[dune]``, declared in the provider info)."""
+"""The provider's options in Airflow's configuration (section ``[dune]``, declared in the provider info).
+
+A wrong value never raises: options are read while DAG files are imported (an operator checks its
+``poll_interval`` against ``min_poll_interval``), so one typo in ``airflow.cfg`` would break the import of every
+DAG that uses Dune. It is logged once as a warning naming the option, and the default is used instead.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 SECTION = "dune"
 DEFAULT_MIN_POLL_INTERVAL = 1.0
+DEFAULT_BUDGET_SHARE = 1.0
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _read_number(option: str, default: float, accept: Callable[[float], bool], expected: str) -> float:
+    """``[dune] option`` as a number that ``accept`` takes, else ``default`` (with a warning, once per value).
+
+    :param expected: what a valid value is, for the warning (e.g. ``"a number of seconds, 0 or more"``).
+    """
+    from airflow.configuration import conf
+
+    raw = conf.get(SECTION, option, fallback=None)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and accept(value):
+        return value
+    if (option, str(raw)) not in _WARNED:
+        _WARNED.add((option, str(raw)))
+        log.warning(
+            "[%s] %s = %r is not %s (airflow.cfg or AIRFLOW__%s__%s); using %g instead",
+            SECTION,
+            option,
+            str(raw),
+            expected,
+            SECTION.upper(),
+            option.upper(),
+            default,
+        )
+    return default
 
 
 def min_poll_interval() -> float:
     """``[dune] min_poll_interval``: the shortest ``poll_interval``/``poke_interval`` a task may ask for."""
-    from airflow.configuration import conf
-
-    try:
-        value = conf.getfloat(SECTION, "min_poll_interval", fallback=DEFAULT_MIN_POLL_INTERVAL)
-    except ValueError:
-        return DEFAULT_MIN_POLL_INTERVAL
-    return value if value >= 0 else DEFAULT_MIN_POLL_INTERVAL
-
-
-DEFAULT_BUDGET_SHARE = 1.0
+    return _read_number(
+        "min_poll_interval", DEFAULT_MIN_POLL_INTERVAL, lambda value: value >= 0, "a number of seconds, 0 or more"
+    )
 
 
 def budget_share() -> float:
     """``[dune] budget_share``: the share (0-1] of each key's ``reads_per_minute``/``writes_per_minute`` this
     process paces to, for deployments where several processes (triggerers, workers) poll with one key."""
-    from airflow.configuration import conf
-
-    raw = conf.get(SECTION, "budget_share", fallback=None)
-    if raw is None or str(raw).strip() == "":
-        return DEFAULT_BUDGET_SHARE
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if 0 < value <= 1:
-        return value
-    if raw not in _WARNED:
-        _WARNED.add(raw)
-        log.warning(
-            "[dune] budget_share = %r is not a number above 0 and at most 1 (e.g. 0.5 for one of two processes "
-            "sharing a key); pacing to the whole budget instead",
-            raw,
-        )
-    return DEFAULT_BUDGET_SHARE
-
-
-_WARNED: set[str] = set()
+    return _read_number(
+        "budget_share",
+        DEFAULT_BUDGET_SHARE,
+        lambda value: 0 < value <= 1,
+        "a number above 0 and at most 1 (e.g. 0.5 for one of two processes sharing a key)",
+    )

@@ -17,6 +17,8 @@ from airflow_provider_dune.version_compat import Variable
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "airflow_provider_dune_durations_"
+#: Longest stored history read (a history is a few numbers: anything longer is not one this module wrote).
+MAX_HISTORY_CHARS = 10_000
 
 
 def history_key(fingerprint: str) -> str:
@@ -24,19 +26,31 @@ def history_key(fingerprint: str) -> str:
 
 
 def recall(fingerprint: str) -> list[float]:
-    """Previous durations (seconds, oldest first) of runs of the request with this fingerprint."""
+    """Previous durations (seconds, oldest first) of runs of the request with this fingerprint; ``[]`` when there
+    are none or the stored value cannot be read (logged as a warning: the next :func:`record` replaces it)."""
+    key = history_key(fingerprint)
     try:
-        raw = Variable.get(history_key(fingerprint), None)
+        raw = Variable.get(key, None)
     except Exception as err:
         log.warning("Could not read the previous durations of this Dune request: %s", err)
         return []
-    if not raw:
+    if raw is None or raw == "":
         return []
     try:
+        if not isinstance(raw, str) or len(raw) > MAX_HISTORY_CHARS:
+            raise ValueError(f"not a short JSON text ({type(raw).__name__} of {len(raw)} characters)")
         values = json.loads(raw)
-    except (TypeError, ValueError):
+        if not isinstance(values, list):
+            raise ValueError(f"a JSON {type(values).__name__}, not a list")
+        return usable_durations(values)
+    except Exception as err:  # RecursionError for a deeply nested value, among others: never fail the task
+        log.warning(
+            "The previous durations of this Dune request cannot be read (Variable %s: %s): polling without a "
+            "forecast; this run's duration replaces them",
+            key,
+            str(err)[:200],
+        )
         return []
-    return usable_durations(values) if isinstance(values, list) else []
 
 
 def record(fingerprint: str, seconds: float) -> None:

@@ -72,11 +72,23 @@ def test_key_from_extra_and_tuning_extras() -> None:
         ({"timeout": "soon"}, "'timeout' must be a number"),
         ({"timeout": 0}, "'timeout' must be >= 0.1"),
         ({"retry_min_wait": 100}, "invalid retry settings"),
+        # A budget of a thousandth of a read a minute would hold each read back for 17 hours, past any timeout.
+        ({"reads_per_minute": 0.001}, "'reads_per_minute' must be 0 \\(no pacing\\) or >= 1 a minute"),
+        ({"reads_per_minute": "1e-320"}, "'reads_per_minute' must be 0 \\(no pacing\\) or >= 1 a minute"),
+        ({"writes_per_minute": 0.5}, "'writes_per_minute' must be 0 \\(no pacing\\) or >= 1 a minute"),
+        ({"reads_per_minute": -1}, "'reads_per_minute' must be >= 0"),
     ],
 )
 def test_bad_extras_are_explained(extra: dict, message: str) -> None:
     with pytest.raises(DuneConfigurationError, match=message):
         settings_from_connection("c", host=None, password="k", port=None, extra=extra)
+
+
+@pytest.mark.parametrize("per_minute", [0, "0", 1, 40, 1e6])
+def test_pacing_budgets_are_off_or_at_least_one_a_minute(per_minute: object) -> None:
+    extra = {"reads_per_minute": per_minute, "writes_per_minute": per_minute}
+    settings = settings_from_connection("c", host=None, password="k", port=None, extra=extra)
+    assert settings.reads_per_minute == settings.writes_per_minute == float(per_minute)  # type: ignore[arg-type]
 
 
 # -- malformed hosts and extras are refused before any request, without echoing credentials ---------------------
