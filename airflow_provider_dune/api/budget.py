@@ -122,6 +122,17 @@ class RequestBudget:
             raise
         return max(0.0, self._clock() - now)
 
+    def next_wait(self, key: str, per_minute: float) -> float:
+        """Seconds until ``key``'s next free slot, without booking it."""
+        if per_minute <= 0:
+            return 0.0
+        with self._lock:
+            pace = self._keys.get(key)
+            if pace is None:
+                return 0.0
+            now = self._clock()
+            return max(0.0, self._next_start(pace, now, per_minute) - now)
+
     def queued(self, key: str) -> int:
         """Reads of ``key`` waiting for a slot in this process."""
         with self._lock:

@@ -122,6 +122,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             if value is not None
         }
         self._settings: DuneConnectionSettings | None = None
+        #: Wall-clock time (``time.time()``) not to wait past for the key's budget: from then on requests go out
+        #: without a slot (a timed-out task's last read, a cancel).
+        self.deadline: float | None = None
         self._session: requests.Session | None = None
         self._async_client: httpx.AsyncClient | None = None
 
@@ -326,6 +329,11 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
         return per_minute * budget_share()
 
+    def _past_deadline(self, request: DuneRequest, settings: DuneConnectionSettings, pause: float) -> bool:
+        """Whether waiting ``pause`` and then for the budget's next slot would pass :attr:`deadline`."""
+        slot = BUDGET.next_wait(self._budget(request, settings), self._per_minute(request, settings))
+        return time.time() + pause + slot > (self.deadline or 0.0)
+
     def _pace(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
         """Seconds to wait for this request's slot in the key's budget (shared by every hook in the process)."""
         per_minute = self._per_minute(request, settings)
@@ -348,7 +356,14 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             )
 
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._cooldown(request, settings) + self._pace(request, settings):
+        pause = self._cooldown(request, settings)
+        if self.deadline is not None and self._past_deadline(request, settings, pause):
+            # The task's timeout comes first: its last read (and the cancel after it) goes out at the deadline,
+            # outside the key's budget, rather than after a wait for a slot that could last minutes.
+            pause = max(0.0, self.deadline - time.time())
+        else:
+            pause += self._pace(request, settings)
+        if pause:
             time.sleep(pause)
         answer = transport.send(self.get_conn(), request, settings.base_url + request.path, settings.limits)
         return self._decode(request, settings, answer.status_code, answer.content, answer.headers)

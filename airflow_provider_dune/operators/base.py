@@ -396,6 +396,7 @@ class DuneRunOperator(BaseOperator):
         self, hook: DuneHook, run_id: str, end_time: float | None, schedule: ReadSchedule
     ) -> dict[str, Any]:
         target = self.target(run_id)
+        hook.deadline = end_time
         errors = 0
         last: Snapshot | None = None
         last_summary = None
@@ -514,8 +515,12 @@ class DuneRunOperator(BaseOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def cancel_running(self, run_id: str, details: Mapping[str, Any] | None) -> int:
-        """Best effort: cancel every execution of the run that has started and not finished; return how many."""
+        """Best effort: cancel every execution of the run that has started and not finished; return how many.
+
+        Not held back by the key's budget: stopping billed work comes before pacing.
+        """
         hook = self.hook
+        hook.deadline = time.time()
         try:
             running = self.running_executions(hook, run_id, details)
         except DuneError as err:

@@ -347,3 +347,25 @@ def test_a_results_page_over_the_cap_says_to_lower_page_size_and_is_not_read_aga
         with pytest.raises(DuneConfigurationError, match=r"\(30 rows\) is larger than 0.0625 MiB.*lower page_size"):
             hook.get_execution_results(execution_id, limit=30)
     assert emulator.counts["execution_results"] == 1  # reading it again would cost the same and fail the same
+
+
+def test_a_worker_never_sleeps_for_the_key_s_budget_past_the_task_s_timeout(
+    emulator: DuneEmulator, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one read a minute, the second status read's slot is a minute away; the 0.5 s timeout comes first."""
+    import time as time_module
+
+    from tests.conftest import dune_connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, reads_per_minute=1))
+    pauses: list[float] = []
+    real_sleep = time_module.sleep
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(min(seconds, 0.05))
+
+    monkeypatch.setattr(time_module, "sleep", sleep)
+    with pytest.raises(AirflowException, match="did not finish before the timeout"):
+        query_op(query_id=8002, timeout=0.5, poll_interval=0.1).execute(context)
+    assert pauses and max(pauses) <= 0.5, pauses
