@@ -88,7 +88,7 @@ def new_refreshes(last_execution_ids: Sequence[str], watermark: str | None) -> l
 
     Without a watermark (``None``) nothing is new. An empty watermark (the view had never been refreshed when
     the watch started) makes the whole list new; a watermark that is not in the list makes nothing new (the
-    caller starts again from the latest refresh, see :meth:`DuneMaterializedViewRefreshTrigger.run`).
+    caller starts again from the latest refresh, see the trigger's ``run``).
     """
     if not watermark:
         return list(reversed(last_execution_ids)) if watermark == "" else []
