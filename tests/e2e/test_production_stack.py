@@ -237,44 +237,55 @@ def _budget_phase(
     }
 
 
+#: The phases without pacing, and two triggerers each pacing to the whole budget, are figures to compare with
+#: (what docs/guides/rate-budgets.rst quotes): they run with DUNE_BUDGET_FIGURES=1. Without it only the phases
+#: the assertions are about run, which keeps this test's minutes in CI down.
+BUDGET_FIGURES = os.environ.get("DUNE_BUDGET_FIGURES") == "1"
+
+
 def test_two_triggerers_against_one_over_the_free_plan_budget(production: ProductionStack) -> None:
-    """Eight pipelines polled every 2 s (240 reads a minute asked, 40 allowed), with two triggerers, then one;
-    each without pacing and with the provider's budget pacing (reads_per_minute=40 on the connection); then two
-    triggerers each pacing to half the budget (``[dune] budget_share = 0.5``) over 100 s runs."""
+    """Eight pipelines polled every 2 s (240 reads a minute asked, 40 allowed): two triggerers each pacing to half
+    the budget (``[dune] budget_share = 0.5``) over 100 s runs, then one triggerer pacing to the whole budget
+    (reads_per_minute=40 on the connection). With DUNE_BUDGET_FIGURES=1 also without pacing, and two triggerers
+    each pacing to the whole budget."""
     stack = production.airflow
-    for name in TRIGGERERS:  # half the pipelines each
-        stack.stop(name)
-        production.start_triggerer(name, BUDGET_TASKS // 2)
-    _wait_triggerers(production, TRIGGERERS)
-    two = _budget_phase(production, "budget_two_triggerers", 7200, "dune_default")
-    two_paced = _budget_phase(production, "budget_two_triggerers_paced", 7200, "dune_free_plan")
+    figures: dict[str, Any] = {}
     # Long enough to empty Dune's bucket (a minute of reads) if the two paced to the whole budget each.
-    for name in TRIGGERERS:
+    for name in TRIGGERERS:  # half the pipelines each
         stack.stop(name)
         production.start_triggerer(name, BUDGET_TASKS // 2, {"AIRFLOW__DUNE__BUDGET_SHARE": "0.5"})
     _wait_triggerers(production, TRIGGERERS)
-    two_shared = _budget_phase(production, "budget_two_triggerers_half_share", 7200, "dune_free_plan", 100.0)
+    figures["two_triggerers_paced_budget_share_half_100s_pipelines"] = _budget_phase(
+        production, "budget_two_triggerers_half_share", 7200, "dune_free_plan", 100.0
+    )
+    if BUDGET_FIGURES:
+        for name in TRIGGERERS:
+            stack.stop(name)
+            production.start_triggerer(name, BUDGET_TASKS // 2)
+        _wait_triggerers(production, TRIGGERERS)
+        figures["two_triggerers"] = _budget_phase(production, "budget_two_triggerers", 7200, "dune_default")
+        figures["two_triggerers_paced_40_per_minute"] = _budget_phase(
+            production, "budget_two_triggerers_paced", 7200, "dune_free_plan"
+        )
     for name in TRIGGERERS:
         stack.stop(name)
     production.start_triggerer(TRIGGERERS[0], BUDGET_TASKS)  # one triggerer with room for all of them
     _wait_triggerers(production, TRIGGERERS[:1])
-    one = _budget_phase(production, "budget_one_triggerer", 7200, "dune_default")
-    one_paced = _budget_phase(production, "budget_one_triggerer_paced", 7200, "dune_free_plan")
-    figures = {
-        "two_triggerers": two,
-        "one_triggerer": one,
-        "two_triggerers_paced_40_per_minute": two_paced,
-        "two_triggerers_paced_budget_share_half_100s_pipelines": two_shared,
-        "one_triggerer_paced_40_per_minute": one_paced,
-    }
+    if BUDGET_FIGURES:
+        figures["one_triggerer"] = _budget_phase(production, "budget_one_triggerer", 7200, "dune_default")
+    one_paced = figures["one_triggerer_paced_40_per_minute"] = _budget_phase(
+        production, "budget_one_triggerer_paced", 7200, "dune_free_plan"
+    )
     _save_figures("free_plan_budget", figures)
     print(f"\n[e2e] Free-plan budget, one key: {json.dumps(figures)}")
     # Paced to the plan's 40 reads a minute, one triggerer stays inside the budget (the workers' first reads
-    # before deferring come from other processes, hence the small allowance) with fewer reads than unpaced.
-    assert one_paced["429s"] <= 2 and one_paced["status_reads"] < one["status_reads"], figures
+    # before deferring come from other processes, hence the small allowance).
+    assert one_paced["429s"] <= 2, figures
+    if BUDGET_FIGURES:
+        assert one_paced["status_reads"] < figures["one_triggerer"]["status_reads"], figures
     # Each of two triggerers paced to half the key's budget: none over it, however long the runs wait.
-    assert two_shared["429s"] <= 2, figures
-    for phase in (two, one, two_paced, one_paced, two_shared):
+    assert figures["two_triggerers_paced_budget_share_half_100s_pipelines"]["429s"] <= 2, figures
+    for phase in figures.values():
         assert phase["task_states"] == ["success"], figures
         assert phase["pipelines"] == BUDGET_TASKS and phase["detected"] == BUDGET_TASKS, figures
 
