@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -189,19 +190,29 @@ async def test_a_restart_neither_replays_nor_misses_refreshes(emulator: DuneEmul
     await watch.stop()
 
 
-def warnings_about(capsys: pytest.CaptureFixture[str], text: str) -> list[str]:
-    """Warnings the trigger logged (Airflow's structured log, written to stdout) that mention ``text``."""
-    return [line for line in capsys.readouterr().out.splitlines() if "[warning" in line and text in line]
+@pytest.fixture
+def warnings_about(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> Callable[[str], list[str]]:
+    """Warnings the trigger logged since the last call that mention a text: Airflow 3's structured log writes
+    them to stdout, Airflow 2's goes through the standard logging module."""
+    caplog.set_level(logging.WARNING)
+
+    def read(text: str) -> list[str]:
+        lines = [line for line in capsys.readouterr().out.splitlines() if "[warning" in line and text in line]
+        lines += [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    return read
 
 
 async def test_a_view_that_does_not_exist_is_watched_with_a_capped_backoff_and_warnings(
-    emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, warnings_about: Callable[[str], list[str]]
 ) -> None:
     """A lasting 404 neither ends the trigger (a restart loop that ignores poll_interval) nor polls faster."""
     monkeypatch.setattr(materialized_view, "MAX_ERROR_BACKOFF", 0.2)
     watch = Watch(trigger(view_name="dune.watch.later"))
     assert await watch.nothing_within(1.0)  # still running: a raised error would be queued here
-    gone = warnings_about(capsys, "dune.watch.later")
+    gone = warnings_about("dune.watch.later")
     assert len(gone) >= 3
     assert all("does not exist" in message for message in gone)
     assert len([r for r in emulator.requests if r.endpoint == "get_materialized_view"]) <= 12  # 0.05, 0.1, 0.2, 0.2...
@@ -230,14 +241,14 @@ def test_error_backoff_doubles_from_poll_interval_up_to_a_cap(poll_interval: flo
 
 @pytest.mark.parametrize("code", [401, 403, 404, 500])
 async def test_one_error_of_any_kind_does_not_end_the_watch(
-    emulator: DuneEmulator, code: int, capsys: pytest.CaptureFixture[str]
+    emulator: DuneEmulator, code: int, warnings_about: Callable[[str], list[str]]
 ) -> None:
     watch = Watch(trigger())
     assert await watch.nothing_within(0.2)
     emulator.inject("get_materialized_view", Fault.status(code, times=1))
     done = refresh()
     assert [e["execution_id"] for e in await watch.next()] == [done]
-    assert warnings_about(capsys, VIEW)
+    assert warnings_about(VIEW)
     await watch.stop()
 
 
@@ -246,7 +257,7 @@ async def test_one_error_of_any_kind_does_not_end_the_watch(
     ["no-such-refresh", "", 42, None, ["a"], {"last_seen": 5}, {"last_seen": "x", "running": "y"}, "a/b"],
 )
 async def test_a_corrupt_saved_state_starts_from_the_latest_refresh_without_replaying(
-    emulator: DuneEmulator, corrupt: Any, capsys: pytest.CaptureFixture[str]
+    emulator: DuneEmulator, corrupt: Any, warnings_about: Callable[[str], list[str]]
 ) -> None:
     for _ in range(3):
         refresh()
@@ -257,7 +268,7 @@ async def test_a_corrupt_saved_state_starts_from_the_latest_refresh_without_repl
     watch = Watch(watcher)
     assert await watch.nothing_within(0.4)  # no replay of the three refreshes before
     if corrupt is not None:
-        assert warnings_about(capsys, "starting from the latest refresh")
+        assert warnings_about("starting from the latest refresh")
     new = refresh()
     assert [e["execution_id"] for e in await watch.next()] == [new]
     assert await watch.nothing_within(0.2)
@@ -351,7 +362,9 @@ async def test_transient_errors_do_not_stop_the_watch(emulator: DuneEmulator) ->
 
 
 async def test_a_refresh_dune_briefly_does_not_know_is_still_followed(
-    clocked: tuple[DuneEmulator, ManualClock], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    clocked: tuple[DuneEmulator, ManualClock],
+    monkeypatch: pytest.MonkeyPatch,
+    warnings_about: Callable[[str], list[str]],
 ) -> None:
     emulator, clock = clocked
     monkeypatch.setattr(materialized_view, "MAX_MISSING_READS", 3)
@@ -361,13 +374,13 @@ async def test_a_refresh_dune_briefly_does_not_know_is_still_followed(
     blip = refresh(wait=False)
     emulator.inject("execution_status", Fault.status(404, times=2))  # fewer than MAX_MISSING_READS
     assert await watch.nothing_within(0.4)
-    assert len(warnings_about(capsys, f"Dune does not know refresh {blip}")) == 2
+    assert len(warnings_about(f"Dune does not know refresh {blip}")) == 2
     clock.now += 20
     assert [e["execution_id"] for e in await watch.next()] == [blip]
     lost = refresh(wait=False)
     emulator.inject("execution_status", Fault.status(404, times=3))  # Dune lost it: given up, no event
     assert await watch.nothing_within(0.4)
-    assert warnings_about(capsys, f"Dune does not know refresh {lost}")[-1].count("no longer followed, no event")
+    assert warnings_about(f"Dune does not know refresh {lost}")[-1].count("no longer followed, no event")
     clock.now += 20
     later = refresh(wait=False)
     clock.now += 20
