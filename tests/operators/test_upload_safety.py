@@ -6,7 +6,6 @@ the table lives in the emulator; a try's records live in fake Variables or a fak
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from airflow_provider_dune.utils.uploads import Chunk
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.conftest import dune_connection_json
 from tests.operators.fakes import FakeTaskStateStore, FakeTI, FakeVariables
+from tests.operators.upload_files import write_csv, write_jsonl
 
 SCHEMA = [{"name": "day", "type": "date"}, {"name": "pool", "type": "varchar"}, {"name": "volume", "type": "double"}]
 TABLE = "dune.team_x.pool_volume"
@@ -30,16 +30,6 @@ CHUNK_BYTES = 1024  # about 30 rows a chunk
 
 def rows(count: int, start: int = 0) -> list[dict[str, Any]]:
     return [{"day": f"2024-06-{1 + d % 28:02d}", "pool": f"pool_{d}", "volume": d * 1.5} for d in range(start, count)]
-
-
-def write_csv(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("day,pool,volume\n" + "".join(f"{r['day']},{r['pool']},{r['volume']}\n" for r in records))
-    return path
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 @pytest.fixture(params=["variables", "task_state_store"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from airflow_provider_dune.utils import task_records
 from airflow_provider_dune.utils.uploads import csv_chunks, ndjson_chunks
 from airflow_provider_dune.version_compat import AirflowFailException
 from tests.operators.fakes import FakeTI, FakeVariables
+from tests.operators.upload_files import write_csv, write_jsonl
 
 SCHEMA = [{"name": "day", "type": "date"}, {"name": "pool", "type": "varchar"}, {"name": "volume", "type": "double"}]
 ROWS = [
@@ -38,22 +38,12 @@ def upload(**kwargs: Any) -> DuneUploadOperator:
     return DuneUploadOperator(**kwargs)
 
 
-def _csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("day,pool,volume\n" + "".join(f"{r['day']},{r['pool']},{r['volume']}\n" for r in rows))
-    return path
-
-
-def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
 def test_a_file_is_loaded_in_bounded_chunks(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path, kind: str
 ) -> None:
-    source = _csv(tmp_path / "v.csv", ROWS) if kind == "csv" else _jsonl(tmp_path / "v.jsonl", ROWS)
+    source = write_csv(tmp_path / "v.csv", ROWS) if kind == "csv" else write_jsonl(tmp_path / "v.jsonl", ROWS)
     result = upload(source=str(source), chunk_bytes=1024).execute(context)
     assert result == {
         "table": TABLE,
@@ -72,7 +62,7 @@ def test_a_file_is_loaded_in_bounded_chunks(
 def test_replace_mode_makes_a_retry_load_the_data_once(
     dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path
 ) -> None:
-    source = str(_csv(tmp_path / "v.csv", ROWS))
+    source = str(write_csv(tmp_path / "v.csv", ROWS))
     upload(source=source, chunk_bytes=1024).execute(context)  # a try that loaded everything, then failed later
     upload(source=source, chunk_bytes=1024).execute(context)  # the retry
     assert len(dune_emulator._state.table_rows(TABLE)) == 60
@@ -81,7 +71,7 @@ def test_replace_mode_makes_a_retry_load_the_data_once(
 
 @pytest.mark.slow
 def test_append_mode_adds(dune_emulator: DuneEmulator, context: dict[str, Any], tmp_path: Path) -> None:
-    source = str(_jsonl(tmp_path / "v.jsonl", ROWS[:5]))
+    source = str(write_jsonl(tmp_path / "v.jsonl", ROWS[:5]))
     upload(source=source, mode="append").execute(context)
     upload(source=source, mode="append").execute(context)
     assert len(dune_emulator._state.table_rows(TABLE)) == 10 and "clear_table" not in dune_emulator.counts
@@ -92,7 +82,7 @@ def test_an_unanswered_insert_is_not_sent_again(
 ) -> None:
     dune_emulator.inject("insert_rows", Fault.drop_after_processing())
     with pytest.raises(AirflowException, match="inserted the rows"):
-        upload(source=str(_csv(tmp_path / "v.csv", ROWS[:3]))).execute(context)
+        upload(source=str(write_csv(tmp_path / "v.csv", ROWS[:3]))).execute(context)
     assert dune_emulator.counts["insert_rows"] == 1
 
 
@@ -101,7 +91,7 @@ def test_rows_dune_would_refuse_fail_the_task_before_anything_is_sent(
 ) -> None:
     bad = [ROWS[0], {**ROWS[1], "volume": "lots"}]
     with pytest.raises(AirflowFailException, match="line 2: 'lots' is not a valid double for column volume"):
-        upload(source=str(_jsonl(tmp_path / "v.jsonl", bad))).execute(context)
+        upload(source=str(write_jsonl(tmp_path / "v.jsonl", bad))).execute(context)
     assert "insert_rows" not in dune_emulator.counts and "clear_table" not in dune_emulator.counts
 
 
