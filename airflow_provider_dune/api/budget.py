@@ -73,6 +73,15 @@ class RequestBudget:
         self._keys: dict[str, _KeyPace] = {}
         self._seq = itertools.count()
         self._rates: dict[str, float] = {}
+        self._first_come: set[str] = set()
+
+    def order_by_urgency(self, key: str, enabled: bool) -> None:
+        """Serve ``key``'s waiting reads by urgency (the default) or, ``enabled=False``, first come first served."""
+        with self._lock:
+            if enabled:
+                self._first_come.discard(key)
+            else:
+                self._first_come.add(key)
 
     def reserve(self, key: str, per_minute: float) -> float:
         """Book the next send slot of ``key``; returns the seconds to wait before sending (0.0 = now)."""
@@ -104,6 +113,8 @@ class RequestBudget:
                 pace.next_slot = start + self._interval(pace, per_minute)
                 return 0.0
             level = READ_URGENCY.get() if urgency is None else urgency
+            if key in self._first_come:
+                level = 0.0
             waiter = _Waiter(
                 now - URGENCY_HEAD_START * min(max(level, 0.0), 1.0), next(self._seq), loop.create_future(), loop
             )
