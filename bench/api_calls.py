@@ -19,8 +19,8 @@ requests, 429s, pipelines whose completion was detected (or the error that ended
 latency (pipeline end -> client saw the terminal state), and how bunched the requests were (most requests in
 any 1-second window, and the gap between a 429 and the same client's next request). A third row runs the
 provider with 4N pipelines, which at 6 reads/min each ask for three times the budget, to show its backoff; a
-fourth runs the same with the shared per-key 429 cooldown switched off for its key (each request then only
-follows its own retry schedule), for comparison.
+fourth runs the same with the shared per-key 429 cooldown switched off for its key (each client then waits
+out a cooldown of its own after its 429s), for comparison.
 
     python -m bench.api_calls [--quick]
 """
@@ -173,17 +173,27 @@ def _limited(
 
 
 def _bypass_cooldown(api_url: str) -> None:
-    """Switch the provider's shared per-key 429 cooldown off for the bench key at ``api_url`` only."""
-    from airflow_provider_dune.api.rate_limit import COOLDOWN
+    """Give each client (a worker thread, a trigger's task) of the bench key at ``api_url`` a 429 cooldown of its
+    own, instead of the one every client of the key shares."""
+    import contextvars
 
-    bypassed = {COOLDOWN.key_for(api_url, common.BENCH_API_KEY, bucket) for bucket in ("read", "write")}
-    record, delay = COOLDOWN.record_rate_limited, COOLDOWN.delay
+    from airflow_provider_dune.api.budget import PACERS, Bucket, KeyPacer, KeyPacers
 
-    def record_unless_bypassed(key: str, retry_after: float | None, *, base_wait: float, max_wait: float) -> float:
-        return 0.0 if key in bypassed else record(key, retry_after, base_wait=base_wait, max_wait=max_wait)
+    bypassed = {KeyPacers.key_for(api_url, common.BENCH_API_KEY, bucket) for bucket in ("read", "write")}
+    own: contextvars.ContextVar[dict[str, KeyPacer]] = contextvars.ContextVar("bench_own_pacers")
+    shared = PACERS.get
 
-    COOLDOWN.record_rate_limited = record_unless_bypassed  # type: ignore[method-assign]
-    COOLDOWN.delay = lambda key: 0.0 if key in bypassed else delay(key)  # type: ignore[method-assign]
+    def get(base_url: str, api_key: str, bucket: Bucket) -> KeyPacer:
+        key = KeyPacers.key_for(base_url, api_key, bucket)
+        if key not in bypassed:
+            return shared(base_url, api_key, bucket)
+        pacers = own.get(None)
+        if pacers is None:
+            pacers = {}
+            own.set(pacers)
+        return pacers.setdefault(key, KeyPacer())
+
+    PACERS.get = get  # type: ignore[method-assign]
 
 
 def _short_error(error: str | None) -> str:

@@ -11,9 +11,7 @@ own emulator (its own key budget):
 * ``adaptive, paced``: paced, reads placed by the forecast: first runs (no history; a pipeline of one node
   has no progress to extrapolate);
 * ``adaptive, paced, history``: the same with 5 previous durations of each request recorded (each within
-  +-3% of its true duration, seeded), as after a few nightly runs;
-* ``adaptive, paced, history, FIFO``: the same with the reads waiting for the key's budget served first come,
-  first served instead of by urgency.
+  +-3% of its true duration, seeded), as after a few nightly runs.
 
 Part 2, reads per 10-minute pipeline (no rate limit, pacing off: only the polling policy is measured): 10
 pipelines of 600-627 s per style, started at once:
@@ -27,7 +25,7 @@ pipelines of 600-627 s per style, started at once:
 Part 3, 1,000 triggers in one loop (``bench.triggerer_scale``'s measurement, pipelines of 30-60 s, poll interval
 10 s), fixed and unpaced as before, then adaptive with history, paced to 3,000 reads a minute (half of what the
 fixed polling asks, so reads queue in the budget): CPU, memory, loop lag and detection latency against the
-same targets; and the paced style again with its waiting reads served first come, first served.
+same targets.
 
 Reported for every style: status reads, 429s (and after the first minute), runs detected, detection latency
 (the run's end in the emulator -> the operator seeing the final status).
@@ -63,8 +61,6 @@ class Style:
     history: bool
     query_base: int
     nodes: int = 1
-    #: Serve the reads waiting for the key's budget by urgency (``False``: first come, first served).
-    urgency_order: bool = True
 
 
 PART1 = (
@@ -72,15 +68,6 @@ PART1 = (
     Style("fixed, paced", 10, adaptive=False, paced=True, history=False, query_base=7200),
     Style("adaptive, paced", 10, adaptive=True, paced=True, history=False, query_base=7300),
     Style("adaptive, paced, history", 10, adaptive=True, paced=True, history=True, query_base=7400),
-    Style(
-        "adaptive, paced, history, FIFO",
-        10,
-        adaptive=True,
-        paced=True,
-        history=True,
-        query_base=7900,
-        urgency_order=False,
-    ),
 )
 PART2 = (
     Style("fixed 10 s", 10, adaptive=False, paced=False, history=False, query_base=7500),
@@ -189,8 +176,6 @@ def _run_styles(
             else {}
         )
         common.set_dune_connection(emulator.url, conn_id=_conn_id(style), **pacing)
-        if not style.urgency_order:
-            _first_come_first_served(emulator.url)
         if limited:
             emulator.client.set_rate_limit(FREE_READS_PER_MINUTE, FREE_WRITES_PER_MINUTE)
         for index, duration in enumerate(durations):
@@ -209,14 +194,6 @@ def _run_styles(
         return out
 
     return jobs, outcomes
-
-
-def _first_come_first_served(api_url: str) -> None:
-    """Turn the urgency ordering off for the reads of the bench key at ``api_url``."""
-    from airflow_provider_dune.api.budget import BUDGET
-    from airflow_provider_dune.api.rate_limit import COOLDOWN
-
-    BUDGET.order_by_urgency(COOLDOWN.key_for(api_url, common.BENCH_API_KEY, "read"), False)
 
 
 def _rows(outcomes: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
@@ -281,11 +258,6 @@ def _scale_part3(args: Any) -> dict[str, Any]:
             child, triggers, settings, debug=False, trigger_kwargs=forecast_kwargs
         )
         out["adaptive, history, paced"]["reads_per_minute"] = reads_per_minute
-        _first_come_first_served(child.url)
-        out["adaptive, history, paced, FIFO"] = triggerer_scale._measure(
-            child, triggers, settings, debug=False, trigger_kwargs=forecast_kwargs
-        )
-        out["adaptive, history, paced, FIFO"]["reads_per_minute"] = reads_per_minute
     return out
 
 

@@ -1,242 +1,196 @@
-"""Pacing requests to an API key's budget, shared by every hook in a process (all triggers of a triggerer).
+"""Pacing the requests of an API key to its budget, and backing off together after a 429.
 
-Dune allows each key a number of reads and of writes (runs started) per minute: 40 and 15 on the Free plan.
-:class:`RequestBudget` hands out send times so that the requests of one key never exceed that rate: each
-request reserves the next free slot (a generic cell-rate algorithm, with a small burst allowance), and waits
-until then. Waiting runs therefore share the budget in turn: with N runs and a budget of B reads a minute,
-each is read at most every N/B minutes, and Dune never has to answer 429 because of this process.
+Dune allows each key a number of reads and of writes (runs started) per minute: 40 and 15 on the Free plan. Every
+hook in a process (all triggers of a triggerer, a worker's tasks) shares one :class:`KeyPacer` per key and
+budget, from :data:`PACERS`; the sync and the async transport both ask it when to send (:meth:`KeyPacer.reserve`)
+and tell it how Dune answered (:meth:`KeyPacer.rate_limited`, :meth:`KeyPacer.succeeded`).
 
-Reads of the triggers in one process queue for the key's slots in order of urgency: each waiting read is
-served by the time it asked, less a head start of :data:`URGENCY_HEAD_START` seconds times its urgency (how
-likely it is to find its run finished, set by the caller in :data:`READ_URGENCY`), so when the budget is short
-the runs near their expected end are read first, and a read that waited that much longer goes before any new
-one (nothing starves). Calls from threads (a worker's waits) take the next free slot directly.
+Pace: each request books the next free send slot at the key's rate (a generic cell-rate algorithm with a burst
+of :data:`BURST`) and waits until then, so waiting runs share the budget in turn: with N runs and a budget of B
+reads a minute, each is read at most every N/B minutes, and Dune never has to answer 429 because of this
+process.
 
-After a 429 (another process uses the same key, or the plan is smaller than configured) the key's rate is
-lowered by a fifth (429s within ten seconds of each other count once: they are one overload), and it recovers
-by a twentieth of the configured rate per minute without a 429. Keys used without pacing are never lowered.
+After a 429 (another process uses the same key, or the plan is smaller than configured):
+
+* cooldown: every request with the key waits until the cooldown is over: ``Retry-After`` when Dune sends one
+  (up to the retry policy's ``max_retry_after``), otherwise twice ``retry_min_wait``, doubling with each further
+  429 up to ``retry_max_wait`` and shrinking a step per minute without one. 429s to requests sent before the
+  cooldown began are one overload and count once. Waiting requests are spread over one more cooldown length so
+  they do not all go out at the same instant;
+* slowdown: a paced key's rate is lowered by a fifth (429s within :data:`LOWER_AT_MOST_EVERY` seconds of each
+  other count once) down to :data:`MIN_FRACTION` of the configured rate, and recovers by
+  :data:`RECOVERY_PER_MINUTE` of it per minute without a 429. Keys used without pacing are never lowered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import heapq
-import itertools
+import hashlib
+import math
+import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Literal
 
-#: Reads that may go out back to back before pacing starts (a new task's first status read is not held up).
+from airflow_provider_dune.api.retry import RetryPolicy
+
+#: Requests that may go out back to back before pacing starts (a new task's first status read is not held up).
 BURST = 2
 LOWER_FACTOR = 0.8
 RECOVERY_PER_MINUTE = 0.05
 MIN_FRACTION = 0.05
 #: 429s closer together than this are one overload (requests already in flight), so they lower the pace once.
 LOWER_AT_MOST_EVERY = 10.0
-#: Seconds of queueing a read of urgency 1.0 is credited with over a read of urgency 0.0.
-URGENCY_HEAD_START = 30.0
+#: Dune's budgets are per minute: the 429 cooldown shortens one step per minute without a 429.
+COOLDOWN_RECOVERY = 60.0
 
-#: Urgency (0..1) of the reads made in the current task: set by a trigger around its status read.
-READ_URGENCY: contextvars.ContextVar[float] = contextvars.ContextVar("dune_read_urgency", default=0.5)
-
-
-@dataclass(order=True)
-class _Waiter:
-    rank: float
-    seq: int
-    future: asyncio.Future[None] = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
+Bucket = Literal["read", "write"]
 
 
-@dataclass
-class _KeyPace:
-    next_slot: float = 0.0  # theoretical time of the next request at the current rate
-    fraction: float = 1.0  # share of the configured rate in force (lowered after 429s)
-    recovered_at: float = 0.0  # when the lowered fraction last grew back
-    lowered_at: float | None = None
-    waiters: list[_Waiter] = field(default_factory=list)  # heap: lowest rank is served first
-    timer: asyncio.TimerHandle | None = None
-    timer_loop: asyncio.AbstractEventLoop | None = None
-
-
-class RequestBudget:
-    """Per-key pacing of requests to ``per_minute`` requests a minute (``0``: no pacing).
+class KeyPacer:
+    """When the requests of one key's budget (reads, or runs started) may go out, in this process.
 
     :param clock: monotonic clock (injectable for tests).
+    :param jitter: returns a float in [0, 1) (injectable for tests).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, jitter: Callable[[], float] = random.random
+    ) -> None:
         self._clock = clock
-        self._lock = threading.RLock()
-        self._keys: dict[str, _KeyPace] = {}
-        self._seq = itertools.count()
-        self._rates: dict[str, float] = {}
-        self._first_come: set[str] = set()
+        self._jitter = jitter
+        self._lock = threading.Lock()
+        self._next_slot = 0.0  # theoretical time of the next request at the current rate
+        self._fraction = 1.0  # share of the configured rate in force (lowered after 429s)
+        self._recovered_at = 0.0  # when the lowered fraction last grew back
+        self._lowered_at: float | None = None
+        self._not_before = 0.0  # end of the cooldown after a 429
+        self._cooldown = 0.0
+        self._strikes = 0  # 429s not yet forgiven: the next cooldown doubles with each
+        self._strikes_changed = 0.0
 
-    def order_by_urgency(self, key: str, enabled: bool) -> None:
-        """Serve ``key``'s waiting reads by urgency (the default) or, ``enabled=False``, first come first served."""
-        with self._lock:
-            if enabled:
-                self._first_come.discard(key)
-            else:
-                self._first_come.add(key)
+    def reserve(self, per_minute: float, *, latest: float | None = None) -> float:
+        """Book the send time of a request; return the seconds to wait before sending it (0.0: now).
 
-    def reserve(self, key: str, per_minute: float) -> float:
-        """Book the next send slot of ``key``; returns the seconds to wait before sending (0.0 = now)."""
-        if per_minute <= 0:
-            return 0.0
-        with self._lock:
-            pace = self._keys.setdefault(key, _KeyPace())
-            self._rates[key] = per_minute
-            now = self._clock()
-            start = self._next_start(pace, now, per_minute)
-            pace.next_slot = start + self._interval(pace, per_minute)
-            return max(0.0, start - now)
-
-    async def acquire(self, key: str, per_minute: float, urgency: float | None = None) -> float:
-        """Wait for a send slot of ``key``, served by urgency among the reads waiting in this process.
-
-        :param urgency: 0..1, how likely this read is to find its run finished (default: :data:`READ_URGENCY`).
-        :return: the seconds waited.
+        :param per_minute: this process's rate for the key (``0``: no pacing, only the cooldown after a 429).
+        :param latest: seconds from now not to wait past: when the cooldown and the next free slot end later, no
+            slot is booked and ``latest`` is returned (the request goes out then, outside the budget).
         """
-        if per_minute <= 0:
-            return 0.0
-        loop = asyncio.get_running_loop()
         with self._lock:
-            pace = self._keys.setdefault(key, _KeyPace())
-            self._rates[key] = per_minute
             now = self._clock()
-            start = self._next_start(pace, now, per_minute)
-            if start <= now and not pace.waiters:
-                pace.next_slot = start + self._interval(pace, per_minute)
-                return 0.0
-            level = READ_URGENCY.get() if urgency is None else urgency
-            if key in self._first_come:
-                level = 0.0
-            waiter = _Waiter(
-                now - URGENCY_HEAD_START * min(max(level, 0.0), 1.0), next(self._seq), loop.create_future(), loop
-            )
-            heapq.heappush(pace.waiters, waiter)
-            self._arm(key, pace, max(0.0, start - now), loop)
-        try:
-            await waiter.future
-        except asyncio.CancelledError:
-            with self._lock:
-                if not waiter.future.done():
-                    waiter.future.cancel()
-                elif not waiter.future.cancelled():
-                    # The slot was handed over just as this read was given up: pass it to the next waiter.
-                    pace.next_slot -= self._interval(pace, per_minute)
-                    self._dispatch(key)
-            raise
-        return max(0.0, self._clock() - now)
+            start = self._next_start(now, per_minute) if per_minute > 0 else now  # may be past: the burst
+            if cooldown := self._cooldown_left(now):
+                start = max(start, now + cooldown)
+            wait = max(0.0, start - now)
+            if latest is not None and wait > latest:
+                return max(0.0, latest)
+            if per_minute > 0:
+                self._next_slot = start + self._interval(per_minute)
+            return wait
 
-    def next_wait(self, key: str, per_minute: float) -> float:
-        """Seconds until ``key``'s next free slot, without booking it."""
+    def booked_ahead(self, per_minute: float) -> int:
+        """Slots booked from now on at ``per_minute`` (requests of this process waiting to go out)."""
         if per_minute <= 0:
-            return 0.0
+            return 0
         with self._lock:
-            pace = self._keys.get(key)
-            if pace is None:
-                return 0.0
             now = self._clock()
-            return max(0.0, self._next_start(pace, now, per_minute) - now)
+            return max(0, math.ceil((self._next_slot - now) / self._interval(per_minute)))
 
-    def queued(self, key: str) -> int:
-        """Reads of ``key`` waiting for a slot in this process."""
+    def rate_limited(self, retry_after: float | None, retry: RetryPolicy, per_minute: float) -> float:
+        """Dune answered 429: start (or lengthen) the cooldown and, if paced, lower the pace; return the cooldown.
+
+        :param retry_after: the server's ``Retry-After`` in seconds, if it sent one.
+        :param retry: the hook's retry policy: ``2 * min_wait`` is the first cooldown without ``Retry-After``,
+            ``max_wait`` the longest; ``max_retry_after`` caps ``Retry-After``.
+        :param per_minute: this process's rate for the key (``0``: unpaced, the pace is not lowered).
+        """
         with self._lock:
-            pace = self._keys.get(key)
-            return sum(1 for w in pace.waiters if not w.future.done()) if pace else 0
+            now = self._clock()
+            if per_minute > 0:
+                self._lower(now)
+            if now < self._not_before and retry_after is None:
+                # Sent before the current cooldown began (the same burst): that 429 is already accounted for.
+                return self._cooldown
+            self._strikes += 1
+            if retry_after is not None:
+                cooldown = min(float(retry_after), retry.max_retry_after)
+            else:
+                cooldown = min(retry.max_wait, 2 * retry.min_wait * 2 ** (self._strikes - 1))
+            self._cooldown = cooldown
+            self._not_before = max(self._not_before, now + cooldown)
+            self._strikes_changed = now
+            return cooldown
 
-    def _interval(self, pace: _KeyPace, per_minute: float) -> float:
-        return 60.0 / (per_minute * pace.fraction)
-
-    def _next_start(self, pace: _KeyPace, now: float, per_minute: float) -> float:
-        self._recover(pace, now)
-        return max(pace.next_slot, now - BURST * self._interval(pace, per_minute))
-
-    def _arm(self, key: str, pace: _KeyPace, delay: float, loop: asyncio.AbstractEventLoop) -> None:
-        """Make sure a timer hands out ``key``'s next slot (on a loop that still runs)."""
-        timer_loop = pace.timer_loop
-        if pace.timer is not None and timer_loop is not None and not timer_loop.is_closed() and timer_loop.is_running():
-            return
-        pace.timer = loop.call_later(delay, self._dispatch, key)
-        pace.timer_loop = loop
-
-    def _dispatch(self, key: str) -> None:
-        """Timer callback: hand every slot that is due to the best-ranked waiting read, then re-arm."""
+    def succeeded(self) -> None:
+        """A request went through; after a minute without 429s the next cooldown is halved."""
         with self._lock:
-            pace = self._keys.get(key)
-            if pace is None:
-                return
-            pace.timer = None
-            per_minute = self._rates.get(key, 0.0)
-            while pace.waiters:
-                if pace.waiters[0].future.done():
-                    heapq.heappop(pace.waiters)
-                    continue
+            if self._strikes:
                 now = self._clock()
-                start = self._next_start(pace, now, per_minute)
-                if start > now:
-                    head = pace.waiters[0]
-                    if head.loop.is_closed():
-                        heapq.heappop(pace.waiters)
-                        continue
-                    try:
-                        head.loop.call_soon_threadsafe(self._rearm, key, start - now)
-                    except RuntimeError:  # its loop closed meanwhile
-                        heapq.heappop(pace.waiters)
-                        continue
-                    return
-                waiter = heapq.heappop(pace.waiters)
-                pace.next_slot = start + self._interval(pace, per_minute)
-                try:
-                    waiter.loop.call_soon_threadsafe(_release, waiter.future)
-                except RuntimeError:  # its loop closed: the slot goes to the next one
-                    pace.next_slot = start
+                if now - self._strikes_changed >= COOLDOWN_RECOVERY:
+                    self._strikes -= 1
+                    self._strikes_changed = now
 
-    def _rearm(self, key: str, delay: float) -> None:
-        """:meth:`_arm` on the loop of the read now first in line (called there by :meth:`_dispatch`)."""
+    @property
+    def fraction(self) -> float:
+        """The share of the configured rate in force (1.0 until a 429)."""
         with self._lock:
-            if pace := self._keys.get(key):
-                self._arm(key, pace, delay, asyncio.get_running_loop())
+            self._recover(self._clock())
+            return self._fraction
 
-    def record_rate_limited(self, key: str) -> float:
-        """Dune answered 429 for ``key``: lower its pace; returns the fraction of the configured rate now used."""
-        with self._lock:
-            pace = self._keys.setdefault(key, _KeyPace())
-            now = self._clock()
-            self._recover(pace, now)
-            if pace.lowered_at is not None and now - pace.lowered_at < LOWER_AT_MOST_EVERY:
-                return pace.fraction
-            pace.fraction = max(MIN_FRACTION, pace.fraction * LOWER_FACTOR)
-            pace.recovered_at = pace.lowered_at = now
-            return pace.fraction
+    def _cooldown_left(self, now: float) -> float:
+        remaining = self._not_before - now
+        return remaining + self._jitter() * self._cooldown if remaining > 0 else 0.0
 
-    def fraction(self, key: str) -> float:
-        """The share of the configured rate in force for ``key`` (1.0 until a 429)."""
-        with self._lock:
-            pace = self._keys.get(key)
-            if pace is None:
-                return 1.0
-            self._recover(pace, self._clock())
-            return pace.fraction
+    def _interval(self, per_minute: float) -> float:
+        return 60.0 / (per_minute * self._fraction)
+
+    def _next_start(self, now: float, per_minute: float) -> float:
+        self._recover(now)
+        return max(self._next_slot, now - BURST * self._interval(per_minute))
+
+    def _lower(self, now: float) -> None:
+        self._recover(now)
+        if self._lowered_at is not None and now - self._lowered_at < LOWER_AT_MOST_EVERY:
+            return
+        self._fraction = max(MIN_FRACTION, self._fraction * LOWER_FACTOR)
+        self._recovered_at = self._lowered_at = now
+
+    def _recover(self, now: float) -> None:
+        if self._fraction < 1.0:
+            minutes = (now - self._recovered_at) / 60.0
+            if minutes > 0:
+                self._fraction = min(1.0, self._fraction + RECOVERY_PER_MINUTE * minutes)
+                self._recovered_at = now
+
+
+class KeyPacers:
+    """The :class:`KeyPacer` of each key and budget, made on first use."""
+
+    def __init__(self, factory: Callable[[], KeyPacer] = KeyPacer) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._pacers: dict[str, KeyPacer] = {}
 
     @staticmethod
-    def _recover(pace: _KeyPace, now: float) -> None:
-        if pace.fraction < 1.0:
-            minutes = (now - pace.recovered_at) / 60.0
-            if minutes > 0:
-                pace.fraction = min(1.0, pace.fraction + RECOVERY_PER_MINUTE * minutes)
-                pace.recovered_at = now
+    def key_for(base_url: str, api_key: str, bucket: Bucket) -> str:
+        """Identify one budget (Dune counts ``write``: execute/refresh, and ``read``: everything else, apart)
+        without keeping the API key itself in another structure."""
+        return hashlib.sha256(f"{base_url}\0{api_key}\0{bucket}".encode()).hexdigest()
+
+    def get(self, base_url: str, api_key: str, bucket: Bucket) -> KeyPacer:
+        """The pacer of ``api_key``'s ``bucket`` budget at ``base_url``."""
+        key = self.key_for(base_url, api_key, bucket)
+        with self._lock:
+            pacer = self._pacers.get(key)
+            if pacer is None:
+                pacer = self._pacers[key] = self._factory()
+            return pacer
 
 
-def _release(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+#: The pacers every hook in this process uses.
+PACERS = KeyPacers()
 
-
-#: The budget every hook in this process paces with.
-BUDGET = RequestBudget()
+#: How likely the reads of the current task are to find their run finished (0..1), as set by a trigger around its
+#: status read. Not used for pacing: requests of a key are served in the order they ask for a slot.
+READ_URGENCY: contextvars.ContextVar[float] = contextvars.ContextVar("dune_read_urgency", default=0.5)

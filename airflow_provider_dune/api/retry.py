@@ -1,10 +1,11 @@
 """When and how long to wait before retrying a Dune request.
 
-Retried: 429 (honouring ``Retry-After``), 5xx, connection failures and unparsable bodies, with exponential
-backoff and jitter. A request that starts billed work (execute, refresh) is retried only when Dune
-certainly did not act on it: 429, 503, or a failure before the request was sent. A read timeout, a dropped
-connection or another 5xx after sending an execute is ambiguous, and retrying it could start a second billed
-run, so it is raised instead.
+Retried: 429, 5xx, connection failures and unparsable bodies, with exponential backoff and jitter (honouring
+``Retry-After``); the wait after a 429 is the API key's cooldown, which holds back every request with the key
+(:class:`~airflow_provider_dune.api.budget.KeyPacer`). A request that starts billed work (execute, refresh) is
+retried only when Dune certainly did not act on it: 429, 503, or a failure before the request was sent. A read
+timeout, a dropped connection or another 5xx after sending an execute is ambiguous, and retrying it could start
+a second billed run, so it is raised instead.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ class RetryPolicy:
         return False
 
     def wait_seconds(self, attempt: int, error: BaseException | None, rng: random.Random | None = None) -> float:
-        """Seconds to sleep after failed try number ``attempt`` (1-based)."""
+        """Seconds to sleep after failed try number ``attempt`` (1-based); 0.0 after a 429, whose retry waits for
+        the key's cooldown instead."""
+        if isinstance(error, DuneRateLimitError):
+            return 0.0
         retry_after = error.retry_after if isinstance(error, DuneAPIError) else None
         if retry_after is not None:
             return min(retry_after, self.max_retry_after)

@@ -16,7 +16,7 @@ import tenacity
 
 from airflow_provider_dune import __version__
 from airflow_provider_dune.api import endpoints
-from airflow_provider_dune.api.budget import BUDGET
+from airflow_provider_dune.api.budget import PACERS, KeyPacer
 from airflow_provider_dune.api.connection import (
     DuneConnectionSettings,
     env_connection_problem,
@@ -51,7 +51,6 @@ from airflow_provider_dune.api.models import (
     resolve_unknown_nodes,
 )
 from airflow_provider_dune.api.paging import check_result_page, iter_pages
-from airflow_provider_dune.api.rate_limit import COOLDOWN
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
 from airflow_provider_dune.hooks import connection_form
@@ -256,8 +255,12 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     def _retry_options(self, request: DuneRequest, policy: RetryPolicy) -> dict[str, Any]:
         def log_retry(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
+            attempt, retries = state.attempt_number, policy.max_attempts - 1
+            if isinstance(error, DuneRateLimitError):  # the key's pacer holds the retry back (see _pause)
+                self.log.warning("%s; retry %d/%d once the API key's cooldown is over", error, attempt, retries)
+                return
             wait = state.next_action.sleep if state.next_action else 0.0
-            self.log.warning("%s; retry %d/%d in %.1f s", error, state.attempt_number, policy.max_attempts - 1, wait)
+            self.log.warning("%s; retry %d/%d in %.1f s", error, attempt, retries, wait)
 
         def wait(state: tenacity.RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
@@ -292,36 +295,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     @staticmethod
-    def _budget(request: DuneRequest, settings: DuneConnectionSettings) -> str:
-        """The rate-limit budget ``request`` draws on: Dune counts runs started and everything else apart."""
-        return COOLDOWN.key_for(settings.base_url, settings.api_key, "write" if request.starts_run else "read")
-
-    def _decode(
-        self, request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
-    ) -> Any:
-        """Decode a response, and tell the per-key 429 cooldown shared by all hooks how it went."""
-        budget = self._budget(request, settings)
-        try:
-            body = decode_response(request, status, content, headers, secret=settings.api_key)
-        except DuneRateLimitError as error:
-            COOLDOWN.record_rate_limited(
-                budget, error.retry_after, base_wait=2 * settings.retry.min_wait, max_wait=settings.retry.max_wait
-            )
-            if self._per_minute(request, settings) > 0:  # only a paced key has a pace to lower
-                fraction = BUDGET.record_rate_limited(budget)
-                self.log.warning(
-                    "Dune answered 429 for %s: pacing this key at %.0f%% of its configured budget (another process "
-                    "may share the key, or the plan allows less than reads_per_minute/writes_per_minute)",
-                    request.description,
-                    fraction * 100,
-                )
-            raise
-        COOLDOWN.record_success(budget)
-        return body
-
-    def _cooldown(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
-        """Seconds to hold a request back because another one on the same budget was just rate limited."""
-        return COOLDOWN.delay(self._budget(request, settings))
+    def _pacer(request: DuneRequest, settings: DuneConnectionSettings) -> KeyPacer:
+        """The pacer of the budget ``request`` draws on: Dune counts runs started and everything else apart."""
+        return PACERS.get(settings.base_url, settings.api_key, "write" if request.starts_run else "read")
 
     @staticmethod
     def _per_minute(request: DuneRequest, settings: DuneConnectionSettings) -> float:
@@ -329,41 +305,50 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
         return per_minute * budget_share()
 
-    def _past_deadline(self, request: DuneRequest, settings: DuneConnectionSettings, pause: float) -> bool:
-        """Whether waiting ``pause`` and then for the budget's next slot would pass :attr:`deadline`."""
-        slot = BUDGET.next_wait(self._budget(request, settings), self._per_minute(request, settings))
-        return time.time() + pause + slot > (self.deadline or 0.0)
-
-    def _pace(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
-        """Seconds to wait for this request's slot in the key's budget (shared by every hook in the process)."""
+    def _pause(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
+        """Seconds to hold ``request`` back: the key's cooldown after a 429 and its slot in the key's budget, both
+        shared by every hook in the process. The task's :attr:`deadline` comes first: its last read (and the cancel
+        after it) goes out at the deadline, outside the budget, rather than after a wait that could last minutes."""
         per_minute = self._per_minute(request, settings)
-        budget = self._budget(request, settings)
-        wait = BUDGET.reserve(budget, per_minute)
-        self._log_budget_wait(request, budget, per_minute, wait)
-        return wait
-
-    def _log_budget_wait(self, request: DuneRequest, budget: str, per_minute: float, seconds: float) -> None:
-        """Say when the key's budget held a request back long enough to stretch the wait between reads."""
-        if seconds >= PACING_LOG_SECONDS:
+        latest = None if self.deadline is None else max(0.0, self.deadline - time.time())
+        pacer = self._pacer(request, settings)
+        pause = pacer.reserve(per_minute, latest=latest)
+        if pause >= PACING_LOG_SECONDS and (latest is None or pause < latest):
+            # The budget stretching the wait between reads beyond poll_interval is worth a line in the task log.
             self.log.info(
                 "A %.1fs wait for a slot in the API key's budget (%g %s a minute, %d more waiting in this process) "
                 "before %s",
-                seconds,
-                per_minute * BUDGET.fraction(budget),
+                pause,
+                per_minute * pacer.fraction,
                 "runs started" if request.starts_run else "reads",
-                BUDGET.queued(budget),
+                max(0, pacer.booked_ahead(per_minute) - 1),
                 request.description,
             )
+        return pause
+
+    def _decode(
+        self, request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
+    ) -> Any:
+        """Decode a response, and tell the key's pacer (shared by all hooks) how it went."""
+        pacer = self._pacer(request, settings)
+        try:
+            body = decode_response(request, status, content, headers, secret=settings.api_key)
+        except DuneRateLimitError as error:
+            per_minute = self._per_minute(request, settings)
+            pacer.rate_limited(error.retry_after, settings.retry, per_minute)
+            if per_minute > 0:
+                self.log.warning(
+                    "Dune answered 429 for %s: pacing this key at %.0f%% of its configured budget (another process "
+                    "may share the key, or the plan allows less than reads_per_minute/writes_per_minute)",
+                    request.description,
+                    pacer.fraction * 100,
+                )
+            raise
+        pacer.succeeded()
+        return body
 
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        pause = self._cooldown(request, settings)
-        if self.deadline is not None and self._past_deadline(request, settings, pause):
-            # The task's timeout comes first: its last read (and the cancel after it) goes out at the deadline,
-            # outside the key's budget, rather than after a wait for a slot that could last minutes.
-            pause = max(0.0, self.deadline - time.time())
-        else:
-            pause += self._pace(request, settings)
-        if pause:
+        if pause := self._pause(request, settings):
             time.sleep(pause)
         answer = transport.send(self.get_conn(), request, settings.base_url + request.path, settings.limits)
         return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
@@ -381,16 +366,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
             raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _apace(self, request: DuneRequest, settings: DuneConnectionSettings) -> None:
-        """Wait for this request's slot in the key's budget; reads queue by urgency (set by the waiting trigger)."""
-        per_minute = self._per_minute(request, settings)
-        budget = self._budget(request, settings)
-        self._log_budget_wait(request, budget, per_minute, await BUDGET.acquire(budget, per_minute))
-
     async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._cooldown(request, settings):
+        if pause := self._pause(request, settings):
             await asyncio.sleep(pause)
-        await self._apace(request, settings)
         client = await self.aget_client()
         answer = await transport.asend(
             client,

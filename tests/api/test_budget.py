@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from airflow_provider_dune.api.budget import BURST, RequestBudget
+from airflow_provider_dune.api.budget import BURST, KeyPacer, KeyPacers
+from airflow_provider_dune.api.retry import RetryPolicy
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.testing.emulator import DuneEmulator
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
@@ -24,39 +25,53 @@ class Clock:
 
 def test_requests_are_spaced_at_the_budget_after_a_small_burst() -> None:
     clock = Clock()
-    budget = RequestBudget(clock=clock)
-    waits = [budget.reserve("k", 60) for _ in range(6)]  # one a second
+    pacer = KeyPacer(clock=clock)
+    waits = [pacer.reserve(60) for _ in range(6)]  # one a second
     assert waits[: BURST + 1] == [0.0] * (BURST + 1)
     assert waits[BURST + 1 :] == pytest.approx([1.0, 2.0, 3.0])
+    assert pacer.booked_ahead(60) == 4  # the last one goes out 3 s from now, the next slot is at 4 s
     clock.now += 10  # idle: the burst allowance comes back, no debt
-    assert budget.reserve("k", 60) == 0.0
+    assert pacer.reserve(60) == 0.0
 
 
 def test_keys_are_paced_apart_and_zero_means_no_pacing() -> None:
-    budget = RequestBudget(clock=Clock())
+    clock = Clock()
+    pacers = KeyPacers(lambda: KeyPacer(clock=clock))
     for _ in range(10):
-        budget.reserve("a", 6)
-    assert budget.reserve("b", 6) == 0.0
-    assert all(budget.reserve("c", 0) == 0.0 for _ in range(100))
+        pacers.get("https://api.dune.com/api", "a", "read").reserve(6)
+    assert pacers.get("https://api.dune.com/api", "b", "read").reserve(6) == 0.0
+    assert pacers.get("https://api.dune.com/api", "a", "write").reserve(6) == 0.0
+    unpaced = pacers.get("https://api.dune.com/api", "c", "read")
+    assert all(unpaced.reserve(0) == 0.0 for _ in range(100))
 
 
 def test_a_429_lowers_the_pace_which_recovers_without_429s() -> None:
     clock = Clock()
-    budget = RequestBudget(clock=clock)
-    assert budget.record_rate_limited("k") == pytest.approx(0.8)
-    assert budget.record_rate_limited("k") == pytest.approx(0.8)  # the same overload: requests already in flight
+    pacer = KeyPacer(clock=clock)
+    policy = RetryPolicy()
+    pacer.rate_limited(None, policy, 40)
+    assert pacer.fraction == pytest.approx(0.8)
+    pacer.rate_limited(None, policy, 40)
+    assert pacer.fraction == pytest.approx(0.8)  # the same overload: requests already in flight
     clock.now += 11  # a new overload (11 s of recovery first: +5% of the configured rate per minute)
     lowered = (0.8 + 0.05 * 11 / 60) * 0.8
-    assert budget.record_rate_limited("k") == pytest.approx(lowered)
+    pacer.rate_limited(None, policy, 40)
+    assert pacer.fraction == pytest.approx(lowered)
     clock.now += 60
-    assert budget.fraction("k") == pytest.approx(lowered + 0.05)
+    assert pacer.fraction == pytest.approx(lowered + 0.05)
     clock.now += 3600
-    assert budget.fraction("k") == 1.0
+    assert pacer.fraction == 1.0
 
 
-def _pipelines(emulator: DuneEmulator, count: int) -> list[str]:
+def test_a_key_used_without_pacing_is_never_lowered() -> None:
+    pacer = KeyPacer(clock=Clock())
+    pacer.rate_limited(None, RetryPolicy(), 0)
+    assert pacer.fraction == 1.0
+
+
+def _pipelines(emulator: DuneEmulator, count: int, duration: float) -> list[str]:
     for index in range(count):
-        emulator.add_query(9700 + index, duration=6.0)
+        emulator.add_query(9700 + index, duration=duration)
     with DuneHook() as hook:
         return [hook.execute_query_pipeline(9700 + index) for index in range(count)]
 
@@ -76,17 +91,15 @@ def test_triggers_sharing_a_key_stay_inside_its_budget(
     dune_emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, paced: bool
 ) -> None:
     """Four triggers polling every 0.02 s (12,000 reads a minute asked) on a key allowed 120 a minute."""
-    from airflow_provider_dune.api import budget as budget_module
-
-    monkeypatch.setattr(budget_module, "BUDGET", RequestBudget())
     import airflow_provider_dune.hooks.dune as hook_module
 
-    monkeypatch.setattr(hook_module, "BUDGET", budget_module.BUDGET)
+    monkeypatch.setattr(hook_module, "PACERS", KeyPacers())
     rate = 120 if paced else 0
     monkeypatch.setenv(
         "AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url, reads_per_minute=rate, max_retries=10)
     )
-    pipeline_ids = _pipelines(dune_emulator, 4)
+    # Unpaced, the reads must outlast the emulator's full bucket (a minute's worth) to draw 429s; paced, 2 s will do.
+    pipeline_ids = _pipelines(dune_emulator, 4, duration=2.0 if paced else 6.0)
     dune_emulator.set_rate_limit(read_per_minute=120, write_per_minute=None)
     events = asyncio.run(_wait_all(pipeline_ids))
     assert [event["status"] for event in events] == ["success"] * 4
@@ -98,70 +111,15 @@ def test_triggers_sharing_a_key_stay_inside_its_budget(
         assert throttled > 10  # what pacing prevents
 
 
-def _drain_burst(budget: RequestBudget, key: str, per_minute: float) -> None:
-    for _ in range(BURST + 1):
-        assert budget.reserve(key, per_minute) == 0.0
+def test_one_pacer_serves_threads_and_event_loops_alike() -> None:
+    pacer = KeyPacer(clock=Clock())
+    waits = [pacer.reserve(600) for _ in range(BURST + 1)]  # a slot every 0.1 s: the burst goes out at once
 
+    async def read() -> float:
+        return pacer.reserve(600)
 
-async def _served_order(budget: RequestBudget, per_minute: float, urgencies: dict[str, float]) -> list[str]:
-    order: list[str] = []
-
-    async def read(name: str, urgency: float) -> None:
-        await budget.acquire("k", per_minute, urgency)
-        order.append(name)
-
-    await asyncio.gather(*(read(name, urgency) for name, urgency in urgencies.items()))
-    return order
-
-
-def test_reads_waiting_for_the_budget_are_served_most_urgent_first() -> None:
-    budget = RequestBudget()
-    _drain_burst(budget, "k", 1200)  # a slot every 0.05 s
-    order = asyncio.run(_served_order(budget, 1200, {"unlikely": 0.0, "near its end": 1.0, "late": 0.6}))
-    assert order == ["near its end", "late", "unlikely"]
-
-
-def test_a_read_that_waited_longer_than_the_head_start_goes_before_new_urgent_ones(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from airflow_provider_dune.api import budget as budget_module
-
-    monkeypatch.setattr(budget_module, "URGENCY_HEAD_START", 0.2)
-    budget = RequestBudget()
-    _drain_burst(budget, "k", 120)  # a slot every 0.5 s
-
-    async def scenario() -> list[str]:
-        order: list[str] = []
-
-        async def read(name: str, urgency: float, delay: float) -> None:
-            await asyncio.sleep(delay)
-            await budget.acquire("k", 120, urgency)
-            order.append(name)
-
-        await asyncio.gather(read("old, unlikely", 0.0, 0.0), read("new, urgent", 1.0, 0.3))
-        return order
-
-    assert asyncio.run(scenario()) == ["old, unlikely", "new, urgent"]
-
-
-def test_a_cancelled_read_gives_its_turn_to_the_next_and_loops_can_come_and_go() -> None:
-    budget = RequestBudget()
-    _drain_burst(budget, "k", 600)  # a slot every 0.1 s
-
-    async def scenario() -> float:
-        doomed = asyncio.ensure_future(budget.acquire("k", 600, 1.0))
-        await asyncio.sleep(0)
-        doomed.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await doomed
-        started = asyncio.get_running_loop().time()
-        await asyncio.wait_for(budget.acquire("k", 600, 0.0), timeout=2)
-        return asyncio.get_running_loop().time() - started
-
-    assert asyncio.run(scenario()) < 1.0
-    # A new event loop (the first one is closed, its timer with it) is still served.
-    assert asyncio.run(asyncio.wait_for(_served_order(budget, 600, {"a": 0.5, "b": 0.5}), timeout=2)) == ["a", "b"]
-    assert budget.queued("k") == 0
+    waits += [asyncio.run(read()), asyncio.run(read())]  # a new loop each time (the first one is closed)
+    assert waits == pytest.approx([0.0] * (BURST + 1) + [0.1, 0.2])
 
 
 def test_budget_share_paces_this_process_to_its_part_of_the_key(

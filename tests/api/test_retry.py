@@ -42,8 +42,13 @@ def test_retry_decisions(error: Exception, read_retried: bool, execute_retried: 
 
 def test_retry_after_wins_and_is_capped() -> None:
     policy = RetryPolicy(max_retry_after=10)
-    assert policy.wait_seconds(1, DuneRateLimitError("x", retry_after=3)) == 3
-    assert policy.wait_seconds(1, DuneRateLimitError("x", retry_after=3600)) == 10
+    assert policy.wait_seconds(1, DuneServerError("x", http_status=503, retry_after=3)) == 3
+    assert policy.wait_seconds(1, DuneServerError("x", http_status=503, retry_after=3600)) == 10
+
+
+def test_a_429_is_retried_after_the_keys_cooldown_not_a_backoff_of_its_own() -> None:
+    # The key's pacer holds the retry back, with Retry-After (tests/api/test_rate_limit.py).
+    assert RetryPolicy().wait_seconds(3, DuneRateLimitError("x", retry_after=3)) == 0.0
 
 
 def test_exponential_backoff_with_jitter_stays_in_bounds() -> None:
