@@ -37,8 +37,11 @@ from airflow_provider_dune.api.retry import RetryPolicy
 
 #: Requests that may go out back to back before pacing starts (a new task's first status read is not held up).
 BURST = 2
+#: A 429 lowers a paced key's rate to this share of the rate in force.
 LOWER_FACTOR = 0.8
+#: Share of the configured rate a lowered key wins back per minute without a 429.
 RECOVERY_PER_MINUTE = 0.05
+#: The lowest share of the configured rate a key is lowered to.
 MIN_FRACTION = 0.05
 #: 429s closer together than this are one overload (requests already in flight), so they lower the pace once.
 LOWER_AT_MOST_EVERY = 10.0
