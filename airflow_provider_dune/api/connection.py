@@ -20,6 +20,7 @@ from airflow_provider_dune.api.connection_fields import (
     DEFAULT_WRITES_PER_MINUTE,
     EXTRA_SETTINGS,
 )
+from airflow_provider_dune.api.credits import CreditGuard
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.retry import RetryPolicy
 
@@ -217,6 +218,7 @@ class DuneConnectionSettings:
     :param max_datapoints_per_request: the account's cap on rows x columns per results request.
     :param reads_per_minute: the key's read budget the process paces to (0: no pacing).
     :param writes_per_minute: the key's budget of runs started per minute (0: no pacing).
+    :param credit_guard: the credit ceiling and per-run warning threshold.
     """
 
     base_url: str
@@ -228,6 +230,7 @@ class DuneConnectionSettings:
     max_datapoints_per_request: int = DEFAULT_MAX_DATAPOINTS_PER_REQUEST
     reads_per_minute: float = DEFAULT_READS_PER_MINUTE
     writes_per_minute: float = DEFAULT_WRITES_PER_MINUTE
+    credit_guard: CreditGuard = field(default_factory=CreditGuard)
 
     @property
     def is_loopback(self) -> bool:
@@ -322,4 +325,10 @@ def settings_from_connection(
         max_datapoints_per_request=read_extra_setting(extra, "max_datapoints_per_request"),
         reads_per_minute=read_extra_setting(extra, "reads_per_minute"),
         writes_per_minute=read_extra_setting(extra, "writes_per_minute"),
+        credit_guard=CreditGuard(
+            credit_limit=read_extra_setting(extra, "credit_limit"),
+            credit_limit_percent=read_extra_setting(extra, "credit_limit_percent"),
+            start_when_usage_unknown=read_extra_setting(extra, "start_when_usage_unknown"),
+            run_credit_warning=read_extra_setting(extra, "run_credit_warning"),
+        ),
     )

@@ -121,6 +121,39 @@ EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
         minimum=1,
     ),
     ExtraSetting(
+        "credit_limit",
+        "Credit ceiling (credits)",
+        "number",
+        0,
+        "Refuse to start billed runs once this billing period used this many credits (checked before every "
+        "start, at most one usage read a minute; default 0: no ceiling).",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "credit_limit_percent",
+        "Credit ceiling (% of included)",
+        "number",
+        0,
+        "The same ceiling as a percentage of your plan's included credits, e.g. 90 (default 0: none). With both "
+        "set, the lower applies.",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "start_when_usage_unknown",
+        "Start when usage is unknown",
+        "boolean",
+        False,
+        "With a credit ceiling set, start runs even when Dune's usage cannot be read (default: refuse).",
+    ),
+    ExtraSetting(
+        "run_credit_warning",
+        "Warn above (credits per run)",
+        "number",
+        0,
+        "Log a warning when one run cost more than this many credits (default 0: never).",
+        minimum=0,
+    ),
+    ExtraSetting(
         "allow_insecure_http",
         "Allow plain http",
         "boolean",

@@ -10,6 +10,8 @@ from email.utils import parsedate_to_datetime
 
 from airflow.exceptions import AirflowException
 
+from airflow_provider_dune.version_compat import AirflowFailException
+
 
 class DuneError(AirflowException):
     """Base class of every error raised by this provider."""
@@ -174,6 +176,13 @@ class DuneCreditsExhaustedError(DuneAPIError):
     """The request would exceed the plan's credit limits for this billing cycle (402)."""
 
     hint = "Raise the credit limit of the Dune team or wait for the next billing cycle; retrying will not help."
+
+
+class DuneCreditLimitError(DuneError, AirflowFailException):
+    """The connection's credit guard refused a billed start: the period's credits reached its ceiling.
+
+    Nothing was sent; the task fails without retries (the period's usage only grows until it ends).
+    """
 
 
 class DuneRateLimitError(DuneAPIError):

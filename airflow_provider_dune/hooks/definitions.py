@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 from airflow_provider_dune.api import endpoints
 from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition, TableDefinition
-from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError, DuneResponseError
 from airflow_provider_dune.api.models import (
     ExecutionStarted,
@@ -30,7 +29,7 @@ class DuneDefinitionsMixin:
     """Queries, SQL and views as code; mixed into ``DuneHook`` (which provides ``run``, ``_start``, ``settings``)."""
 
     run: Callable[..., Any]
-    _start: Callable[[DuneRequest, Callable[[Any], Any]], Any]
+    _start: Callable[..., Any]
     settings: Any
 
     # -- saved queries ---------------------------------------------------------------------------------------
@@ -80,7 +79,9 @@ class DuneDefinitionsMixin:
 
     def execute_sql(self, sql: str, performance: str = "medium") -> ExecutionStarted:
         """Run SQL that is not saved as a query (billed); follow it with ``get_execution_status``."""
-        started: ExecutionStarted = self._start(endpoints.execute_sql(sql, performance), parse_execution_started)
+        started: ExecutionStarted = self._start(
+            endpoints.execute_sql(sql, performance), parse_execution_started, billed=True
+        )
         return started
 
     def get_query_results(
@@ -172,7 +173,7 @@ class DuneDefinitionsMixin:
     def upsert_materialized_view(self, definition: MaterializedViewDefinition) -> MaterializedViewUpsert:
         """Create or change a view. Dune refreshes it right away, which is billed: compare before calling."""
         upsert: MaterializedViewUpsert = self._start(
-            endpoints.upsert_materialized_view(definition), parse_materialized_view_upsert
+            endpoints.upsert_materialized_view(definition), parse_materialized_view_upsert, billed=True
         )
         return upsert
 

@@ -24,10 +24,12 @@ from airflow_provider_dune.api.connection import (
     missing_connection_message,
     settings_from_connection,
 )
+from airflow_provider_dune.api.credits import USAGE_CACHE
 from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import (
     DuneAPIError,
     DuneConfigurationError,
+    DuneCreditLimitError,
     DuneError,
     DuneRateLimitError,
     DuneResponseError,
@@ -76,6 +78,8 @@ PACING_LOG_SECONDS = 5.0
 
 USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSION} python/{platform.python_version()}"
 API_KEY_HEADER = "X-Dune-Api-Key"
+#: The usage read is a cheap check (connection test, credit guard): give up quickly.
+USAGE_RETRY = RetryPolicy(max_attempts=2, max_wait=2)
 
 
 class DuneHook(DuneDefinitionsMixin, BaseHook):
@@ -401,15 +405,53 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         )
         return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
 
-    def _start(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
-        """Send a request that starts a billed run and read its answer; an unreadable answer to an accepted
-        request may still mean Dune started the run, and the error says so."""
+    def _start(self, request: DuneRequest, parse: Callable[[Any], T], *, billed: bool = False) -> T:
+        """Send a request that starts a run or writes data and read its answer; an unreadable answer to an
+        accepted request may still mean Dune started the run, and the error says so.
+
+        :param billed: the request starts a billed execution: the connection's credit guard checks first.
+        """
+        if billed:
+            self.check_credit_guard()
         body = self.run(request)
         return _parse_start_answer(request, self.settings, parse, body)
 
-    async def _astart(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
+    async def _astart(self, request: DuneRequest, parse: Callable[[Any], T], *, billed: bool = False) -> T:
+        if billed:
+            await self.acheck_credit_guard()
         body = await self.arun(request)
         return _parse_start_answer(request, await self.aget_settings(), parse, body)
+
+    def check_credit_guard(self) -> None:
+        """Raise :class:`~airflow_provider_dune.api.errors.DuneCreditLimitError` when the connection's credit
+        ceiling is reached (one usage read a minute per key and process; nothing to do without a ceiling)."""
+        settings = self.settings
+        if not settings.credit_guard.active:
+            return
+        cache_key = USAGE_CACHE.key(settings.base_url, settings.api_key)
+        usage, reason = USAGE_CACHE.get(cache_key), None
+        if usage is None:
+            try:
+                usage = self.get_usage()
+                USAGE_CACHE.put(cache_key, usage)
+            except DuneError as err:
+                reason = str(err)
+        _enforce_credit_guard(settings, usage, self.dune_conn_id, reason)
+
+    async def acheck_credit_guard(self) -> None:
+        """:meth:`check_credit_guard` for the triggerer."""
+        settings = await self.aget_settings()
+        if not settings.credit_guard.active:
+            return
+        cache_key = USAGE_CACHE.key(settings.base_url, settings.api_key)
+        usage, reason = USAGE_CACHE.get(cache_key), None
+        if usage is None:
+            try:
+                usage = await self.aget_usage()
+                USAGE_CACHE.put(cache_key, usage)
+            except DuneError as err:
+                reason = str(err)
+        _enforce_credit_guard(settings, usage, self.dune_conn_id, reason)
 
     # -- pipelines ----------------------------------------------------------------------------------------
 
@@ -421,7 +463,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     ) -> str:
         """Run a query together with the materialized views in its lineage; return the pipeline execution id."""
         request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
-        return self._start(request, parse_pipeline_execution_id)
+        return self._start(request, parse_pipeline_execution_id, billed=True)
 
     async def aexecute_query_pipeline(
         self,
@@ -430,14 +472,14 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> str:
         request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
-        return await self._astart(request, parse_pipeline_execution_id)
+        return await self._astart(request, parse_pipeline_execution_id, billed=True)
 
     def execute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
         """Run an explicit pipeline (validated locally first); return the pipeline execution id."""
-        return self._start(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id)
+        return self._start(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id, billed=True)
 
     async def aexecute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
-        return await self._astart(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id)
+        return await self._astart(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id, billed=True)
 
     def get_query_pipeline(
         self,
@@ -490,7 +532,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> ExecutionStarted:
         """Start one query execution."""
-        return self._start(endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started)
+        return self._start(
+            endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started, billed=True
+        )
 
     async def aexecute_query(
         self,
@@ -499,7 +543,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> ExecutionStarted:
         return await self._astart(
-            endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started
+            endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started, billed=True
         )
 
     def get_execution_status(self, execution_id: str) -> ExecutionStatus:
@@ -584,11 +628,13 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     def refresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
         """Start a refresh of a materialized view; follow it with :meth:`get_execution_status`."""
-        return self._start(endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh)
+        return self._start(
+            endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh, billed=True
+        )
 
     async def arefresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
         return await self._astart(
-            endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh
+            endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh, billed=True
         )
 
     def get_materialized_view(self, name: str) -> MaterializedView:
@@ -601,8 +647,11 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     # -- account ------------------------------------------------------------------------------------------
 
     def get_usage(self) -> CreditUsage:
-        """Credits used in the current billing period."""
-        return parse_usage(self.run(endpoints.get_usage(), retry=RetryPolicy(max_attempts=2, max_wait=2)))
+        """Credits used in the current billing period (free; counted in the key's read budget)."""
+        return parse_usage(self.run(endpoints.get_usage(), retry=USAGE_RETRY))
+
+    async def aget_usage(self) -> CreditUsage:
+        return parse_usage(await self.arun(endpoints.get_usage(), retry=USAGE_RETRY))
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call; used by the "Test" button of the connection form."""
@@ -628,6 +677,18 @@ def _explain_missing_connection(conn_id: str) -> Iterator[None]:
         # Airflow 3.0/3.1 report an AIRFLOW_CONN_* variable they could not parse as a missing connection.
         problem = env_connection_problem(conn_id, os.environ)
         raise (problem or DuneConfigurationError(missing_connection_message(conn_id))) from None
+
+
+def _enforce_credit_guard(
+    settings: DuneConnectionSettings, usage: CreditUsage | None, conn_id: str, unknown_reason: str | None
+) -> None:
+    refusal = settings.credit_guard.refusal(usage, conn_id, unknown_reason=unknown_reason)
+    if refusal is None:
+        return
+    if usage is None:
+        # Nothing was sent and the usage may be readable on the next try: Airflow's retries stay.
+        raise DuneError(refusal)
+    raise DuneCreditLimitError(refusal)
 
 
 def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:
