@@ -13,10 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_dune.api.connection_fields import DEFAULT_BASE_URL, EXTRA_SETTINGS, ExtraSetting
+from airflow_provider_dune.api.connection_fields import (
+    API_KEY_LABEL,
+    BASE_URL_LABEL,
+    DEFAULT_BASE_URL,
+    EXTRA_SETTINGS,
+    ExtraSetting,
+)
 
 HIDDEN_FIELDS = ("schema", "login", "port")
-RELABELING = {"password": "API Key", "host": "API base URL (optional)"}
+RELABELING = {"password": API_KEY_LABEL, "host": f"{BASE_URL_LABEL} (optional)"}
 PLACEHOLDERS = {
     "password": "Dune API key (dune.com > Settings > API)",
     "host": DEFAULT_BASE_URL,

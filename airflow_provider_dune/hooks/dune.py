@@ -85,9 +85,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     triggers) and use an ``httpx.AsyncClient`` shared by all hooks in the same event loop (a triggerer polls for
     many tasks): release it with :meth:`aclose` or ``async with hook:``.
 
-    :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field, an optional
-        Host overrides the base URL. Extra fields: ``timeout``, ``connect_timeout``, ``max_retries``,
-        ``retry_min_wait``, ``retry_max_wait``, ``allow_insecure_http``.
+    :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field (labeled API
+        Key in the form), an optional Host (labeled API base URL) overrides the base URL. Extra fields:
+        ``timeout``, ``connect_timeout``, ``max_retries``, ``retry_min_wait``, ``retry_max_wait``,
+        ``allow_insecure_http``.
     :param timeout: read timeout per request in seconds (overrides the connection's ``timeout``).
     :param max_retries: total tries per request, including the first (overrides ``max_retries``).
     :param retry_min_wait: first backoff step in seconds.
@@ -131,7 +132,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """The connection form on Airflow 2.11-3.1 (3.2+ reads it from the provider info): the API key goes in
-        Password, Host is an optional base URL, unused fields are hidden."""
+        Password (labeled API Key), Host is an optional base URL, unused fields are hidden."""
         return connection_form.ui_field_behaviour()
 
     @classmethod
@@ -273,8 +274,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     @staticmethod
     def _finish_error(request: DuneRequest, settings: DuneConnectionSettings, error: DuneAPIError) -> None:
-        """Last touches on an error leaving the hook: never the key in its text; say if a run may have started."""
+        """Last touches on an error leaving the hook: never the key in its text; the connection named in its
+        hint; say if a run may have started."""
         error.redact(settings.api_key)
+        error.name_connection(settings.conn_id)
         if may_have_started_run(request, error):
             error.mark_may_have_started_run(describe_unsafe_retry(request))
 

@@ -187,7 +187,7 @@ def test_wrong_key_is_an_auth_error_without_the_key(
         call("get_pipeline_status", "01HKZJ2683PHF9Q9PHHQ8FW4Q1")
     assert info.value.http_status == 401
     assert "invalid api key" in str(info.value).lower()
-    assert "Password field" in str(info.value)
+    assert "Check the API Key field of Airflow connection 'dune_default'" in str(info.value)
     assert "wrong-secret-key" not in str(info.value)
     assert "wrong-secret-key" not in caplog.text
     assert emulator.counts["pipeline_status"] == 1  # auth errors are not retried
@@ -355,7 +355,7 @@ def test_plain_http_to_a_remote_host_is_refused(call: Call, monkeypatch: pytest.
 
 def test_missing_key_is_explained(call: Call, monkeypatch: pytest.MonkeyPatch, emulator: DuneEmulator) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, api_key=""))
-    with pytest.raises(DuneConfigurationError, match="Password field"):
+    with pytest.raises(DuneConfigurationError, match="no Dune API key: put the key in its API Key field"):
         call("get_pipeline_status", "01HKZJ2683PHF9Q9PHHQ8FW4Q1")
 
 
