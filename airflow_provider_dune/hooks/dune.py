@@ -24,6 +24,7 @@ from airflow_provider_dune.api.connection import (
     missing_connection_message,
     settings_from_connection,
 )
+from airflow_provider_dune.api.connection_fields import connection_name
 from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import (
     DuneAPIError,
@@ -608,7 +609,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         return parse_usage(self.run(endpoints.get_usage(), retry=RetryPolicy(max_attempts=2, max_wait=2)))
 
     def test_connection(self) -> tuple[bool, str]:
-        """One cheap authenticated call; used by the "Test" button of the connection form."""
+        """One authenticated call that costs no credits (``POST /v1/usage``): used by the connection form's
+        Test button, ``airflow connections test`` and the ``dune_connection_check`` example DAG. The message
+        gives the credits used of those the plan includes this billing period, or the error (never the key)."""
         try:
             usage = self.get_usage()
         except DuneError as err:
@@ -616,8 +619,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         detail = ""
         if usage.credits_used is not None:
             included = f" of {usage.credits_included:g}" if usage.credits_included is not None else ""
-            detail = f"; {usage.credits_used:g}{included} credits used this billing period"
-        return True, f"Connected to Dune at {self.settings.base_url}{detail}"
+            period = f" ({usage.period_start} to {usage.period_end})" if usage.period_start and usage.period_end else ""
+            detail = f"; {usage.credits_used:g}{included} credits used this billing period{period}"
+        return True, f"Connected to Dune at {self.settings.base_url} with {connection_name(self.dune_conn_id)}{detail}"
 
 
 @contextlib.contextmanager
