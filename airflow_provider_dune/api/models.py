@@ -609,10 +609,6 @@ class ResultPage:
     next_uri: str | None = None
     error_message: str | None = None
 
-    @property
-    def has_more(self) -> bool:
-        return self.next_offset is not None or self.next_uri is not None
-
 
 def parse_result_page(body: Any) -> ResultPage:
     """Build a :class:`ResultPage` from ``GET /v1/execution/{id}/results`` (or a query's latest results)."""

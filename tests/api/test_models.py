@@ -206,7 +206,7 @@ def test_result_page_pagination_fields() -> None:
             "next_uri": "http://x/api/v1/execution/E1/results?offset=1&limit=1",
         }
     )
-    assert page.rows == [{"a": 1}] and page.has_more and page.next_offset == 1
+    assert page.rows == [{"a": 1}] and page.next_offset == 1
     assert page.metadata is not None and page.metadata.total_row_count == 10
 
 

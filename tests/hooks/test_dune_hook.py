@@ -133,7 +133,7 @@ def test_query_execution_status_results_and_pagination(call: Call, emulator: Dun
         time.sleep(0.05)
     assert status.succeeded and status.query_id == 4100
     first = call("get_execution_results", started.execution_id, limit=2)
-    assert first.rows == [{"n": 0}, {"n": 1}] and first.has_more
+    assert first.rows == [{"n": 0}, {"n": 1}] and first.next_offset is not None
     second = call("get_execution_results", started.execution_id, limit=2, offset=first.next_offset)
     assert second.rows == [{"n": 2}, {"n": 3}]
 
