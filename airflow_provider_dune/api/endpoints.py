@@ -2,7 +2,7 @@
 
 Each builder validates its arguments and returns a :class:`DuneRequest`; the hook's sync and async transports
 only send it. What each endpoint is (method, path, rate-limit bucket, whether it may be resent) is its entry in
-:data:`~airflow_provider_dune.api.endpoint_table.ENDPOINTS`, under the builder's name.
+``airflow_provider_dune.api.endpoint_table.ENDPOINTS``, under the builder's name.
 """
 
 from __future__ import annotations

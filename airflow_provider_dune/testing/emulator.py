@@ -12,7 +12,7 @@ machines. Runs advance with the clock, computed lazily whenever they are read::
         emu.inject("execute_query_pipeline", Fault.status(429, retry_after=1))
         ...  # point a client at emu.url with header X-Dune-Api-Key: test-key
 
-Endpoints (all under ``/api``): every entry of :data:`~airflow_provider_dune.api.endpoint_table.ENDPOINTS`,
+Endpoints (all under ``/api``): every entry of ``airflow_provider_dune.api.endpoint_table.ENDPOINTS``,
 with Dune's method and path, under the name of the provider's request builder (``execute_query``,
 ``get_execution_status``, ...), which is also the name ``counts`` and ``inject`` use. ``execute_sql`` fails a
 statement with a line ``-- emulator: fail <message>``; ``insert_rows`` takes a CSV or NDJSON body.
