@@ -298,7 +298,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @staticmethod
     def _budget(request: DuneRequest, settings: DuneConnectionSettings) -> str:
         """The rate-limit budget ``request`` draws on: Dune counts runs started and everything else apart."""
-        return COOLDOWN.key_for(settings.base_url, settings.api_key, "write" if request.starts_run else "read")
+        return COOLDOWN.key_for(settings.base_url, settings.api_key, request.endpoint.bucket)
 
     def _decode(
         self, request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
@@ -330,7 +330,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @staticmethod
     def _per_minute(request: DuneRequest, settings: DuneConnectionSettings) -> float:
         """This process's share of the key's budget for ``request`` (``[dune] budget_share``)."""
-        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        per_minute = settings.writes_per_minute if request.endpoint.bucket == "write" else settings.reads_per_minute
         return per_minute * budget_share()
 
     def _past_deadline(self, request: DuneRequest, settings: DuneConnectionSettings, pause: float) -> bool:
@@ -354,7 +354,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
                 "before %s",
                 seconds,
                 per_minute * BUDGET.fraction(budget),
-                "runs started" if request.starts_run else "reads",
+                "runs started" if request.endpoint.bucket == "write" else "reads",
                 BUDGET.queued(budget),
                 request.description,
             )

@@ -293,7 +293,7 @@ def _status_polls_after_single_execute(emulator: Any) -> int:
     requests = emulator.requests
     executes = [r for r in requests if r.endpoint == "execute_query_pipeline"]
     assert len(executes) == 1
-    polls = [r for r in requests if r.endpoint == "pipeline_status"]
+    polls = [r for r in requests if r.endpoint == "get_pipeline_status"]
     assert all(p.at >= executes[0].at for p in polls)
     assert all(p.status == 200 for p in polls)
     return len(polls)
@@ -459,7 +459,7 @@ def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, slow_p
     assert counts["execute_query_pipeline"] == 1
     assert _status_polls_after_single_execute(dag_test_emulator) >= 3
     pipeline_id = record["xcoms"][("start_pipeline", "pipeline_execution_id")]
-    polled = {r.path.rsplit("/", 2)[-2] for r in dag_test_emulator.requests if r.endpoint == "pipeline_status"}
+    polled = {r.path.rsplit("/", 2)[-2] for r in dag_test_emulator.requests if r.endpoint == "get_pipeline_status"}
     assert polled == {pipeline_id}
     # Query 1005's lineage is a diamond of three views plus the query: four nodes, all completed.
     request = urllib.request.Request(

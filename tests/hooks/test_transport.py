@@ -154,7 +154,7 @@ def test_a_loopback_api_is_never_reached_through_an_environment_proxy(
     finally:
         trap.close()
     assert trap.connections == 0
-    assert dune_emulator.counts["usage"] == 2
+    assert dune_emulator.counts["get_usage"] == 2
 
 
 def test_invalid_json_in_the_extra_fails_before_any_request(
