@@ -182,7 +182,7 @@ def print_summary(
     if emulator:
         with contextlib.suppress(OSError, ValueError):
             counts = _get_json(api_url.removesuffix("/api") + "/_emulator/counts")["counts"]
-            polls = counts.get("pipeline_status", 0)
+            polls = counts.get("get_pipeline_status", 0)
             how = " (once by the task before deferring, then by the trigger)" if deferred and polls > 1 else ""
             _say(
                 f"Emulator  execute_query_pipeline called {counts.get('execute_query_pipeline', 0)}x; "

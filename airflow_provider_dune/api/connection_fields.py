@@ -22,6 +22,22 @@ MIN_REQUESTS_PER_MINUTE = 1
 #: Dune's default cap on datapoints (rows x columns) per results request; an account setting.
 DEFAULT_MAX_DATAPOINTS_PER_REQUEST = 250_000
 
+#: The connection form's label of Airflow's Password field, which holds the API key.
+API_KEY_LABEL = "API Key"
+#: The connection form's label of Airflow's Host field (the form adds "(optional)").
+BASE_URL_LABEL = "API base URL"
+
+
+def connection_name(conn_id: str | None) -> str:
+    """``Airflow connection 'dune_default'``, or ``the Airflow connection`` when the id is not known."""
+    return f"Airflow connection {conn_id!r}" if conn_id else "the Airflow connection"
+
+
+def form_field(label: str, conn_id: str | None = None) -> str:
+    """How messages name a field of the connection form, by its label: ``the API Key field of Airflow
+    connection 'dune_default'``."""
+    return f"the {label} field of {connection_name(conn_id)}"
+
 
 @dataclass(frozen=True)
 class ExtraSetting:
@@ -45,8 +61,13 @@ class ExtraSetting:
     minimum: float | None = None
     zero_or_at_least: float | None = None
 
+    def field(self, conn_id: str | None = None) -> str:
+        """How messages name this setting: its form label, and its key for an extra written as JSON."""
+        return f"the {self.label} field ({self.name} in the extra) of {connection_name(conn_id)}"
 
-#: Every setting the connection's extra may hold, in form order. The API key is not here: it is the Password.
+
+#: Every setting the connection's extra may hold, in form order. The API key is not here: it is the Password
+#: field, labeled :data:`API_KEY_LABEL`.
 EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
     ExtraSetting(
         "timeout",

@@ -358,8 +358,8 @@ def parse_result_metadata(raw: Any) -> ResultMetadata | None:
     if not isinstance(raw, Mapping) or not _METADATA_KEYS.intersection(raw):
         return None
     return ResultMetadata(
-        column_names=tuple(str(c) for c in raw.get("column_names") or ()),
-        column_types=tuple(str(c) for c in raw.get("column_types") or ()),
+        column_names=tuple(str(c) for c in _opt_list(raw.get("column_names"))),
+        column_types=tuple(str(c) for c in _opt_list(raw.get("column_types"))),
         row_count=_opt_int(raw.get("row_count")),
         total_row_count=_opt_int(raw.get("total_row_count")),
         datapoint_count=_opt_int(raw.get("datapoint_count")),
@@ -608,10 +608,6 @@ class ResultPage:
     next_offset: int | None = None
     next_uri: str | None = None
     error_message: str | None = None
-
-    @property
-    def has_more(self) -> bool:
-        return self.next_offset is not None or self.next_uri is not None
 
 
 def parse_result_page(body: Any) -> ResultPage:

@@ -79,9 +79,7 @@ class DuneDefinitionsMixin:
 
     def execute_sql(self, sql: str, performance: str = "medium") -> ExecutionStarted:
         """Run SQL that is not saved as a query (billed); follow it with ``get_execution_status``."""
-        started: ExecutionStarted = self._start(
-            endpoints.execute_sql(sql, performance), parse_execution_started, billed=True
-        )
+        started: ExecutionStarted = self._start(endpoints.execute_sql(sql, performance), parse_execution_started)
         return started
 
     def get_query_results(
@@ -173,7 +171,7 @@ class DuneDefinitionsMixin:
     def upsert_materialized_view(self, definition: MaterializedViewDefinition) -> MaterializedViewUpsert:
         """Create or change a view. Dune refreshes it right away, which is billed: compare before calling."""
         upsert: MaterializedViewUpsert = self._start(
-            endpoints.upsert_materialized_view(definition), parse_materialized_view_upsert, billed=True
+            endpoints.upsert_materialized_view(definition), parse_materialized_view_upsert
         )
         return upsert
 

@@ -24,6 +24,7 @@ from airflow_provider_dune.api.connection import (
     missing_connection_message,
     settings_from_connection,
 )
+from airflow_provider_dune.api.connection_fields import connection_name
 from airflow_provider_dune.api.credits import USAGE_CACHE
 from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import (
@@ -58,7 +59,7 @@ from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
 from airflow_provider_dune.hooks import connection_form
 from airflow_provider_dune.hooks.definitions import DuneDefinitionsMixin
-from airflow_provider_dune.utils import transport
+from airflow_provider_dune.utils import metrics, transport
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
 from airflow_provider_dune.utils.config import budget_share
 from airflow_provider_dune.utils.log_safety import (
@@ -89,9 +90,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     triggers) and use an ``httpx.AsyncClient`` shared by all hooks in the same event loop (a triggerer polls for
     many tasks): release it with :meth:`aclose` or ``async with hook:``.
 
-    :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field, an optional
-        Host overrides the base URL. Extra fields: ``timeout``, ``connect_timeout``, ``max_retries``,
-        ``retry_min_wait``, ``retry_max_wait``, ``allow_insecure_http``.
+    :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field (labeled API
+        Key in the form), an optional Host (labeled API base URL) overrides the base URL. Extra fields:
+        ``timeout``, ``connect_timeout``, ``max_retries``, ``retry_min_wait``, ``retry_max_wait``,
+        ``allow_insecure_http``.
     :param timeout: read timeout per request in seconds (overrides the connection's ``timeout``).
     :param max_retries: total tries per request, including the first (overrides ``max_retries``).
     :param retry_min_wait: first backoff step in seconds.
@@ -135,7 +137,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """The connection form on Airflow 2.11-3.1 (3.2+ reads it from the provider info): the API key goes in
-        Password, Host is an optional base URL, unused fields are hidden."""
+        Password (labeled API Key), Host is an optional base URL, unused fields are hidden."""
         return connection_form.ui_field_behaviour()
 
     @classmethod
@@ -277,8 +279,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     @staticmethod
     def _finish_error(request: DuneRequest, settings: DuneConnectionSettings, error: DuneAPIError) -> None:
-        """Last touches on an error leaving the hook: never the key in its text; say if a run may have started."""
+        """Last touches on an error leaving the hook: never the key in its text; the connection named in its
+        hint; say if a run may have started."""
         error.redact(settings.api_key)
+        error.name_connection(settings.conn_id)
         if may_have_started_run(request, error):
             error.mark_may_have_started_run(describe_unsafe_retry(request))
 
@@ -298,12 +302,13 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @staticmethod
     def _budget(request: DuneRequest, settings: DuneConnectionSettings) -> str:
         """The rate-limit budget ``request`` draws on: Dune counts runs started and everything else apart."""
-        return COOLDOWN.key_for(settings.base_url, settings.api_key, "write" if request.starts_run else "read")
+        return COOLDOWN.key_for(settings.base_url, settings.api_key, request.endpoint.bucket)
 
     def _decode(
         self, request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
     ) -> Any:
         """Decode a response, and tell the per-key 429 cooldown shared by all hooks how it went."""
+        metrics.request_sent(request.endpoint.name, status)
         budget = self._budget(request, settings)
         try:
             body = decode_response(request, status, content, headers, secret=settings.api_key)
@@ -330,7 +335,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @staticmethod
     def _per_minute(request: DuneRequest, settings: DuneConnectionSettings) -> float:
         """This process's share of the key's budget for ``request`` (``[dune] budget_share``)."""
-        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        per_minute = settings.writes_per_minute if request.endpoint.bucket == "write" else settings.reads_per_minute
         return per_minute * budget_share()
 
     def _past_deadline(self, request: DuneRequest, settings: DuneConnectionSettings, pause: float) -> bool:
@@ -354,7 +359,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
                 "before %s",
                 seconds,
                 per_minute * BUDGET.fraction(budget),
-                "runs started" if request.starts_run else "reads",
+                "runs started" if request.endpoint.bucket == "write" else "reads",
                 BUDGET.queued(budget),
                 request.description,
             )
@@ -405,19 +410,17 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         )
         return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
 
-    def _start(self, request: DuneRequest, parse: Callable[[Any], T], *, billed: bool = False) -> T:
+    def _start(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
         """Send a request that starts a run or writes data and read its answer; an unreadable answer to an
-        accepted request may still mean Dune started the run, and the error says so.
-
-        :param billed: the request starts a billed execution: the connection's credit guard checks first.
-        """
-        if billed:
+        accepted request may still mean Dune started the run, and the error says so. Before a billed start
+        the connection's credit guard checks the period's credits."""
+        if request.endpoint.billed:
             self.check_credit_guard()
         body = self.run(request)
         return _parse_start_answer(request, self.settings, parse, body)
 
-    async def _astart(self, request: DuneRequest, parse: Callable[[Any], T], *, billed: bool = False) -> T:
-        if billed:
+    async def _astart(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
+        if request.endpoint.billed:
             await self.acheck_credit_guard()
         body = await self.arun(request)
         return _parse_start_answer(request, await self.aget_settings(), parse, body)
@@ -463,7 +466,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     ) -> str:
         """Run a query together with the materialized views in its lineage; return the pipeline execution id."""
         request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
-        return self._start(request, parse_pipeline_execution_id, billed=True)
+        return self._start(request, parse_pipeline_execution_id)
 
     async def aexecute_query_pipeline(
         self,
@@ -472,14 +475,14 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> str:
         request = endpoints.execute_query_pipeline(query_id, performance, query_parameters)
-        return await self._astart(request, parse_pipeline_execution_id, billed=True)
+        return await self._astart(request, parse_pipeline_execution_id)
 
     def execute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
         """Run an explicit pipeline (validated locally first); return the pipeline execution id."""
-        return self._start(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id, billed=True)
+        return self._start(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id)
 
     async def aexecute_pipeline(self, nodes: Sequence[Mapping[str, Any]]) -> str:
-        return await self._astart(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id, billed=True)
+        return await self._astart(endpoints.execute_pipeline(nodes), parse_pipeline_execution_id)
 
     def get_query_pipeline(
         self,
@@ -532,9 +535,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> ExecutionStarted:
         """Start one query execution."""
-        return self._start(
-            endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started, billed=True
-        )
+        return self._start(endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started)
 
     async def aexecute_query(
         self,
@@ -543,7 +544,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         query_parameters: Mapping[str, Any] | None = None,
     ) -> ExecutionStarted:
         return await self._astart(
-            endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started, billed=True
+            endpoints.execute_query(query_id, performance, query_parameters), parse_execution_started
         )
 
     def get_execution_status(self, execution_id: str) -> ExecutionStatus:
@@ -628,13 +629,11 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     def refresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
         """Start a refresh of a materialized view; follow it with :meth:`get_execution_status`."""
-        return self._start(
-            endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh, billed=True
-        )
+        return self._start(endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh)
 
     async def arefresh_materialized_view(self, name: str, performance: str = "medium") -> MaterializedViewRefresh:
         return await self._astart(
-            endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh, billed=True
+            endpoints.refresh_materialized_view(name, performance), parse_materialized_view_refresh
         )
 
     def get_materialized_view(self, name: str) -> MaterializedView:
@@ -654,7 +653,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         return parse_usage(await self.arun(endpoints.get_usage(), retry=USAGE_RETRY))
 
     def test_connection(self) -> tuple[bool, str]:
-        """One cheap authenticated call; used by the "Test" button of the connection form."""
+        """One authenticated call that costs no credits (``POST /v1/usage``): used by the connection form's
+        Test button, ``airflow connections test`` and the ``dune_connection_check`` example DAG. The message
+        gives the credits used of those the plan includes this billing period, or the error (never the key)."""
         try:
             usage = self.get_usage()
         except DuneError as err:
@@ -662,8 +663,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         detail = ""
         if usage.credits_used is not None:
             included = f" of {usage.credits_included:g}" if usage.credits_included is not None else ""
-            detail = f"; {usage.credits_used:g}{included} credits used this billing period"
-        return True, f"Connected to Dune at {self.settings.base_url}{detail}"
+            period = f" ({usage.period_start} to {usage.period_end})" if usage.period_start and usage.period_end else ""
+            detail = f"; {usage.credits_used:g}{included} credits used this billing period{period}"
+        return True, f"Connected to Dune at {self.settings.base_url} with {connection_name(self.dune_conn_id)}{detail}"
 
 
 @contextlib.contextmanager

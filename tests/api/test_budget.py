@@ -91,7 +91,7 @@ def test_triggers_sharing_a_key_stay_inside_its_budget(
     events = asyncio.run(_wait_all(pipeline_ids))
     assert [event["status"] for event in events] == ["success"] * 4
     throttled = sum(1 for r in dune_emulator.requests if r.status == 429)
-    print(json.dumps({"paced": paced, "429s": throttled, "reads": dune_emulator.counts.get("pipeline_status")}))
+    print(json.dumps({"paced": paced, "429s": throttled, "reads": dune_emulator.counts.get("get_pipeline_status")}))
     if paced:
         assert throttled == 0
     else:

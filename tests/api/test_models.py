@@ -196,6 +196,17 @@ def test_execution_status_parses_error_and_metadata() -> None:
         parse_execution_status({"state": "QUERY_STATE_COMPLETED"})
 
 
+def test_result_metadata_with_column_lists_that_are_not_lists_is_read_without_them() -> None:
+    page = parse_result_page(
+        {"execution_id": "E1", "state": "QUERY_STATE_COMPLETED", "result": {"metadata": {"column_names": 5.0}}}
+    )
+    assert page.metadata is not None and page.metadata.column_names == ()
+    status = parse_execution_status(
+        {"execution_id": "E1", "state": "QUERY_STATE_COMPLETED", "result_metadata": {"column_types": "abc"}}
+    )
+    assert status.result_metadata is not None and status.result_metadata.column_types == ()
+
+
 def test_result_page_pagination_fields() -> None:
     page = parse_result_page(
         {
@@ -206,7 +217,7 @@ def test_result_page_pagination_fields() -> None:
             "next_uri": "http://x/api/v1/execution/E1/results?offset=1&limit=1",
         }
     )
-    assert page.rows == [{"a": 1}] and page.has_more and page.next_offset == 1
+    assert page.rows == [{"a": 1}] and page.next_offset == 1
     assert page.metadata is not None and page.metadata.total_row_count == 10
 
 

@@ -24,7 +24,7 @@ from tests.dags.conftest import DAG_TEST_API_KEY, airflow_command, dag_test_env
 CRON_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
 # Scheduled on Dune assets; the AssetWatcher one needs Airflow 3.
 ASSET_DAG_IDS = {"dune_after_nightly_refresh"} | ({"dune_on_view_refresh"} if AIRFLOW_V_3_0_PLUS else set())
-MANUAL_DAG_IDS = {"dune_as_code", "dune_queries_views_and_data"}
+MANUAL_DAG_IDS = {"dune_as_code", "dune_queries_views_and_data", "dune_connection_check"}
 EXPECTED_DAG_IDS = CRON_DAG_IDS | ASSET_DAG_IDS | MANUAL_DAG_IDS
 NOT_DAG_FILES = ("__init__.py", "demo.py")
 DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in NOT_DAG_FILES)
@@ -211,10 +211,18 @@ def test_unpausing_starts_no_run_for_a_past_schedule_time(dag_id, dagbag, monkey
 
 
 def _dags_test(
-    home: Path, emulator: Any, dag_id: str, *, key_in_extra: bool = False, task_id: str | None = None
+    home: Path,
+    emulator: Any,
+    dag_id: str,
+    *,
+    key_in_extra: bool = False,
+    task_id: str | None = None,
+    conf: dict[str, Any] | None = None,
+    wrong_key: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``airflow dags test dag_id`` (``airflow tasks test dag_id task_id`` with ``task_id``); the API key (in
-    Password, or ``api_key`` in the extra) is never printed."""
+    Password, or ``api_key`` in the extra) is never printed. ``conf`` is the run's configuration; with
+    ``wrong_key``, connection ``dune_wrong_key`` holds that key, which must not be printed either."""
     extra: dict[str, Any] = {"timeout": 5, "retry_min_wait": 0.05, "retry_max_wait": 0.2, "reads_per_minute": 0}
     conn: dict[str, Any] = {"conn_type": "dune", "host": emulator.url, "extra": extra}
     if key_in_extra:
@@ -222,11 +230,14 @@ def _dags_test(
     else:
         conn["password"] = DAG_TEST_API_KEY
     env = dag_test_env(home, json.dumps(conn))
+    if wrong_key:
+        env["AIRFLOW_CONN_DUNE_WRONG_KEY"] = json.dumps({**conn, "password": wrong_key})
     result = subprocess.run(
         [
             *airflow_command(),
             *(["tasks", "test", dag_id, task_id] if task_id else ["dags", "test", dag_id]),
             LOGICAL_DATE,
+            *(["--conf", json.dumps(conf)] if conf else []),
         ],
         env=env,
         capture_output=True,
@@ -235,7 +246,9 @@ def _dags_test(
         check=False,
     )
     printed = _output(result)
-    assert DAG_TEST_API_KEY not in printed, printed[max(0, printed.find(DAG_TEST_API_KEY) - 2000) :][:3000]
+    for key in (DAG_TEST_API_KEY, wrong_key):
+        if key:
+            assert key not in printed, printed[max(0, printed.find(key) - 2000) :][:3000]
     return result
 
 
@@ -280,7 +293,7 @@ def _status_polls_after_single_execute(emulator: Any) -> int:
     requests = emulator.requests
     executes = [r for r in requests if r.endpoint == "execute_query_pipeline"]
     assert len(executes) == 1
-    polls = [r for r in requests if r.endpoint == "pipeline_status"]
+    polls = [r for r in requests if r.endpoint == "get_pipeline_status"]
     assert all(p.at >= executes[0].at for p in polls)
     assert all(p.status == 200 for p in polls)
     return len(polls)
@@ -446,7 +459,7 @@ def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, slow_p
     assert counts["execute_query_pipeline"] == 1
     assert _status_polls_after_single_execute(dag_test_emulator) >= 3
     pipeline_id = record["xcoms"][("start_pipeline", "pipeline_execution_id")]
-    polled = {r.path.rsplit("/", 2)[-2] for r in dag_test_emulator.requests if r.endpoint == "pipeline_status"}
+    polled = {r.path.rsplit("/", 2)[-2] for r in dag_test_emulator.requests if r.endpoint == "get_pipeline_status"}
     assert polled == {pipeline_id}
     # Query 1005's lineage is a diamond of three views plus the query: four nodes, all completed.
     request = urllib.request.Request(
@@ -457,3 +470,41 @@ def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, slow_p
         status = json.loads(response.read())
     assert status["status"] == "completed"
     assert len(status["node_executions"]) == 4
+
+
+@pytest.mark.dag
+def test_connection_check_reports_the_credits_with_a_good_key(migrated_airflow_home, dag_test_emulator):
+    """The DAG a user triggers from the UI to check a connection: one free ``POST /v1/usage``, logged."""
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_connection_check")
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    record = _run_record(migrated_airflow_home, "dune_connection_check")
+    assert record["state"] == "success", output[-6000:]
+    message = record["xcoms"][("check_connection", "return_value")]
+    assert message.startswith(f"Connected to Dune at {dag_test_emulator.url} with Airflow connection 'dune_default'")
+    assert "0 of 2500 credits used this billing period (" in message
+    assert message in output  # the task's log
+    assert [r.endpoint for r in dag_test_emulator.requests] == ["usage"]
+
+
+@pytest.mark.dag
+def test_connection_check_names_the_api_key_field_with_a_wrong_key(migrated_airflow_home, dag_test_emulator):
+    """The connection id comes from the run's params; a wrong key fails the task with the form's field name,
+    and the key is printed nowhere (``_dags_test``) and written in no file under AIRFLOW_HOME."""
+    wrong_key = "wrong-connection-check-key-7f3a"
+    result = _dags_test(
+        migrated_airflow_home,
+        dag_test_emulator,
+        "dune_connection_check",
+        conf={"dune_conn_id": "dune_wrong_key"},
+        wrong_key=wrong_key,
+    )
+    output = _output(result)
+    record = _run_record(migrated_airflow_home, "dune_connection_check")
+    assert record["state"] == "failed", output[-6000:]
+    assert record["tasks"]["check_connection"]["state"] == "failed"
+    assert "HTTP 401" in output, output[-6000:]
+    assert "Check the API Key field of Airflow connection 'dune_wrong_key'" in output, output[-6000:]
+    assert [(r.endpoint, r.status) for r in dag_test_emulator.requests] == [("usage", 401)]  # not retried
+    files = _files(migrated_airflow_home)
+    assert [str(p) for p in files if wrong_key.encode() in p.read_bytes()] == []

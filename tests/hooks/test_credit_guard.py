@@ -194,13 +194,13 @@ def test_under_the_ceiling_starts_and_reads_usage_at_most_once_a_minute(
     for _ in range(3):
         hook.execute_query(QUERY)
     assert emulator.executions_started() == 3
-    assert emulator.counts["usage"] == 1
+    assert emulator.counts["get_usage"] == 1
 
 
 def test_usage_unknown_refuses_without_sending_and_keeps_retries(
     emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emulator.inject("usage", Fault.status(503, times=5))
+    emulator.inject("get_usage", Fault.status(503, times=5))
     with pytest.raises(DuneError, match="could not read this billing period's credits") as info:
         connect(monkeypatch, emulator, credit_limit=10).execute_query(QUERY)
     assert not isinstance(info.value, AirflowFailException)
@@ -210,7 +210,7 @@ def test_usage_unknown_refuses_without_sending_and_keeps_retries(
 def test_usage_unknown_starts_when_the_connection_says_so(
     emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emulator.inject("usage", Fault.status(503, times=5))
+    emulator.inject("get_usage", Fault.status(503, times=5))
     connect(monkeypatch, emulator, credit_limit=10, start_when_usage_unknown=True).execute_query(QUERY)
     assert emulator.executions_started() == 1
 

@@ -85,7 +85,7 @@ def test_poke_cancelled_run_fails(emulator: DuneEmulator) -> None:
 def test_execute_waits_until_success(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(QUICK)
     assert sensor(pipeline_execution_id).execute(CONTEXT) is None
-    assert emulator.counts["pipeline_status"] >= 2
+    assert emulator.counts["get_pipeline_status"] >= 2
 
 
 def test_execute_failure_fails_without_soft_fail(emulator: DuneEmulator) -> None:
@@ -118,7 +118,7 @@ def test_sensor_timeout_with_soft_fail_skips(emulator: DuneEmulator) -> None:
 
 def test_poke_survives_transient_errors(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(QUICK)
-    emulator.inject("pipeline_status", Fault.status(429, times=2), Fault.status(500))
+    emulator.inject("get_pipeline_status", Fault.status(429, times=2), Fault.status(500))
     assert sensor(pipeline_execution_id).execute(CONTEXT) is None
 
 

@@ -24,7 +24,7 @@ POLL_INTERVAL = 5.0
 
 
 def _status_reads(emulator: DuneEmulator, pipeline_execution_id: str) -> list[float]:
-    return [r.at for r in emulator.requests if r.endpoint == "pipeline_status" and pipeline_execution_id in r.path]
+    return [r.at for r in emulator.requests if r.endpoint == "get_pipeline_status" and pipeline_execution_id in r.path]
 
 
 async def _detected_at(trigger: DunePipelineTrigger) -> tuple[dict[str, Any], float]:

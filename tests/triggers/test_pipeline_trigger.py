@@ -91,14 +91,14 @@ def test_serialize_defaults_have_no_deadline() -> None:
 async def test_first_poll_waits_until_first_poll_at(emulator: DuneEmulator) -> None:
     # The operator read the status just before deferring: the trigger does not read it again at once.
     pipeline_execution_id = start(LINEAGE, date="2024-06-01")
-    before = emulator.counts.get("pipeline_status", 0)
+    before = emulator.counts.get("get_pipeline_status", 0)
     trigger = trigger_for(pipeline_execution_id, poll_interval=0.05, first_poll_at=time.time() + 0.6)
     run = asyncio.ensure_future(events_of(trigger))
     await asyncio.sleep(0.4)
-    assert emulator.counts.get("pipeline_status", 0) == before
+    assert emulator.counts.get("get_pipeline_status", 0) == before
     (event,) = await asyncio.wait_for(run, 30)
     assert event["status"] == "success"
-    assert emulator.counts["pipeline_status"] > before
+    assert emulator.counts["get_pipeline_status"] > before
 
 
 async def test_first_poll_at_in_the_past_reads_at_once_and_never_waits_past_the_deadline() -> None:
@@ -185,21 +185,21 @@ async def test_unknown_pipeline_gives_error_event(emulator: DuneEmulator) -> Non
 )
 async def test_survives_faults_mid_poll(emulator: DuneEmulator, faults: tuple[Fault, ...]) -> None:
     pipeline_execution_id = start(QUICK)
-    emulator.inject("pipeline_status", *faults)
+    emulator.inject("get_pipeline_status", *faults)
     events = await events_of(trigger_for(pipeline_execution_id))
     assert [e["status"] for e in events] == ["success"]
     injected = sum(f.times for f in faults)
-    assert emulator.counts["pipeline_status"] > injected  # every fault was consumed, then polling went on
+    assert emulator.counts["get_pipeline_status"] > injected  # every fault was consumed, then polling went on
 
 
 async def test_survives_errors_beyond_hook_retries(emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A status call that still fails after the hook's retries is not fatal: the trigger backs off and polls."""
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, max_retries=1))
     pipeline_execution_id = start(QUICK)
-    emulator.inject("pipeline_status", Fault.status(429))
+    emulator.inject("get_pipeline_status", Fault.status(429))
     events = await events_of(trigger_for(pipeline_execution_id))
     assert [e["status"] for e in events] == ["success"]
-    assert emulator.counts["pipeline_status"] >= 2
+    assert emulator.counts["get_pipeline_status"] >= 2
 
 
 # -- logging ------------------------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ async def test_progress_logged_only_when_it_changes(emulator: DuneEmulator, caps
     await events_of(trigger_for(pipeline_execution_id, poll_interval=0.02))
     # Airflow 3 task/trigger logging goes through structlog to stdout.
     progress = logged_progress(capsys.readouterr().out, pipeline_execution_id)
-    polls = emulator.counts["pipeline_status"]
+    polls = emulator.counts["get_pipeline_status"]
     assert progress, "no progress was logged"
     assert progress[-1] == "2/2 nodes done"
     assert any("running" in line for line in progress)

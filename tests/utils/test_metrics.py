@@ -64,7 +64,7 @@ def received(sock: socket.socket, until: float) -> list[str]:
 
 def test_metrics_reach_statsd(dune_emulator: DuneEmulator, listener: socket.socket) -> None:
     dune_emulator.add_query(QUERY, duration=0.01)
-    dune_emulator.inject("execution_status", Fault.status(429, retry_after=0.01))
+    dune_emulator.inject("get_execution_status", Fault.status(429, retry_after=0.01))
     env = {
         **os.environ,
         "AIRFLOW_CONN_DUNE_DEFAULT": dune_connection_json(dune_emulator.url),
@@ -82,9 +82,9 @@ def test_metrics_reach_statsd(dune_emulator: DuneEmulator, listener: socket.sock
 
     expected = {
         "airflow." + metric_name("requests", "execute_query", 200),
-        "airflow." + metric_name("requests", "execution_status", 429),
-        "airflow." + metric_name("requests", "execution_status", 200),
-        "airflow." + metric_name("rate_limited", "execution_status"),
+        "airflow." + metric_name("requests", "get_execution_status", 429),
+        "airflow." + metric_name("requests", "get_execution_status", 200),
+        "airflow." + metric_name("rate_limited", "get_execution_status"),
         "airflow." + metric_name("runs", "started", "query"),
         "airflow." + metric_name("runs", "finished", "query", "success"),
         "airflow." + metric_name("credits", "query"),
