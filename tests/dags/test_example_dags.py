@@ -589,7 +589,7 @@ def test_connection_check_reports_the_credits_with_a_good_key(migrated_airflow_h
     assert message.startswith(f"Connected to Dune at {dag_test_emulator.url} with Airflow connection 'dune_default'")
     assert "0 of 2500 credits used this billing period (" in message
     assert message in output  # the task's log
-    assert [r.endpoint for r in dag_test_emulator.requests] == ["usage"]
+    assert [r.endpoint for r in dag_test_emulator.requests] == ["get_usage"]
 
 
 @pytest.mark.dag
@@ -610,6 +610,6 @@ def test_connection_check_names_the_api_key_field_with_a_wrong_key(migrated_airf
     assert record["tasks"]["check_connection"]["state"] == "failed"
     assert "HTTP 401" in output, output[-6000:]
     assert "Check the API Key field of Airflow connection 'dune_wrong_key'" in output, output[-6000:]
-    assert [(r.endpoint, r.status) for r in dag_test_emulator.requests] == [("usage", 401)]  # not retried
+    assert [(r.endpoint, r.status) for r in dag_test_emulator.requests] == [("get_usage", 401)]  # not retried
     files = _files(migrated_airflow_home)
     assert [str(p) for p in files if wrong_key.encode() in p.read_bytes()] == []
