@@ -42,6 +42,7 @@ from airflow_provider_dune.utils import run_durations, run_registry
 from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.polling import (
     CANCELLED,
+    ERROR,
     FAILED,
     SUCCESS,
     TIMEOUT,
@@ -490,7 +491,14 @@ class DuneRunOperator(BaseOperator):
         label = self.run_label(run_id)
         status, message, details = validate_event(event, self.target(run_id))
         hook = self.hook
-        final = self._read_final_status(hook, run_id, status)
+        if status == TIMEOUT:
+            hook.deadline = time.time()  # the timeout has passed: no wait for the key's budget before the last reads
+        final, read_error = self._read_final_status(hook, run_id, status)
+        if read_error is not None:
+            if status == ERROR:  # the event's message is shortened: this one says all
+                message = f"Could not get the status of {label}: {read_error}"
+            else:
+                self.log.warning("Could not read the final status of %s to report it: %s", label, read_error)
         report = None
         if final is not None:
             report = self.report(hook, final)
@@ -532,22 +540,20 @@ class DuneRunOperator(BaseOperator):
         self._remember_for_next_try(context, run_id, status, message)
         raise AirflowException(message)
 
-    def _read_final_status(self, hook: DuneHook, run_id: str, event_status: str) -> Snapshot | None:
-        """The run's status once the wait ended: the one the worker holds, else one read.
-
-        ``None`` when the read failed after an event other than success (logged: the event's message is
-        reported instead). After a success event a failed read fails the task, keeping the run's record so the
-        next try re-attaches to it.
-        """
+    def _read_final_status(
+        self, hook: DuneHook, run_id: str, event_status: str
+    ) -> tuple[Snapshot | None, DuneError | None]:
+        """The run's status once the wait ended (the one the worker holds, else one read), or why it could not be
+        read. After a success event a failed read fails the task, keeping the run's record so that the next
+        try re-attaches to it."""
         held, self._final_status = self._final_status, None
         if held is not None and held.outcome.is_final:
-            return held
+            return held, None
         try:
-            return self.get_status(hook, run_id)
+            return self.get_status(hook, run_id), None
         except DuneError as err:
             if event_status != SUCCESS:
-                self.log.warning("Could not read the final status of %s to report it: %s", self.run_label(run_id), err)
-                return None
+                return None, err
             raise AirflowException(
                 f"{self.run_label(run_id)} completed, but its final status could not be read to report it: {err}. "
                 "Not reported as a success without it: the next try of this task re-attaches to this run (no new "
