@@ -21,10 +21,6 @@ from typing import Any
 from airflow_provider_dune.api.errors import DuneResponseError
 from airflow_provider_dune.api.models import ExecutionStatus, NodeKind, PipelineStatus, parse_timestamp
 
-#: Width of the ``what`` column; longer view names are shortened with ``...``.
-WHAT_WIDTH = 40
-
-
 @dataclass(frozen=True)
 class ReportRow:
     """One line of the report: a pipeline node, or the single execution of a query, SQL or view refresh.
@@ -175,21 +171,23 @@ def _credits(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def format_report(title: str, rows: Sequence[ReportRow]) -> str:
-    """The report as text: a title line (with the total credits when known), then one line per row."""
+    """The report as text: a title line (with the total credits when known), then one line per row; columns are
+    as wide as their longest value, so names are never cut."""
     total = total_credits(rows)
+    node_width = max([4, *(len(row.node) for row in rows)]) + 2
+    what_width = max([4, *(len(row.what) for row in rows)]) + 2
+    state_width = max([5, *(len(row.state) for row in rows)]) + 2
+    execution_width = max([9, *(len(row.execution_id or "-") for row in rows)]) + 2
     lines = [f"{title}, {_credits(total)} credits" if total is not None else title]
     lines.append(
-        f"  {'node':<6}{'what':<{WHAT_WIDTH}}  {'state':<11}{'queued':>8}{'ran':>10}  {'execution':<28}{'credits':>8}"
+        f"  {'node':<{node_width}}{'what':<{what_width}}{'state':<{state_width}}{'queued':>7}{'ran':>9}  "
+        f"{'execution':<{execution_width}}{'credits':>7}"
     )
     for row in rows:
         lines.append(
-            f"  {row.node:<6}{_shorten(row.what, WHAT_WIDTH):<{WHAT_WIDTH}}  {row.state:<11}"
-            f"{_seconds(row.queued_seconds):>8}{_seconds(row.run_seconds):>10}  {row.execution_id or '-':<28}"
-            f"{_credits(row.credits):>8}"
+            f"  {row.node:<{node_width}}{row.what:<{what_width}}{row.state:<{state_width}}"
+            f"{_seconds(row.queued_seconds):>7}{_seconds(row.run_seconds):>9}  "
+            f"{row.execution_id or '-':<{execution_width}}{_credits(row.credits):>7}"
         )
     return "\n".join(lines)
