@@ -446,7 +446,7 @@ class ExecutionStatus:
 
     def failure_message(self) -> str:
         """Why the run did not succeed, with Dune's error text: ``Dune execution 01H... of query 1001 failed:
-        QueryError: line 3:8: ...``."""
+        line 3:8: ...``."""
         subject = f"Dune execution {self.execution_id}" + (f" of query {self.query_id}" if self.query_id else "")
         if self.state is RunState.COMPLETED_PARTIAL:
             return (
@@ -459,11 +459,11 @@ class ExecutionStatus:
         return f"{subject} {verb}: {self.error_text() or self.progress_summary()}"
 
     def error_text(self) -> str | None:
-        """Dune's error with its type and where in the SQL (``QueryError: Column 'x' ... (line 3, column 8)``)."""
+        """Dune's error message and where in the SQL it is (``Column 'x' cannot be resolved (line 3, column 8)``);
+        ``error_type`` (e.g. ``FAILED_TYPE_EXECUTION_FAILED``) says nothing more and stays out."""
         if not self.error_message:
             return None
-        kind = f"{self.error_type}: " if self.error_type else ""
-        return f"{kind}{self.error_message}{error_location(self.error_message, self.error_line, self.error_column)}"
+        return f"{self.error_message}{error_location(self.error_message, self.error_line, self.error_column)}"
 
     def describe(self) -> str:
         text = f"execution {self.execution_id}: {self.state.value}"
