@@ -6,10 +6,10 @@ A pipeline's status has no times or costs, so the report reads each started node
 a task returned, for tools that read its XCom), so the task log, the return value and ``make demo`` show the same
 table::
 
-    Dune pipeline 01J0Z3K8WQ: failed, 1/2 nodes done, 0.31 credits
-      node  what                                    state        queued       ran  execution                  credits
-      1     refresh dune.demo.result_dex_trades...  completed      0.2s      1.1s  01J0Z3K9B2RYR7N0A0T3V1KQ4M    0.31
-      2     query 1099                              failed         0.1s      0.4s  01J0Z3KA4D8TT1CM7YB5V3W9E2       -
+    Dune pipeline 01M8Y6SW4BYBV52PR8QBF1EPSS: failed, 1/2 nodes done, 0.05 credits
+      node  what        state       queued      ran  execution                   credits
+      1     query 2001  completed     0.0s     0.1s  01M8Y6SW4AG4XS902X39XDRES0     0.03
+      2     query 1099  failed        0.0s     0.1s  01M8Y6SW4BZ278YQ2SPWPR6446     0.02
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow_provider_dune.api.errors import DuneResponseError
 from airflow_provider_dune.api.models import ExecutionStatus, NodeKind, PipelineStatus, parse_timestamp
+
 
 @dataclass(frozen=True)
 class ReportRow:

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import pytest
-
 from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_dune.api.states import RunState
