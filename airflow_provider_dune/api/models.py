@@ -470,6 +470,8 @@ class ExecutionStatus:
         if self.state is RunState.UNKNOWN:
             text += f" (unrecognised Dune state {self.raw_state!r})"
         error = self.error_text()
+        if error and self.error_type:
+            error = f"{self.error_type}: {error}"
         return f"{text}: {error}" if error else text
 
     def to_dict(self) -> dict[str, Any]:
