@@ -386,7 +386,7 @@ def test_execute_complete_error_event_fails_with_dune_s_whole_answer(
         operator(query_id=QUICK).execute_complete(context, event)
     message = str(info.value)
     assert message.startswith(f"Could not get the status of Dune pipeline {pipeline_execution_id}: ")
-    assert "invalid API Key" in message and "Check the API key" in message
+    assert "invalid API Key" in message and "Check the API Key field" in message
     assert "wrong-key" not in message
 
 
