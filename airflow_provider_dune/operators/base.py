@@ -11,7 +11,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.configuration import conf
 from airflow.exceptions import AirflowException
@@ -27,6 +27,7 @@ from airflow_provider_dune.api.errors import (
 from airflow_provider_dune.api.failures import not_retried, permanent_request_failure, permanent_run_failure
 from airflow_provider_dune.api.forecast import observed_duration
 from airflow_provider_dune.api.models import PipelineOutcome
+from airflow_provider_dune.api.run_report import ReportRow, format_report
 from airflow_provider_dune.api.validation import (
     validate_optional_seconds,
     validate_performance,
@@ -40,9 +41,13 @@ from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
 from airflow_provider_dune.utils import run_durations, run_registry
 from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.polling import (
+    CANCELLED,
+    ERROR,
+    FAILED,
     SUCCESS,
     TIMEOUT,
     PollTarget,
+    ProgressLog,
     ReadSchedule,
     Snapshot,
     decide,
@@ -80,6 +85,15 @@ def query_run_request(
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class RunReport(NamedTuple):
+    """A finished run as the task reports it: the return value, the rows of the log's table, and why it did not
+    succeed (when it did not)."""
+
+    summary: dict[str, Any]
+    rows: list[ReportRow]
+    failure: str
 
 
 class DuneRunOperator(BaseOperator):
@@ -142,6 +156,8 @@ class DuneRunOperator(BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.run_id: str | None = None
         self._context: Context | None = None
+        #: A final status the worker already holds, so that :meth:`execute_complete` does not read it again.
+        self._final_status: Snapshot | None = None
 
     # -- what subclasses provide --------------------------------------------------------------------------
 
@@ -190,12 +206,20 @@ class DuneRunOperator(BaseOperator):
 
     @abstractmethod
     def running_executions(
-        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None
+        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None, status: Snapshot | None = None
     ) -> list[tuple[str, str]]:
-        """``(label, execution_id)`` of every execution of the run that started and has not finished."""
+        """``(label, execution_id)`` of every execution of the run that started and has not finished.
+
+        :param details: the run's last known summary, used when its status cannot be read.
+        :param status: a status just read (else the status is read).
+        """
 
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id}"
+
+    @abstractmethod
+    def report(self, hook: DuneHook, status: Snapshot) -> RunReport:
+        """The finished run's summary (return value), report rows and failure text, from its final status."""
 
     @abstractmethod
     def where_to_check(self, request: Mapping[str, Any]) -> str:
@@ -309,6 +333,7 @@ class DuneRunOperator(BaseOperator):
             next_read=first_wait,
         )
         if step.event is not None:
+            self._final_status = first if not isinstance(first, BaseException) else None
             return self.execute_complete(context, {**step.event, "timing": schedule.timing(now)})
         self.defer(
             trigger=self.build_trigger(run_id, end_time, schedule, step.wait),
@@ -399,15 +424,14 @@ class DuneRunOperator(BaseOperator):
         hook.deadline = end_time
         errors = 0
         last: Snapshot | None = None
-        last_summary = None
+        progress = ProgressLog(target.label)
         while True:
             result: Snapshot | BaseException
             try:
                 result = self.get_status(hook, run_id)
                 errors, last = 0, result
-                if result.progress_summary() != last_summary:
-                    last_summary = result.progress_summary()
-                    self.log.info("%s: %s", target.label, last_summary)
+                for level, line in progress.lines(result, time.time()):
+                    self.log.log(level, "%s", line)
             except DuneError as err:
                 errors += 1
                 result = err
@@ -427,6 +451,7 @@ class DuneRunOperator(BaseOperator):
                 next_read=next_read,
             )
             if step.event is not None:
+                self._final_status = last if result is last else None
                 return {**step.event, "timing": schedule.timing(now)}
             time.sleep(step.wait)
 
@@ -449,6 +474,12 @@ class DuneRunOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Act on the final event: success returns the summary; anything else cancels what still runs and fails.
 
+        The event only says how the wait ended; the final status is read once more (a pipeline's nodes too, see
+        :meth:`report`) for the report in the log, the return value and the failure message. When that read
+        fails after a success event, the task fails (retryable) rather than report a run it cannot describe: the
+        next try re-attaches to the finished run and reports it, without starting another. After any other
+        event the task fails anyway, with the event's message.
+
         The record of the run is kept until the result was handled, so a retry after a failure there (fetching
         or writing the rows) uses the finished run instead of starting another one.
         """
@@ -457,12 +488,36 @@ class DuneRunOperator(BaseOperator):
         if not isinstance(run_id, str) or not run_id:
             raise AirflowException(f"received a trigger event without a {self.id_field.replace('_', ' ')}: {event!r}")
         self.run_id = run_id
+        label = self.run_label(run_id)
         status, message, details = validate_event(event, self.target(run_id))
+        hook = self.hook
+        if status == TIMEOUT:
+            hook.deadline = time.time()  # the timeout has passed: no wait for the key's budget before the last reads
+        final, read_error = self._read_final_status(hook, run_id, status)
+        if read_error is not None:
+            if status == ERROR:  # the event's message is shortened: this one says all
+                message = f"Could not get the status of {label}: {read_error}"
+            else:
+                self.log.warning("Could not read the final status of %s to report it: %s", label, read_error)
+        report = None
+        if final is not None:
+            report = self.report(hook, final)
+            details = report.summary
+            title = f"{label}: {final.outcome.value}"
+            progress = getattr(final, "progress", None)
+            title += f", {progress[0]}/{progress[1]} nodes done" if progress else ""
+            self.log.info("%s", format_report(title, report.rows))
+            if status in (FAILED, CANCELLED) and final.outcome.is_final and final.outcome != SUCCESS:
+                message = report.failure
         self._lineage_details = dict(details or {})
-        if status == SUCCESS or (status == "failed" and self.accept_failure(details)):
-            self.log.info(message)
+        if status == SUCCESS and final is not None and final.outcome is not PipelineOutcome.SUCCESS:
+            raise AirflowException(
+                f"{label}: the wait saw it complete, but its final status says otherwise: "
+                f"{report.failure if report else final.progress_summary()}"
+            )
+        if status == SUCCESS or (status == FAILED and self.accept_failure(details)):
             try:
-                result = self.on_success(context, self.hook, run_id, details)
+                result = self.on_success(context, hook, run_id, details)
             except (DuneConfigurationError, DuneDatapointLimitError, DunePartialResultError) as err:
                 run_registry.forget(context)
                 # The same run, the same settings: another try would fail the same way.
@@ -472,18 +527,38 @@ class DuneRunOperator(BaseOperator):
                 self._record_duration(event)
             emit_asset_events(context, self.outlets, self.refreshed_objects(details or {}), self.log)
             return result
-        cancelled = self.cancel_running(run_id, details)
+        cancelled = self.cancel_running(run_id, details, final)
         if cancelled:
             message += f"\nCancelled {cancelled} still-running {self.cancelled_noun} so they use no more credits."
         if status == TIMEOUT and self.timeout is not None:
             message += f"\nTimeout was {self.timeout:g} s; raise `timeout` if the run legitimately needs longer."
         self._lineage_error = message
-        reason = permanent_run_failure(details) if status == "failed" else None
+        reason = permanent_run_failure(details) if status == FAILED else None
         if reason is not None:
             run_registry.forget(context)
             raise AirflowFailException(not_retried(message, reason, "start another billed run that fails"))
         self._remember_for_next_try(context, run_id, status, message)
         raise AirflowException(message)
+
+    def _read_final_status(
+        self, hook: DuneHook, run_id: str, event_status: str
+    ) -> tuple[Snapshot | None, DuneError | None]:
+        """The run's status once the wait ended (the one the worker holds, else one read), or why it could not be
+        read. After a success event a failed read fails the task, keeping the run's record so that the next
+        try re-attaches to it."""
+        held, self._final_status = self._final_status, None
+        if held is not None and held.outcome.is_final:
+            return held, None
+        try:
+            return self.get_status(hook, run_id), None
+        except DuneError as err:
+            if event_status != SUCCESS:
+                return None, err
+            raise AirflowException(
+                f"{self.run_label(run_id)} completed, but its final status could not be read to report it: {err}. "
+                "Not reported as a success without it: the next try of this task re-attaches to this run (no new "
+                "run, no credits) once Dune answers; with no retries left, clear the task."
+            ) from None
 
     def _remember_for_next_try(self, context: Context, run_id: str, status: str, message: str) -> None:
         """Keep what this run was for the log of the next try, when Airflow will retry the task."""
@@ -514,15 +589,17 @@ class DuneRunOperator(BaseOperator):
             run_registry.forget(context)
         return super().resume_execution(next_method, next_kwargs, context)
 
-    def cancel_running(self, run_id: str, details: Mapping[str, Any] | None) -> int:
+    def cancel_running(self, run_id: str, details: Mapping[str, Any] | None, status: Snapshot | None = None) -> int:
         """Best effort: cancel every execution of the run that has started and not finished; return how many.
 
         Not held back by the key's budget: stopping billed work comes before pacing.
+
+        :param status: the run's status, when just read.
         """
         hook = self.hook
         hook.deadline = time.time()
         try:
-            running = self.running_executions(hook, run_id, details)
+            running = self.running_executions(hook, run_id, details, status)
         except DuneError as err:
             self.log.warning("Could not read %s to cancel what still runs: %s", self.run_label(run_id), err)
             return 0

@@ -44,6 +44,9 @@ class DuneExecuteSQLOperator(_DuneResultsOperator):
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id} of raw SQL"
 
+    def report_what(self) -> str:
+        return "raw SQL"
+
     def lineage_subject(self) -> dict[str, Any]:
         return {"operation": "sql_execution"}
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
-from airflow_provider_dune.api.errors import DuneConfigurationError
+from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.api.models import PipelineOutcome
 from airflow_provider_dune.api.validation import validate_execution_id, validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
@@ -142,7 +142,24 @@ class DuneRunSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
+        """Act on the trigger's event. A success is the trigger's own read of a successful status; after a
+        failure or an error the status is read once more, for Dune's whole error (the event's message is one
+        shortened line) and to accept an allowed partial result (an event of an earlier release carries that
+        status as ``details``)."""
         status, message, details = validate_event(event, self._target())
+        if status in (FAILED, ERROR):
+            try:
+                with DuneHook(self.dune_conn_id) as hook:
+                    final = self.fetch_status(hook, self.run_id)
+            except DuneError as err:
+                if status == ERROR:  # the event's message is shortened: this one says all
+                    message = f"Could not get the status of {self._target().label}: {err}"
+                else:
+                    self.log.warning("Could not read the final status of %s: %s", self._target().label, err)
+            else:
+                details = final.to_dict()
+                if final.outcome.is_final and final.outcome is not PipelineOutcome.SUCCESS:
+                    message = final.failure_message()
         if status == SUCCESS or (status == FAILED and self.accept_failure(details)):
             self.log.info(message)
             return

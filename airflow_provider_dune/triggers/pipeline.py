@@ -15,7 +15,7 @@ from airflow_provider_dune.api.errors import DuneConnectionError
 from airflow_provider_dune.api.forecast import usable_durations
 from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.utils.polling import PollTarget, ReadSchedule, Snapshot, decide
+from airflow_provider_dune.utils.polling import PollTarget, ProgressLog, ReadSchedule, Snapshot, decide
 
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
@@ -125,7 +125,7 @@ class DunePollingTrigger(BaseTrigger):
         schedule = self.read_schedule()
         consecutive_errors = 0
         last_snapshot: Snapshot | None = None
-        last_summary = None
+        progress = ProgressLog(target.label)
         async with self._hook() as hook:
             while True:
                 result: Snapshot | BaseException
@@ -143,10 +143,8 @@ class DunePollingTrigger(BaseTrigger):
                 else:
                     consecutive_errors = 0
                     last_snapshot = result
-                    summary = result.progress_summary()
-                    if summary != last_summary:
-                        self.log.info("%s: %s", target.label, summary)
-                        last_summary = summary
+                    for level, line in progress.lines(result, time.time()):
+                        self.log.log(level, "%s", line)
                 finally:
                     READ_URGENCY.reset(urgency)
                 now = time.time()
@@ -175,9 +173,10 @@ class DunePipelineTrigger(DunePollingTrigger):
     Serialises only the pipeline execution id, the connection id and the polling settings: never the API key,
     which is looked up from the connection in the triggerer.
 
-    Fires exactly one event ``{"status": success|failed|cancelled|timeout|error, "message",
-    "pipeline_execution_id", "details", "timing"}`` where ``details`` is the last pipeline status (per-node
-    states) and ``timing`` when the run was started and seen running and finished (its duration is learnt).
+    Fires exactly one small event ``{"status": success|failed|cancelled|timeout|error, "message",
+    "pipeline_execution_id", "timing"}``: ``message`` is one line (the first cause of a failure, shortened),
+    ``timing`` says when the run was started and seen running and finished (its duration is learnt). No node
+    list: the operator reads the final status again when it resumes.
 
     :param pipeline_execution_id: the run to wait for.
     :param cancel_on_kill: when a user marks the deferred task failed/success or clears it (Airflow 3.3+

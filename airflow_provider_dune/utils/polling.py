@@ -4,12 +4,18 @@
 deadline, it says whether to wait and for how long, or which final event to emit. Each transport is then a
 short loop around it, so deferrable and worker-side waiting behave the same.
 
-Events are plain JSON-serialisable dicts: ``{"status", "message", "<id field>", "details"}`` where ``status`` is
-one of :data:`EVENT_STATUSES`.
+Events are small JSON-serialisable dicts: ``{"status", "message", "<id field>"}`` (the caller adds ``"timing"``)
+where ``status`` is one of :data:`EVENT_STATUSES` and ``message`` is one line of at most
+:data:`MAX_EVENT_MESSAGE` characters. They carry no node lists (Airflow logs each event and keeps it in its
+metadata database): the task reads the final status again when it resumes. Events of earlier releases also
+carry ``"details"`` (the last status); :func:`validate_event` still accepts them.
+
+:class:`ProgressLog` turns successive statuses into log lines that say what changed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,7 +34,8 @@ from airflow_provider_dune.api.forecast import (
     read_urgency,
     usable_durations,
 )
-from airflow_provider_dune.api.models import PipelineOutcome
+from airflow_provider_dune.api.models import ExecutionStatus, PipelineOutcome, PipelineStatus
+from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.utils.config import min_poll_interval
 
 SUCCESS = "success"
@@ -40,6 +47,8 @@ EVENT_STATUSES = (SUCCESS, FAILED, CANCELLED, TIMEOUT, ERROR)
 
 TRANSIENT_ERRORS = (DuneRateLimitError, DuneServerError, DuneConnectionError, DuneResponseError)
 MAX_ERROR_BACKOFF = 600.0
+#: Longest ``message`` of an event; the whole explanation comes from the status the task reads again.
+MAX_EVENT_MESSAGE = 200
 
 _OUTCOME_EVENTS = {
     PipelineOutcome.SUCCESS: SUCCESS,
@@ -62,6 +71,18 @@ class Snapshot(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
+def one_line(text: str, limit: int = MAX_EVENT_MESSAGE) -> str:
+    """``text`` on one line, shortened to ``limit`` characters (ending in ``...``) when longer."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _done(snapshot: Snapshot) -> str:
+    """How far the run got, without naming nodes: ``3/10 nodes done`` or an execution's state."""
+    progress = getattr(snapshot, "progress", None)
+    return f"{progress[0]}/{progress[1]} nodes done" if progress else snapshot.progress_summary()
+
+
 @dataclass(frozen=True)
 class PollStep:
     """Either a final ``event`` or the number of seconds to ``wait`` before the next status call."""
@@ -82,8 +103,8 @@ class PollTarget:
     run_id: str
     label: str
 
-    def event(self, status: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {"status": status, "message": message, self.id_field: self.run_id, "details": details}
+    def event(self, status: str, message: str) -> dict[str, Any]:
+        return {"status": status, "message": one_line(message), self.id_field: self.run_id}
 
 
 def error_backoff(poll_interval: float, consecutive_errors: int) -> float:
@@ -108,24 +129,22 @@ def decide(
     :param now: current time, seconds since the epoch.
     :param end_time: deadline (seconds since the epoch); ``None`` waits without limit.
     :param consecutive_errors: status calls that failed in a row, including this one.
-    :param last_snapshot: the last status that was read, reported with timeouts and errors.
+    :param last_snapshot: the last status that was read, whose progress timeouts report.
     :param next_read: seconds to the next read while the run goes on (default ``poll_interval``; see
         :class:`ReadSchedule`); errors back off from ``poll_interval``.
     """
-    last_details = last_snapshot.to_dict() if last_snapshot is not None else None
     remaining = None if end_time is None else end_time - now
     if isinstance(result, BaseException):
         if not isinstance(result, TRANSIENT_ERRORS):
             reason = str(result) if isinstance(result, DuneError) else f"{type(result).__name__}: {result}"
-            return PollStep(
-                event=target.event(ERROR, f"Could not get the status of {target.label}: {reason}", last_details)
-            )
+            return PollStep(event=target.event(ERROR, f"Could not get the status of {target.label}: {reason}"))
         if remaining is not None and remaining <= 0:
             return PollStep(
                 event=target.event(
                     TIMEOUT,
-                    f"{target.label} did not finish before the timeout; the last status call failed: {result}",
-                    last_details,
+                    f"{target.label} did not finish before the timeout"
+                    + (f" ({_done(last_snapshot)} when last read)" if last_snapshot is not None else "")
+                    + f"; the last status call failed: {result}",
                 )
             )
         wait = error_backoff(poll_interval, consecutive_errors)
@@ -134,17 +153,13 @@ def decide(
     outcome = result.outcome
     if outcome.is_final:
         status = _OUTCOME_EVENTS[outcome]
-        if status == SUCCESS:
-            message = f"{target.label} completed: {result.progress_summary()}"
-        else:
-            message = result.failure_message()
-        return PollStep(event=target.event(status, message, result.to_dict()))
+        message = f"{target.label} completed: {_done(result)}" if status == SUCCESS else result.failure_message()
+        return PollStep(event=target.event(status, message))
     if remaining is not None and remaining <= 0:
         return PollStep(
             event=target.event(
                 TIMEOUT,
-                f"{target.label} did not finish before the timeout ({result.progress_summary()})",
-                result.to_dict(),
+                f"{target.label} did not finish before the timeout ({_done(result)})",
             )
         )
     wait = poll_interval if next_read is None else next_read
@@ -216,11 +231,81 @@ class ReadSchedule:
     def timing(self, finished_seen_at: float) -> dict[str, Any]:
         """What the final event carries so the operator can learn the run's duration."""
         return {
-            "started_at": self.started_at,
-            "last_running_at": self.last_running_at,
-            "finished_seen_at": finished_seen_at,
+            "started_at": _rounded(self.started_at),
+            "last_running_at": _rounded(self.last_running_at),
+            "finished_seen_at": _rounded(finished_seen_at),
             "status_reads": self.reads,
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    """Milliseconds are plenty for a duration learnt from reads seconds apart, and keep the event short."""
+    return None if seconds is None else round(seconds, 3)
+
+
+#: States a node or execution can end in without success: their line is a warning.
+_BAD_ENDS = frozenset({RunState.FAILED, RunState.CANCELLED, RunState.EXPIRED, RunState.COMPLETED_PARTIAL})
+
+
+def _parts(snapshot: Snapshot) -> list[tuple[str, str, RunState, str]]:
+    """``(key, name, state, note)`` of each part whose progress is followed: a pipeline's nodes, or the one
+    execution (with its queue position as note)."""
+    if isinstance(snapshot, PipelineStatus):
+        return [(n.name, n.name, n.state, "") for n in snapshot.nodes]
+    if isinstance(snapshot, ExecutionStatus):
+        note = f"queue position {snapshot.queue_position}" if snapshot.queue_position else ""
+        return [("", "", snapshot.state, note)]
+    return []
+
+
+@dataclass
+class ProgressLog:
+    """Log lines for what changed between two status reads of one run, the same in the triggerer and the worker.
+
+    The first read gives the run's progress (``Dune pipeline 01H...: 0/2 nodes done, 1 running (query 1001),
+    1 pending (...)``); later reads say what changed: ``node 2 (query 1001) started``, ``node 1 (query 1001)
+    completed in ~12 s (1/2 nodes done)``, ``node 2 (query 1001) failed``: a warning for a node (or an
+    execution) that ended without success, information otherwise. Durations are measured between the reads
+    that saw a start and an end, so they are approximate; the final report has Dune's own times.
+    """
+
+    label: str
+    _seen: dict[str, tuple[RunState, str]] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+    _first: bool = True
+
+    def lines(self, snapshot: Snapshot, now: float) -> list[tuple[int, str]]:
+        """``(logging level, message)`` for each change ``snapshot`` shows, read at ``now``."""
+        parts = _parts(snapshot)
+        if self._first:
+            self._first = False
+            for key, _, state, note in parts:
+                self._seen[key] = (state, note)
+                if state is RunState.EXECUTING:
+                    self._started[key] = now
+            return [(logging.INFO, f"{self.label}: {snapshot.progress_summary()}")]
+        lines = []
+        for key, name, state, note in parts:
+            if self._seen.get(key) == (state, note):
+                continue
+            self._seen[key] = (state, note)
+            subject = f"{self.label}: {name}" if name else self.label
+            if state is RunState.EXECUTING:
+                self._started.setdefault(key, now)
+                lines.append((logging.INFO, f"{subject} started"))
+            elif state is RunState.COMPLETED:
+                took = self._started.pop(key, None)
+                text = f"{subject} completed" + (f" in ~{now - took:.0f} s" if took is not None else "")
+                progress = getattr(snapshot, "progress", None)
+                lines.append((logging.INFO, text + (f" ({progress[0]}/{progress[1]} nodes done)" if progress else "")))
+            elif state in _BAD_ENDS:
+                word = state.value.replace("_", " ")
+                lines.append((logging.WARNING, f"{subject} {'failed' if state is RunState.FAILED else word}"))
+            elif state is RunState.UNKNOWN:
+                lines.append((logging.WARNING, f"{subject} is in a state Dune did not document"))
+            else:
+                lines.append((logging.INFO, f"{subject} {state.value}" + (f" ({note})" if note else "")))
+        return lines
 
 
 def validate_event(event: Any, target: PollTarget) -> tuple[str, str, Mapping[str, Any] | None]:

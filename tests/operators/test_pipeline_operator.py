@@ -370,15 +370,24 @@ def test_execute_complete_rejects_event_for_other_run(emulator: DuneEmulator, co
         op.execute_complete(context, {"status": "success", "pipeline_execution_id": "P2", "details": {}})
 
 
-def test_execute_complete_error_event_fails(emulator: DuneEmulator, context: Any) -> None:
+def test_execute_complete_error_event_fails_with_dune_s_whole_answer(
+    emulator: DuneEmulator, context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event's message is one shortened line; the status read again gives Dune's answer and the advice."""
+    with DuneHook() as hook:
+        pipeline_execution_id = hook.execute_query_pipeline(QUICK)
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, api_key="wrong-key"))
     event = {
         "status": "error",
-        "message": "Could not get the status of Dune pipeline P1: Dune API error (HTTP 401)",
-        "pipeline_execution_id": "P1",
-        "details": None,
+        "message": f"Could not get the status of Dune pipeline {pipeline_execution_id}: Dune API error (HTTP 401)...",
+        "pipeline_execution_id": pipeline_execution_id,
     }
-    with pytest.raises(AirflowException, match="HTTP 401"):
+    with pytest.raises(AirflowException) as info:
         operator(query_id=QUICK).execute_complete(context, event)
+    message = str(info.value)
+    assert message.startswith(f"Could not get the status of Dune pipeline {pipeline_execution_id}: ")
+    assert "invalid API Key" in message and "Check the API Key field" in message
+    assert "wrong-key" not in message
 
 
 def test_execute_complete_failed_event_cancels_what_still_runs(emulator: DuneEmulator, context: Any) -> None:

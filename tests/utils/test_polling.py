@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -16,18 +17,21 @@ from airflow_provider_dune.api.errors import (
     DuneResponseError,
     DuneServerError,
 )
-from airflow_provider_dune.api.models import PipelineStatus, parse_pipeline_status
+from airflow_provider_dune.api.models import PipelineStatus, parse_execution_status, parse_pipeline_status
 from airflow_provider_dune.utils.polling import (
     CANCELLED,
     ERROR,
     EVENT_STATUSES,
     FAILED,
     MAX_ERROR_BACKOFF,
+    MAX_EVENT_MESSAGE,
     SUCCESS,
     TIMEOUT,
     PollTarget,
+    ProgressLog,
     decide,
     error_backoff,
+    one_line,
     validate_event,
 )
 
@@ -97,16 +101,15 @@ def test_running_near_deadline_wait_is_capped_at_remaining_time() -> None:
 # -- terminal states ---------------------------------------------------------------------------------------------
 
 
-def test_success_event_carries_id_details_and_summary() -> None:
+def test_success_event_carries_id_and_progress_but_no_node_list() -> None:
     step = decide(TARGET, DONE, now=NOW, end_time=NOW + 100, poll_interval=5)
     assert step.done
     event = step.event
     assert event is not None
     assert event["status"] == SUCCESS
     assert event["pipeline_execution_id"] == "pipe-1"
-    assert "completed" in event["message"] and "2/2 nodes done" in event["message"]
-    assert event["details"] == DONE.to_dict()
-    assert [n["state"] for n in event["details"]["nodes"]] == ["completed", "completed"]
+    assert event["message"] == "Dune pipeline pipe-1 completed: 2/2 nodes done"
+    assert set(event) == {"status", "message", "pipeline_execution_id"}  # the caller adds "timing"
     json.dumps(event)  # events cross the triggerer boundary as JSON
 
 
@@ -116,7 +119,7 @@ def test_failed_event_names_failed_node_and_dune_error() -> None:
     assert event["status"] == FAILED
     assert "query 101" in event["message"]
     assert "amount_usdd" in event["message"]
-    assert event["details"]["outcome"] == "failed"
+    assert "details" not in event and "\n" not in event["message"]
 
 
 def test_cancelled_event() -> None:
@@ -159,8 +162,8 @@ def test_still_running_at_deadline_times_out_with_last_status() -> None:
     assert event["status"] == TIMEOUT
     assert "did not finish before the timeout" in event["message"]
     assert "1/2 nodes done" in event["message"]
-    assert event["details"] == RUNNING.to_dict()
-    assert event["details"]["nodes"][1]["execution_id"] == "exec-2"  # what the caller must cancel
+    assert "query" not in event["message"]  # progress only: no node names
+    assert "details" not in event  # the operator reads the status again to find what to cancel
 
 
 def test_transient_error_after_deadline_times_out_with_last_snapshot() -> None:
@@ -171,14 +174,14 @@ def test_transient_error_after_deadline_times_out_with_last_snapshot() -> None:
     assert event["status"] == TIMEOUT
     assert "last status call failed" in event["message"]
     assert "Too many requests" in event["message"]
-    assert event["details"] == RUNNING.to_dict()
+    assert "(1/2 nodes done when last read)" in event["message"]
 
 
-def test_transient_error_after_deadline_without_snapshot_has_no_details() -> None:
+def test_transient_error_after_deadline_without_snapshot_says_no_progress() -> None:
     event = decide(TARGET, rate_limited(), now=NOW + 1, end_time=NOW, poll_interval=5, consecutive_errors=1).event
     assert event is not None
     assert event["status"] == TIMEOUT
-    assert event["details"] is None
+    assert "when last read" not in event["message"]
 
 
 # -- errors and backoff ------------------------------------------------------------------------------------------
@@ -215,9 +218,9 @@ def test_permanent_errors_end_with_error_event(error: BaseException) -> None:
     ).event
     assert event is not None
     assert event["status"] == ERROR
-    assert "Could not get the status of Dune pipeline pipe-1" in event["message"]
-    assert str(error) in event["message"]
-    assert event["details"] == RUNNING.to_dict()
+    reason = str(error) if isinstance(error, DuneError) else f"ValueError: {error}"
+    assert event["message"] == one_line(f"Could not get the status of Dune pipeline pipe-1: {reason}")
+    assert "details" not in event
 
 
 def test_unexpected_exception_type_is_named_in_message() -> None:
@@ -254,8 +257,52 @@ def test_backoff_never_sleeps_past_the_deadline() -> None:
 
 @pytest.mark.parametrize("status_value", EVENT_STATUSES)
 def test_validate_event_accepts_each_status(status_value: str) -> None:
-    event = TARGET.event(status_value, "msg", {"nodes": []})
-    assert validate_event(event, TARGET) == (status_value, "msg", {"nodes": []})
+    event = TARGET.event(status_value, "msg")
+    assert validate_event(event, TARGET) == (status_value, "msg", None)
+
+
+def test_validate_event_still_reads_details_of_events_of_earlier_releases() -> None:
+    """A trigger serialized by an earlier release may fire after an upgrade, with the last status in details."""
+    old = {"status": "failed", "message": "m", "pipeline_execution_id": "pipe-1", "details": FAILED_STATUS.to_dict()}
+    assert validate_event(old, TARGET) == ("failed", "m", FAILED_STATUS.to_dict())
+
+
+def test_event_message_is_one_short_line() -> None:
+    long_error = "line 3:8: " + "x" * 1000 + "\nsecond line"
+    event = decide(TARGET, status("failed", ("failed", long_error)), now=NOW, end_time=None, poll_interval=5).event
+    assert event is not None
+    assert "\n" not in event["message"]
+    assert len(event["message"]) == MAX_EVENT_MESSAGE and event["message"].endswith("...")
+
+
+# -- progress lines ----------------------------------------------------------------------------------------------
+
+
+def test_progress_log_says_what_changed_at_the_right_level() -> None:
+    progress = ProgressLog("Dune pipeline pipe-1")
+    pending = status("executing", ("executing", None), ("pending", None))
+    first = progress.lines(pending, NOW)
+    assert first == [
+        (logging.INFO, "Dune pipeline pipe-1: 0/2 nodes done, 1 running (query 101), 1 pending (query 102)")
+    ]
+    assert progress.lines(pending, NOW + 5) == []  # nothing changed, nothing logged
+    assert progress.lines(status("executing", ("completed", None), ("executing", None)), NOW + 12) == [
+        (logging.INFO, "Dune pipeline pipe-1: node 1 (query 101) completed in ~12 s (1/2 nodes done)"),
+        (logging.INFO, "Dune pipeline pipe-1: node 2 (query 102) started"),
+    ]
+    assert progress.lines(status("failed", ("completed", None), ("failed", "boom")), NOW + 20) == [
+        (logging.WARNING, "Dune pipeline pipe-1: node 2 (query 102) failed")  # the error is stated once, at the end
+    ]
+
+
+def test_progress_log_of_one_execution() -> None:
+    progress = ProgressLog("Dune execution E")
+    queued = parse_execution_status({"execution_id": "E", "state": "QUERY_STATE_PENDING", "queue_position": 3})
+    running = parse_execution_status({"execution_id": "E", "state": "QUERY_STATE_EXECUTING"})
+    done = parse_execution_status({"execution_id": "E", "state": "QUERY_STATE_COMPLETED"})
+    assert progress.lines(queued, NOW) == [(logging.INFO, "Dune execution E: pending (queue position 3)")]
+    assert progress.lines(running, NOW + 1) == [(logging.INFO, "Dune execution E started")]
+    assert progress.lines(done, NOW + 4) == [(logging.INFO, "Dune execution E completed in ~3 s")]
 
 
 @pytest.mark.parametrize(
