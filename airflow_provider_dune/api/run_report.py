@@ -15,7 +15,7 @@ table::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_dune.api.errors import DuneResponseError
@@ -31,6 +31,7 @@ class ReportRow:
     :param queued_seconds: from submission to the start of execution, when Dune said both.
     :param run_seconds: from the start to the end of execution, when Dune said both.
     :param credits: ``execution_cost_credits``, when Dune said it.
+    :param ended_at: when Dune says the execution ended (its timestamp as sent), for the detection delay.
     """
 
     node: str
@@ -40,6 +41,7 @@ class ReportRow:
     queued_seconds: float | None = None
     run_seconds: float | None = None
     credits: float | None = None
+    ended_at: str | None = field(default=None, compare=False)
 
     def times(self) -> dict[str, Any]:
         """The fields the report adds to a node (or an execution) in the task's return value."""
@@ -68,6 +70,7 @@ def execution_row(status: ExecutionStatus, what: str, node: str = "-", state: st
         queued_seconds=seconds_between(status.submitted_at, status.execution_started_at),
         run_seconds=seconds_between(status.execution_started_at, status.execution_ended_at),
         credits=status.execution_cost_credits,
+        ended_at=status.execution_ended_at,
     )
 
 
@@ -97,6 +100,24 @@ def total_credits(rows: Sequence[ReportRow]) -> float | None:
     if not started or any(row.credits is None for row in started):
         return None
     return round(sum(row.credits or 0.0 for row in started), 6)
+
+
+def detection_delay(rows: Sequence[ReportRow], seen_at: float) -> float | None:
+    """Seconds from the run's end as Dune reports it (its last execution's end) to ``seen_at`` (seconds since the
+    epoch), when Dune said when every started execution ended; ``None`` otherwise."""
+    started = [row for row in rows if row.execution_id]
+    if not started:
+        return None
+    ends = []
+    for row in started:
+        try:
+            ended = parse_timestamp(row.ended_at, "execution_ended_at")
+        except DuneResponseError:
+            return None
+        if ended is None:
+            return None
+        ends.append(ended.timestamp())
+    return round(seen_at - max(ends), 3)
 
 
 def pipeline_summary(status: PipelineStatus, executions: Mapping[str, ExecutionStatus]) -> dict[str, Any]:

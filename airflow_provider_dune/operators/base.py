@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
+from airflow_provider_dune.api.credits import run_cost_warning
 from airflow_provider_dune.api.errors import (
     DuneAPIError,
     DuneConfigurationError,
@@ -27,7 +28,7 @@ from airflow_provider_dune.api.errors import (
 from airflow_provider_dune.api.failures import not_retried, permanent_request_failure, permanent_run_failure
 from airflow_provider_dune.api.forecast import observed_duration
 from airflow_provider_dune.api.models import PipelineOutcome
-from airflow_provider_dune.api.run_report import ReportRow, format_report
+from airflow_provider_dune.api.run_report import ReportRow, detection_delay, format_report, total_credits
 from airflow_provider_dune.api.validation import (
     validate_optional_seconds,
     validate_performance,
@@ -38,7 +39,7 @@ from airflow_provider_dune.api.validation import (
 from airflow_provider_dune.assets import RefreshedObject, emit_asset_events
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
-from airflow_provider_dune.utils import run_durations, run_registry
+from airflow_provider_dune.utils import metrics, run_durations, run_registry
 from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.polling import (
     CANCELLED,
@@ -127,6 +128,8 @@ class DuneRunOperator(BaseOperator):
     id_field: str = "execution_id"
     #: Trigger that waits for the run; takes ``id_field`` plus the polling settings as keyword arguments.
     trigger_class: type[DunePollingTrigger]
+    #: What the run is called in metrics (``dune.runs.started.<kind>``).
+    run_kind: str = "query"
     #: What the cancelled things are called in failure messages.
     cancelled_noun: str = "execution(s)"
 
@@ -351,12 +354,14 @@ class DuneRunOperator(BaseOperator):
             allow_retry=self.retry_unconfirmed_start,
         ):
             try:
-                return self.start_run(hook, request)
+                run_id = self.start_run(hook, request)
             except DuneAPIError as err:
                 reason = permanent_request_failure(err)
                 if reason is None:
                     raise
                 raise AirflowFailException(not_retried(str(err), reason, "be refused")) from None
+        metrics.run_started(self.run_kind)
+        return run_id
 
     def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> tuple[str, Snapshot] | None:
         """The run a previous try of this task instance started, when it is still running or it succeeded.
@@ -509,6 +514,9 @@ class DuneRunOperator(BaseOperator):
             self.log.info("%s", format_report(title, report.rows))
             if status in (FAILED, CANCELLED) and final.outcome.is_final and final.outcome != SUCCESS:
                 message = report.failure
+            self._account(hook, label, status, report.rows, event)
+        else:
+            metrics.run_finished(self.run_kind, status)
         self._lineage_details = dict(details or {})
         if status == SUCCESS and final is not None and final.outcome is not PipelineOutcome.SUCCESS:
             raise AirflowException(
@@ -539,6 +547,25 @@ class DuneRunOperator(BaseOperator):
             raise AirflowFailException(not_retried(message, reason, "start another billed run that fails"))
         self._remember_for_next_try(context, run_id, status, message)
         raise AirflowException(message)
+
+    def _account(
+        self, hook: DuneHook, label: str, status: str, rows: list[ReportRow], event: Mapping[str, Any] | None
+    ) -> None:
+        """Say what the run cost (warning above the connection's ``run_credit_warning``) and send the run's
+        metrics; never fails the task."""
+        cost = total_credits(rows)
+        timing = (event or {}).get("timing")
+        seen_at = _number(timing.get("finished_seen_at")) if isinstance(timing, Mapping) else None
+        lag = detection_delay(rows, seen_at) if seen_at is not None else None
+        try:
+            warning = run_cost_warning(cost, hook.settings.credit_guard, label)
+        except DuneError:
+            warning = None
+        if warning:
+            self.log.warning("%s", warning)
+        elif cost is not None:
+            self.log.info("%s cost %s credits", label, f"{cost:,.2f}")
+        metrics.run_finished(self.run_kind, status, credits=cost, detection_lag=lag)
 
     def _read_final_status(
         self, hook: DuneHook, run_id: str, event_status: str

@@ -61,6 +61,7 @@ class DuneExecutePipelineOperator(DuneRunOperator):
     id_field = XCOM_PIPELINE_EXECUTION_ID
     trigger_class = DunePipelineTrigger
     cancelled_noun = "node execution(s)"
+    run_kind = "pipeline"
     template_fields: Sequence[str] = ("dune_conn_id", "query_id", "query_parameters", "nodes", "performance")
     template_fields_renderers = {"query_parameters": "json", "nodes": "json"}
     operator_extra_links = (DuneQueryLink(),)

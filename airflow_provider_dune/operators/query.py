@@ -354,6 +354,7 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
 
     template_fields: Sequence[str] = ("dune_conn_id", "view_name", "performance")
     ui_color = "#ffd4c4"
+    run_kind = "view_refresh"
 
     def __init__(self, *, view_name: str, performance: str = "medium", **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -30,6 +30,8 @@ class DuneExecuteSQLOperator(_DuneResultsOperator):
     :class:`~airflow_provider_dune.operators.base.DuneRunOperator`.
     """
 
+    run_kind = "sql"
+
     template_fields: Sequence[str] = ("dune_conn_id", "sql", "performance", "output_path")
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql"}
