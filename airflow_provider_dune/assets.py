@@ -115,7 +115,11 @@ def refreshed_by_pipeline(details: Mapping[str, Any]) -> list[RefreshedObject]:
     for node in details.get("nodes") or ():
         if not isinstance(node, Mapping) or node.get("state") != "completed":
             continue
-        extra = {"pipeline_execution_id": pipeline_id, "execution_id": node.get("execution_id")}
+        extra = {
+            "pipeline_execution_id": pipeline_id,
+            "execution_id": node.get("execution_id"),
+            "credits": node.get("credits"),
+        }
         if node.get("kind") == "materialized_view_refresh" and node.get("view_name"):
             refreshed.append(RefreshedObject(view_uri(str(node["view_name"])), extra))
         elif node.get("kind") == "query_execution" and node.get("query_id"):
@@ -125,14 +129,15 @@ def refreshed_by_pipeline(details: Mapping[str, Any]) -> list[RefreshedObject]:
 
 def refreshed_by_query(details: Mapping[str, Any], query_id: Any) -> list[RefreshedObject]:
     metadata = details.get("result_metadata") or {}
-    extra: dict[str, Any] = {"execution_id": details.get("execution_id")}
+    extra: dict[str, Any] = {"execution_id": details.get("execution_id"), "credits": details.get("total_credits")}
     if isinstance(metadata, Mapping) and metadata.get("total_row_count") is not None:
         extra["row_count"] = metadata["total_row_count"]
     return [RefreshedObject(query_uri(query_id), extra)]
 
 
 def refreshed_by_view_refresh(details: Mapping[str, Any], view_name: str) -> list[RefreshedObject]:
-    return [RefreshedObject(view_uri(view_name), {"execution_id": details.get("execution_id")})]
+    extra = {"execution_id": details.get("execution_id"), "credits": details.get("total_credits")}
+    return [RefreshedObject(view_uri(view_name), extra)]
 
 
 def emit_asset_events(

@@ -106,14 +106,20 @@ def test_only_completed_nodes_count_as_refreshed() -> None:
     details = {
         "pipeline_execution_id": "P",
         "nodes": [
-            {"kind": "materialized_view_refresh", "view_name": "dune.t.a", "state": "completed", "execution_id": "1"},
+            {
+                "kind": "materialized_view_refresh",
+                "view_name": "dune.t.a",
+                "state": "completed",
+                "execution_id": "1",
+                "credits": 0.4,
+            },
             {"kind": "materialized_view_refresh", "view_name": "dune.t.b", "state": "failed", "execution_id": "2"},
             {"kind": "query_execution", "query_id": 5, "state": "completed", "execution_id": "3"},
         ],
     }
     refreshed = refreshed_by_pipeline(details)
     assert [r.uri for r in refreshed] == ["dune://views/dune.t.a", "dune://queries/5"]
-    assert refreshed[0].extra == {"pipeline_execution_id": "P", "execution_id": "1"}
+    assert refreshed[0].extra == {"pipeline_execution_id": "P", "execution_id": "1", "credits": 0.4}
 
 
 # -- events emitted by the operators ------------------------------------------------------------------------
@@ -191,11 +197,17 @@ def test_one_event_per_refreshed_object_whatever_is_declared(
     )
     result, events = run(task)
     pipeline_id = result["pipeline_execution_id"]
-    executions = {node["view_name"] or node["query_id"]: node["execution_id"] for node in result["nodes"]}
+    nodes = {node["view_name"] or node["query_id"]: node for node in result["nodes"]}
     recorded = _recorded_events(outlets, events)
     assert recorded == {
-        VIEW_URI: [{"pipeline_execution_id": pipeline_id, "execution_id": executions[VIEW]}],
-        QUERY_URI: [{"pipeline_execution_id": pipeline_id, "execution_id": executions[1001]}],
+        uri: [
+            {
+                "pipeline_execution_id": pipeline_id,
+                "execution_id": nodes[key]["execution_id"],
+                "credits": nodes[key]["credits"],
+            }
+        ]
+        for uri, key in ((VIEW_URI, VIEW), (QUERY_URI, 1001))
     }
     # A declared outlet is never added again through an alias; the others reach every declared alias.
     for alias in (outlet for outlet in outlets if isinstance(outlet, AssetAlias)):
@@ -235,14 +247,18 @@ def test_query_and_view_operators_give_their_outlet_the_execution(run: Any) -> N
             outlets=[query_asset],
         )
     )
-    assert events[query_asset].extra == {"execution_id": result["execution_id"], "row_count": 3}
+    assert events[query_asset].extra == {
+        "execution_id": result["execution_id"],
+        "row_count": 3,
+        "credits": result["total_credits"],
+    }
     view_asset = dune_view_asset(VIEW)
     result, events = run(
         DuneRefreshMaterializedViewOperator(
             task_id="v", view_name=VIEW, poll_interval=0.05, deferrable=False, outlets=[view_asset]
         )
     )
-    assert events[view_asset].extra == {"execution_id": result["execution_id"]}
+    assert events[view_asset].extra == {"execution_id": result["execution_id"], "credits": result["total_credits"]}
 
 
 def test_an_outlet_the_run_did_not_refresh_is_left_alone_with_a_warning(
