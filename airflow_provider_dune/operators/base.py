@@ -2,7 +2,7 @@
 
 Subclasses say how to start a run, read its status, build its trigger and find what to cancel; this base class
 owns the rest: retry re-attach, XCom, deferral, worker-side polling, the timeout, failure messages and
-cancellation. Deferrable and worker-side waiting both go through :func:`~airflow_provider_dune.utils.polling.decide`.
+cancellation. Deferrable and worker-side waiting both go through :func:`~airflow_provider_dune.polling.decide`.
 """
 
 from __future__ import annotations
@@ -37,10 +37,7 @@ from airflow_provider_dune.api.validation import (
 )
 from airflow_provider_dune.assets import RefreshedObject, emit_asset_events
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
-from airflow_provider_dune.utils import run_durations, run_registry
-from airflow_provider_dune.utils.config import min_poll_interval
-from airflow_provider_dune.utils.polling import (
+from airflow_provider_dune.polling import (
     CANCELLED,
     ERROR,
     FAILED,
@@ -53,6 +50,9 @@ from airflow_provider_dune.utils.polling import (
     decide,
     validate_event,
 )
+from airflow_provider_dune.triggers.base import DunePollingTrigger
+from airflow_provider_dune.utils import run_durations, run_registry
+from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.unconfirmed import fail_when_unconfirmed
 from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator
 

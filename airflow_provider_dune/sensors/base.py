@@ -15,9 +15,9 @@ from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.api.models import PipelineOutcome
 from airflow_provider_dune.api.validation import validate_execution_id, validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
+from airflow_provider_dune.polling import ERROR, FAILED, SUCCESS, TIMEOUT, PollTarget, Snapshot, validate_event
+from airflow_provider_dune.triggers.base import DunePollingTrigger
 from airflow_provider_dune.utils.config import min_poll_interval
-from airflow_provider_dune.utils.polling import ERROR, FAILED, SUCCESS, TIMEOUT, PollTarget, Snapshot, validate_event
 from airflow_provider_dune.version_compat import (
     AirflowFailException,
     AirflowSensorTimeout,

@@ -13,9 +13,9 @@ from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.polling import MAX_EVENT_MESSAGE
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
-from airflow_provider_dune.utils.polling import MAX_EVENT_MESSAGE
 from tests.conftest import TEST_API_KEY, dune_connection_json
 from tests.helpers import execution_state, wait_running
 

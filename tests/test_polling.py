@@ -18,7 +18,7 @@ from airflow_provider_dune.api.errors import (
     DuneServerError,
 )
 from airflow_provider_dune.api.models import PipelineStatus, parse_execution_status, parse_pipeline_status
-from airflow_provider_dune.utils.polling import (
+from airflow_provider_dune.polling import (
     CANCELLED,
     ERROR,
     EVENT_STATUSES,
