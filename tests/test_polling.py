@@ -82,7 +82,6 @@ def rate_limited() -> DuneRateLimitError:
 def test_running_without_deadline_waits_poll_interval() -> None:
     step = decide(TARGET, RUNNING, now=NOW, end_time=None, poll_interval=7.5)
     assert step.event is None
-    assert not step.done
     assert step.wait == 7.5
 
 
@@ -103,7 +102,6 @@ def test_running_near_deadline_wait_is_capped_at_remaining_time() -> None:
 
 def test_success_event_carries_id_and_progress_but_no_node_list() -> None:
     step = decide(TARGET, DONE, now=NOW, end_time=NOW + 100, poll_interval=5)
-    assert step.done
     event = step.event
     assert event is not None
     assert event["status"] == SUCCESS

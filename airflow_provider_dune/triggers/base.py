@@ -16,7 +16,7 @@ from airflow_provider_dune.api.errors import DuneConnectionError
 from airflow_provider_dune.api.forecast import usable_durations
 from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.polling import PollTarget, ProgressLog, ReadSchedule, Snapshot, decide
+from airflow_provider_dune.polling import PollingSession, PollTarget, ReadSchedule, Snapshot
 
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
@@ -119,50 +119,22 @@ class DunePollingTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        target = self.target
         initial_wait = self._initial_wait(time.time())
         if initial_wait:
             await asyncio.sleep(initial_wait)
-        schedule = self.read_schedule()
-        consecutive_errors = 0
-        last_snapshot: Snapshot | None = None
-        progress = ProgressLog(target.label)
+        session = PollingSession(self.target, self.read_schedule(), self.end_time, self.log)
         async with self._hook() as hook:
             while True:
                 result: Snapshot | BaseException
-                urgency = READ_URGENCY.set(schedule.urgency(time.time(), last_snapshot))
+                urgency = READ_URGENCY.set(session.urgency(time.time()))
                 try:
                     result = await self._fetch_before_deadline(hook)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as err:
-                    consecutive_errors += 1
                     result = err
-                    self.log.warning(
-                        "Status call for %s failed (%d in a row): %s", target.label, consecutive_errors, err
-                    )
-                else:
-                    consecutive_errors = 0
-                    last_snapshot = result
-                    for level, line in progress.lines(result, time.time()):
-                        self.log.log(level, "%s", line)
                 finally:
                     READ_URGENCY.reset(urgency)
-                now = time.time()
-                next_read, plan_note = schedule.after_read(now, result)
-                if plan_note:
-                    self.log.info("%s: %s", target.label, plan_note)
-                step = decide(
-                    target,
-                    result,
-                    now=now,
-                    end_time=self.end_time,
-                    poll_interval=self.poll_interval,
-                    consecutive_errors=consecutive_errors,
-                    last_snapshot=last_snapshot,
-                    next_read=next_read,
-                )
+                step = session.after_read(result, time.time())
                 if step.event is not None:
-                    yield TriggerEvent({**step.event, "timing": schedule.timing(now)})
+                    yield TriggerEvent(step.event)
                     return
                 await asyncio.sleep(step.wait)
