@@ -2,7 +2,8 @@
 
 Subclasses say how to start a run, read its status, build its trigger and find what to cancel; this base class
 owns the rest: retry re-attach, XCom, deferral, worker-side polling, the timeout, failure messages and
-cancellation. Deferrable and worker-side waiting both go through :func:`~airflow_provider_dune.utils.polling.decide`.
+cancellation. Deferrable and worker-side waiting both go through one
+:class:`~airflow_provider_dune.polling.PollingSession`.
 """
 
 from __future__ import annotations
@@ -38,22 +39,21 @@ from airflow_provider_dune.api.validation import (
 )
 from airflow_provider_dune.assets import RefreshedObject, emit_asset_events
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
-from airflow_provider_dune.utils import metrics, run_durations, run_registry
-from airflow_provider_dune.utils.config import min_poll_interval
-from airflow_provider_dune.utils.polling import (
+from airflow_provider_dune.polling import (
     CANCELLED,
     ERROR,
     FAILED,
     SUCCESS,
     TIMEOUT,
+    PollingSession,
     PollTarget,
-    ProgressLog,
     ReadSchedule,
     Snapshot,
-    decide,
     validate_event,
 )
+from airflow_provider_dune.triggers.base import DunePollingTrigger
+from airflow_provider_dune.utils import metrics, run_durations, run_registry
+from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.unconfirmed import fail_when_unconfirmed
 from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator
 
@@ -86,6 +86,15 @@ def query_run_request(
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class RunToWaitFor(NamedTuple):
+    """The run a task waits for: its id, its status when already read, and when this task started it (``None``
+    for a run started earlier: a previous try's, or a finished run that is reused)."""
+
+    run_id: str
+    status: Snapshot | None = None
+    started_at: float | None = None
 
 
 class RunReport(NamedTuple):
@@ -177,22 +186,19 @@ class DuneRunOperator(BaseOperator):
         """Read the run's current status."""
 
     def build_trigger(
-        self, run_id: str, end_time: float | None, schedule: ReadSchedule | None = None, first_wait: float | None = None
+        self, run_id: str, end_time: float | None, schedule: ReadSchedule, first_wait: float
     ) -> DunePollingTrigger:
         """The trigger that waits for the run in the triggerer (:attr:`trigger_class`, keyed by :attr:`id_field`).
 
-        Called right after a status read, so the trigger's first read waits ``first_wait`` (default: one poll
-        interval).
+        Called right after a status read, so the trigger's first read waits ``first_wait`` seconds.
         """
-        schedule = schedule or self.read_schedule(None, [])
-        wait = self.poll_interval if first_wait is None else first_wait
         return self.trigger_class(
             **{self.id_field: run_id},
             dune_conn_id=self.dune_conn_id,
             poll_interval=self.poll_interval,
             end_time=end_time,
             cancel_on_kill=self.cancel_on_kill,
-            first_poll_at=time.time() + wait,
+            first_poll_at=time.time() + first_wait,
             started_at=schedule.started_at,
             expected_durations=list(schedule.durations),
             adaptive=schedule.adaptive,
@@ -288,61 +294,49 @@ class DuneRunOperator(BaseOperator):
         request = self.build_request(allow_templates=False)
         fingerprint = self.request_fingerprint(request)
         hook = self.hook
-        previous = self._previous_run(context, hook, fingerprint)
-        reused = self.reusable_run(hook, request) if previous is None else None
-        started_at = None
-        if reused is not None:
-            previous = reused
-        elif previous is None:
-            run_id = self._start(hook, request)
-            started_at = time.time()  # after the answer: the start request may have waited for the key's budget
-            run_registry.remember(context, run_id, fingerprint)
-        elif previous[1].outcome is PipelineOutcome.SUCCESS:
-            self.log.info(
-                "%s of a previous try of this task already succeeded; using it instead of starting another run",
-                self.run_label(previous[0]),
-            )
-        if previous is not None:
-            run_id = previous[0]
-        self.run_id = run_id
-        context["ti"].xcom_push(key=self.id_field, value=run_id)
+        run = self._run_to_wait_for(context, hook, request, fingerprint)
+        self.run_id = run.run_id
+        context["ti"].xcom_push(key=self.id_field, value=run.run_id)
 
         if not self.wait_for_completion:
-            status = previous[1] if previous else self.get_status(hook, run_id)
-            self.log.info("Not waiting for %s: %s", self.run_label(run_id), status.progress_summary())
+            status = run.status if run.status is not None else self.get_status(hook, run.run_id)
+            self.log.info("Not waiting for %s: %s", self.run_label(run.run_id), status.progress_summary())
             run_registry.forget(context)
             return status.to_dict()
 
         end_time = time.time() + self.timeout if self.timeout is not None else None
-        durations = run_durations.recall(fingerprint) if self.adaptive_polling and started_at is not None else []
-        schedule = self.read_schedule(started_at, durations)
+        # Only a run this try started has a known start, from which its end can be forecast.
+        durations = run_durations.recall(fingerprint) if self.adaptive_polling and run.started_at is not None else []
+        schedule = self.read_schedule(run.started_at, durations)
+        session = PollingSession(self.target(run.run_id), schedule, end_time, self.log)
         if not self.deferrable:
-            return self.execute_complete(context, self._wait_in_worker(hook, run_id, end_time, schedule))
-        first: Snapshot | BaseException
-        try:
-            first = previous[1] if previous else self.get_status(hook, run_id)
-        except DuneError as err:
-            first = err
-        now = time.time()
-        first_wait, plan_note = schedule.after_read(now, first)
-        if plan_note:
-            self.log.info("%s: %s", self.run_label(run_id), plan_note)
-        step = decide(
-            self.target(run_id),
-            first,
-            now=now,
-            end_time=end_time,
-            poll_interval=self.poll_interval,
-            next_read=first_wait,
-        )
+            return self.execute_complete(context, self._wait_in_worker(hook, session))
+        first = run.status if run.status is not None else self._read_status(hook, run.run_id)
+        step = session.after_read(first, time.time())
         if step.event is not None:
-            self._final_status = first if not isinstance(first, BaseException) else None
-            return self.execute_complete(context, {**step.event, "timing": schedule.timing(now)})
+            self._final_status = None if isinstance(first, BaseException) else first
+            return self.execute_complete(context, step.event)
         self.defer(
-            trigger=self.build_trigger(run_id, end_time, schedule, step.wait),
+            trigger=self.build_trigger(run.run_id, end_time, schedule, step.wait),
             method_name="execute_complete",
             timeout=None,
         )
+
+    def _run_to_wait_for(
+        self, context: Context, hook: DuneHook, request: Mapping[str, Any], fingerprint: str
+    ) -> RunToWaitFor:
+        """The run this try waits for: a previous try's (see :meth:`_previous_run`), else a finished run to reuse
+        (:meth:`reusable_run`), else a new one, started here and remembered for the next try."""
+        previous = self._previous_run(context, hook, fingerprint)
+        if previous is not None:
+            return previous
+        reused = self.reusable_run(hook, request)
+        if reused is not None:
+            return RunToWaitFor(*reused)
+        run_id = self._start(hook, request)
+        started_at = time.time()  # after the answer: the start request may have waited for the key's budget
+        run_registry.remember(context, run_id, fingerprint)
+        return RunToWaitFor(run_id, started_at=started_at)
 
     def _start(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         """Start the run; an answer that never came (the run may exist) fails the task without retries."""
@@ -363,7 +357,7 @@ class DuneRunOperator(BaseOperator):
         metrics.run_started(self.run_kind)
         return run_id
 
-    def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> tuple[str, Snapshot] | None:
+    def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> RunToWaitFor | None:
         """The run a previous try of this task instance started, when it is still running or it succeeded.
 
         ``None`` means a new run should start: there was none, it failed or was cancelled (what the retry is for),
@@ -414,50 +408,34 @@ class DuneRunOperator(BaseOperator):
                 self.run_label(previous),
                 status.progress_summary(),
             )
-            return previous, status
-        if outcome is PipelineOutcome.SUCCESS or (
-            outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict())
-        ):
-            return previous, status
+            return RunToWaitFor(previous, status)
+        if outcome is PipelineOutcome.SUCCESS:
+            self.log.info(
+                "%s of a previous try of this task already succeeded; using it instead of starting another run",
+                self.run_label(previous),
+            )
+            return RunToWaitFor(previous, status)
+        if outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict()):
+            return RunToWaitFor(previous, status)
         self.log.info("%s of a previous try ended %s; starting a new run", self.run_label(previous), outcome.value)
         return None
 
-    def _wait_in_worker(
-        self, hook: DuneHook, run_id: str, end_time: float | None, schedule: ReadSchedule
-    ) -> dict[str, Any]:
-        target = self.target(run_id)
-        hook.deadline = end_time
-        errors = 0
-        last: Snapshot | None = None
-        progress = ProgressLog(target.label)
+    def _read_status(self, hook: DuneHook, run_id: str) -> Snapshot | DuneError:
+        """The run's status, or the error reading it raised (for the polling session to count and decide on)."""
+        try:
+            return self.get_status(hook, run_id)
+        except DuneError as err:
+            return err
+
+    def _wait_in_worker(self, hook: DuneHook, session: PollingSession) -> dict[str, Any]:
+        """Wait for the run in the worker, reading its status until ``session`` gives the final event."""
+        hook.deadline = session.end_time
         while True:
-            result: Snapshot | BaseException
-            try:
-                result = self.get_status(hook, run_id)
-                errors, last = 0, result
-                for level, line in progress.lines(result, time.time()):
-                    self.log.log(level, "%s", line)
-            except DuneError as err:
-                errors += 1
-                result = err
-                self.log.warning("Status call for %s failed (%d in a row): %s", target.label, errors, err)
-            now = time.time()
-            next_read, plan_note = schedule.after_read(now, result)
-            if plan_note:
-                self.log.info("%s: %s", target.label, plan_note)
-            step = decide(
-                target,
-                result,
-                now=now,
-                end_time=end_time,
-                poll_interval=self.poll_interval,
-                consecutive_errors=errors,
-                last_snapshot=last,
-                next_read=next_read,
-            )
+            result = self._read_status(hook, session.target.run_id)
+            step = session.after_read(result, time.time())
             if step.event is not None:
-                self._final_status = last if result is last else None
-                return {**step.event, "timing": schedule.timing(now)}
+                self._final_status = None if isinstance(result, BaseException) else result
+                return step.event
             time.sleep(step.wait)
 
     def _record_duration(self, event: Mapping[str, Any] | None) -> None:

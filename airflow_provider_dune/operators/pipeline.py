@@ -23,7 +23,7 @@ from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 
 if TYPE_CHECKING:
     from airflow_provider_dune.hooks.dune import DuneHook
-    from airflow_provider_dune.utils.polling import Snapshot
+    from airflow_provider_dune.polling import Snapshot
 
 XCOM_PIPELINE_EXECUTION_ID = "pipeline_execution_id"
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_dune.hooks.dune import DuneHook
-    from airflow_provider_dune.utils.polling import Snapshot
+    from airflow_provider_dune.polling import Snapshot
 
 DEFAULT_MAX_XCOM_ROWS = 1000
 #: How far in the future a result's time may be (Dune's clock vs the worker's) before its age is not trusted.

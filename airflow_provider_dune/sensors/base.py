@@ -15,9 +15,19 @@ from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.api.models import PipelineOutcome
 from airflow_provider_dune.api.validation import validate_execution_id, validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
+from airflow_provider_dune.polling import (
+    ERROR,
+    FAILED,
+    SUCCESS,
+    TIMEOUT,
+    PollingSession,
+    PollTarget,
+    ReadSchedule,
+    Snapshot,
+    validate_event,
+)
+from airflow_provider_dune.triggers.base import DunePollingTrigger
 from airflow_provider_dune.utils.config import min_poll_interval
-from airflow_provider_dune.utils.polling import ERROR, FAILED, SUCCESS, TIMEOUT, PollTarget, Snapshot, validate_event
 from airflow_provider_dune.version_compat import (
     AirflowFailException,
     AirflowSensorTimeout,
@@ -104,12 +114,13 @@ class DuneRunSensor(BaseSensorOperator):
         setattr(self, self.id_field, self._validated_id())
         with DuneHook(self.dune_conn_id) as hook:
             status = self.fetch_status(hook, self.run_id)
-        self.log.info("%s: %s", self._target().label, status.progress_summary())
-        if status.outcome is PipelineOutcome.RUNNING:
+        # Each poke is the first read of a wait of its own: Airflow's sensor loop owns the waiting and the
+        # timeout (and in reschedule mode runs every poke in a new process).
+        schedule = ReadSchedule.for_run(float(self.poke_interval), started_at=None, durations=(), adaptive=False)
+        event = PollingSession(self._target(), schedule, None, self.log).after_read(status, time.time()).event
+        if event is None:
             return False
-        if status.outcome is PipelineOutcome.SUCCESS:
-            return True
-        if status.outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict()):
+        if event["status"] == SUCCESS or (event["status"] == FAILED and self.accept_failure(status.to_dict())):
             return True
         # The run is over and did not succeed: re-poking cannot change that, so fail without retries.
         raise AirflowFailException(status.failure_message())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
-from airflow_provider_dune.utils.polling import PollTarget, Snapshot
+from airflow_provider_dune.polling import PollTarget, Snapshot
+from airflow_provider_dune.triggers.base import DunePollingTrigger
 
 
 class DuneExecutionTrigger(DunePollingTrigger):

@@ -13,9 +13,10 @@ from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.polling import MAX_EVENT_MESSAGE
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.triggers.base import DunePollingTrigger
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
-from airflow_provider_dune.utils.polling import MAX_EVENT_MESSAGE
 from tests.conftest import TEST_API_KEY, dune_connection_json
 from tests.helpers import execution_state, wait_running
 
@@ -80,6 +81,27 @@ def test_serialize_round_trip_without_api_key(dune_conn_id: str) -> None:
     assert TEST_API_KEY not in encoded and TEST_API_KEY not in repr(kwargs) and TEST_API_KEY not in repr(trigger)
     recreated = cls(**json.loads(encoded))
     assert recreated.serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize(
+    "classpath",
+    [
+        "airflow_provider_dune.triggers.pipeline.DunePipelineTrigger",
+        "airflow_provider_dune.triggers.execution.DuneExecutionTrigger",
+    ],
+)
+def test_classpaths_stored_by_earlier_releases_still_resolve(classpath: str) -> None:
+    """Airflow keeps each deferred task's trigger classpath in its database across provider upgrades."""
+    module_name, _, class_name = classpath.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert issubclass(cls, DunePollingTrigger)
+    assert cls(**{cls.id_field: "01RUN"}).serialize()[0] == classpath
+
+
+def test_the_base_trigger_can_still_be_imported_from_the_pipeline_module() -> None:
+    from airflow_provider_dune.triggers import pipeline
+
+    assert pipeline.DunePollingTrigger is DunePollingTrigger
 
 
 def test_serialize_defaults_have_no_deadline() -> None:

@@ -18,7 +18,7 @@ from airflow_provider_dune.api.errors import (
     DuneServerError,
 )
 from airflow_provider_dune.api.models import PipelineStatus, parse_execution_status, parse_pipeline_status
-from airflow_provider_dune.utils.polling import (
+from airflow_provider_dune.polling import (
     CANCELLED,
     ERROR,
     EVENT_STATUSES,
@@ -27,8 +27,10 @@ from airflow_provider_dune.utils.polling import (
     MAX_EVENT_MESSAGE,
     SUCCESS,
     TIMEOUT,
+    PollingSession,
     PollTarget,
     ProgressLog,
+    ReadSchedule,
     decide,
     error_backoff,
     one_line,
@@ -82,7 +84,6 @@ def rate_limited() -> DuneRateLimitError:
 def test_running_without_deadline_waits_poll_interval() -> None:
     step = decide(TARGET, RUNNING, now=NOW, end_time=None, poll_interval=7.5)
     assert step.event is None
-    assert not step.done
     assert step.wait == 7.5
 
 
@@ -103,7 +104,6 @@ def test_running_near_deadline_wait_is_capped_at_remaining_time() -> None:
 
 def test_success_event_carries_id_and_progress_but_no_node_list() -> None:
     step = decide(TARGET, DONE, now=NOW, end_time=NOW + 100, poll_interval=5)
-    assert step.done
     event = step.event
     assert event is not None
     assert event["status"] == SUCCESS
@@ -250,6 +250,64 @@ def test_backoff_never_sleeps_past_the_deadline() -> None:
     step = decide(TARGET, rate_limited(), now=NOW, end_time=NOW + 3, poll_interval=5, consecutive_errors=4)
     assert step.event is None
     assert step.wait == pytest.approx(3)
+
+
+# -- the session: one wait's state around decide ------------------------------------------------------------------
+
+
+def session(end_time: float | None = None, poll_interval: float = 5) -> PollingSession:
+    schedule = ReadSchedule(poll_interval=poll_interval, floor=poll_interval, adaptive=False)
+    return PollingSession(TARGET, schedule, end_time, logging.getLogger("test_polling_session"))
+
+
+def test_session_counts_errors_in_a_row_and_a_status_resets_them(caplog: pytest.LogCaptureFixture) -> None:
+    waits = []
+    polling = session()
+    with caplog.at_level(logging.WARNING, logger="test_polling_session"):
+        for _ in range(3):
+            waits.append(polling.after_read(rate_limited(), NOW).wait)
+    assert waits == [error_backoff(5, n) for n in (1, 2, 3)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Status call for Dune pipeline pipe-1 failed ({n} in a row): {rate_limited()}" for n in (1, 2, 3)
+    ]
+    assert polling.after_read(RUNNING, NOW).wait == 5
+    assert polling.consecutive_errors == 0
+    assert polling.after_read(rate_limited(), NOW).wait == error_backoff(5, 1)
+
+
+def test_session_logs_the_progress_once_then_what_changed(caplog: pytest.LogCaptureFixture) -> None:
+    polling = session()
+    with caplog.at_level(logging.INFO, logger="test_polling_session"):
+        polling.after_read(RUNNING, NOW)
+        polling.after_read(RUNNING, NOW + 5)
+        polling.after_read(DONE, NOW + 10)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Dune pipeline pipe-1: {RUNNING.progress_summary()}",
+        "Dune pipeline pipe-1: node 2 (query 102) completed in ~10 s (2/2 nodes done)",
+    ]
+
+
+def test_session_event_carries_the_timing_of_the_wait() -> None:
+    polling = session()
+    assert polling.after_read(RUNNING, NOW).event is None
+    event = polling.after_read(DONE, NOW + 5).event
+    assert event is not None
+    assert event["status"] == SUCCESS
+    assert event["timing"] == {
+        "started_at": None,
+        "last_running_at": NOW,
+        "finished_seen_at": NOW + 5,
+        "status_reads": 2,
+    }
+
+
+def test_session_timeout_after_an_error_reports_the_last_status_read() -> None:
+    polling = session(end_time=NOW + 10)
+    polling.after_read(RUNNING, NOW)
+    event = polling.after_read(rate_limited(), NOW + 10).event
+    assert event is not None
+    assert event["status"] == TIMEOUT
+    assert "(1/2 nodes done when last read)" in event["message"]
 
 
 # -- event validation --------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""The polling core shared by the triggers (async) and the non-deferrable operators and sensors (sync).
+"""The polling core shared by the triggers (async) and the operators and sensors (sync).
 
 :func:`decide` is pure: given the latest status (or the error the status call raised), the clock and the
-deadline, it says whether to wait and for how long, or which final event to emit. Each transport is then a
-short loop around it, so deferrable and worker-side waiting behave the same.
+deadline, it says whether to wait and for how long, or which final event to emit. :class:`PollingSession`
+holds one wait's state around it (errors in a row, the last status, the read schedule, the progress log), so
+each transport is a short loop of reads and deferrable and worker-side waiting behave the same.
 
-Events are small JSON-serialisable dicts: ``{"status", "message", "<id field>"}`` (the caller adds ``"timing"``)
+Events are small JSON-serialisable dicts: ``{"status", "message", "<id field>"}`` (the session adds ``"timing"``)
 where ``status`` is one of :data:`EVENT_STATUSES` and ``message`` is one line of at most
 :data:`MAX_EVENT_MESSAGE` characters. They carry no node lists (Airflow logs each event and keeps it in its
 metadata database): the task reads the final status again when it resumes. Events of earlier releases also
@@ -71,6 +72,16 @@ class Snapshot(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
+class Log(Protocol):
+    """The logging calls the polling core makes: a standard logger, or Airflow 3's task and trigger loggers."""
+
+    def info(self, msg: Any, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: Any, /, *args: Any) -> Any: ...
+
+    def log(self, level: int, msg: Any, /, *args: Any) -> Any: ...
+
+
 def one_line(text: str, limit: int = MAX_EVENT_MESSAGE) -> str:
     """``text`` on one line, shortened to ``limit`` characters (ending in ``...``) when longer."""
     flat = " ".join(text.split())
@@ -89,10 +100,6 @@ class PollStep:
 
     event: dict[str, Any] | None = None
     wait: float = 0.0
-
-    @property
-    def done(self) -> bool:
-        return self.event is not None
 
 
 @dataclass(frozen=True)
@@ -306,6 +313,72 @@ class ProgressLog:
             else:
                 lines.append((logging.INFO, f"{subject} {state.value}" + (f" ({note})" if note else "")))
         return lines
+
+
+@dataclass
+class PollingSession:
+    """One wait for one run, whatever waits (a trigger, a worker loop, the read before deferring, a sensor's poke).
+
+    Each transport reads the status (or catches the error the read raised) and hands it to :meth:`after_read`,
+    which counts errors in a row, logs what changed and the read plan, and returns what :func:`decide` says: a
+    final event (with ``"timing"``) or the wait before the next read::
+
+        while True:
+            step = session.after_read(read(), time.time())
+            if step.event is not None:
+                return step.event
+            sleep(step.wait)
+
+    :param end_time: deadline (seconds since the epoch); ``None`` waits without limit.
+    :param log: where progress, failed reads and plan changes go (the task's or the trigger's logger).
+    """
+
+    target: PollTarget
+    schedule: ReadSchedule
+    end_time: float | None
+    log: Log
+    consecutive_errors: int = 0
+    last_snapshot: Snapshot | None = None
+    progress: ProgressLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.progress = ProgressLog(self.target.label)
+
+    def urgency(self, now: float) -> float:
+        """How likely a read now is to find the run finished (see :meth:`ReadSchedule.urgency`)."""
+        return self.schedule.urgency(now, self.last_snapshot)
+
+    def after_read(self, result: Snapshot | BaseException, now: float) -> PollStep:
+        """Log what one status read showed and decide the next step.
+
+        :param result: the status, or the exception the status call raised.
+        :param now: when the read ended, seconds since the epoch.
+        """
+        label = self.target.label
+        if isinstance(result, BaseException):
+            self.consecutive_errors += 1
+            self.log.warning("Status call for %s failed (%d in a row): %s", label, self.consecutive_errors, result)
+        else:
+            self.consecutive_errors = 0
+            self.last_snapshot = result
+            for level, line in self.progress.lines(result, now):
+                self.log.log(level, "%s", line)
+        next_read, plan_note = self.schedule.after_read(now, result)
+        if plan_note:
+            self.log.info("%s: %s", label, plan_note)
+        step = decide(
+            self.target,
+            result,
+            now=now,
+            end_time=self.end_time,
+            poll_interval=self.schedule.poll_interval,
+            consecutive_errors=self.consecutive_errors,
+            last_snapshot=self.last_snapshot,
+            next_read=next_read,
+        )
+        if step.event is None:
+            return step
+        return PollStep(event={**step.event, "timing": self.schedule.timing(now)})
 
 
 def validate_event(event: Any, target: PollTarget) -> tuple[str, str, Mapping[str, Any] | None]:
