@@ -67,7 +67,7 @@ class Snapshot(Protocol):
 
     def progress_summary(self) -> str: ...
 
-    def failure_message(self) -> str: ...
+    def failure_message(self, *, brief: bool = False) -> str: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -160,7 +160,9 @@ def decide(
     outcome = result.outcome
     if outcome.is_final:
         status = _OUTCOME_EVENTS[outcome]
-        message = f"{target.label} completed: {_done(result)}" if status == SUCCESS else result.failure_message()
+        message = (
+            f"{target.label} completed: {_done(result)}" if status == SUCCESS else result.failure_message(brief=True)
+        )
         return PollStep(event=target.event(status, message))
     if remaining is not None and remaining <= 0:
         return PollStep(

@@ -113,12 +113,12 @@ def test_success_event_carries_id_and_progress_but_no_node_list() -> None:
     json.dumps(event)  # events cross the triggerer boundary as JSON
 
 
-def test_failed_event_names_failed_node_and_dune_error() -> None:
+def test_failed_event_names_the_failed_node_without_dunes_error() -> None:
     event = decide(TARGET, FAILED_STATUS, now=NOW, end_time=None, poll_interval=5).event
     assert event is not None
     assert event["status"] == FAILED
     assert "query 101" in event["message"]
-    assert "amount_usdd" in event["message"]
+    assert "amount_usdd" not in event["message"]  # stated once, by the task, from the status it reads
     assert "details" not in event and "\n" not in event["message"]
 
 
@@ -126,7 +126,7 @@ def test_cancelled_event() -> None:
     event = decide(TARGET, CANCELLED_STATUS, now=NOW, end_time=None, poll_interval=5).event
     assert event is not None
     assert event["status"] == CANCELLED
-    assert "node 2 (query 102): cancelled" in event["message"]
+    assert "node 2 (query 102) cancelled" in event["message"]
 
 
 def test_cancelled_pipeline_with_a_failed_node_is_a_failure() -> None:
@@ -329,8 +329,10 @@ def test_event_message_is_one_short_line() -> None:
     long_error = "line 3:8: " + "x" * 1000 + "\nsecond line"
     event = decide(TARGET, status("failed", ("failed", long_error)), now=NOW, end_time=None, poll_interval=5).event
     assert event is not None
-    assert "\n" not in event["message"]
-    assert len(event["message"]) == MAX_EVENT_MESSAGE and event["message"].endswith("...")
+    assert event["message"] == "Dune pipeline pipe-1 failed: node 1 (query 101) failed"  # Dune's error: read again
+    timeout = decide(TARGET, ValueError("x" * 1000 + "\nmore"), now=NOW, end_time=None, poll_interval=5).event
+    assert timeout is not None and "\n" not in timeout["message"]
+    assert len(timeout["message"]) == MAX_EVENT_MESSAGE and timeout["message"].endswith("...")
 
 
 # -- progress lines ----------------------------------------------------------------------------------------------

@@ -283,12 +283,14 @@ class PipelineStatus:
                 parts.append(f"{len(nodes)} {word} ({_name_nodes(nodes)})")
         return ", ".join(parts)
 
-    def failure_message(self, executions: Mapping[str, ExecutionStatus] | None = None) -> str:
+    def failure_message(self, executions: Mapping[str, ExecutionStatus] | None = None, *, brief: bool = False) -> str:
         """Why the pipeline did not succeed, each cause stated once: ``Dune pipeline 01H... failed: node 2
         (query 1001): line 3:8: Column 'x' cannot be resolved``.
 
         :param executions: node execution statuses by execution id, when read: their errors say where in the
             SQL it failed (the pipeline status repeats a shorter form of the same error).
+        :param brief: name the nodes that failed without Dune's error text (a trigger event's message: the task
+            states the error once, from the status it reads).
         """
         if self.state is RunState.COMPLETED and not self.nodes:
             return (
@@ -302,11 +304,11 @@ class PipelineStatus:
             PipelineOutcome.CANCELLED: "was cancelled",
             PipelineOutcome.RUNNING: "is still running",
         }.get(outcome, "ended in a state that is not a success")
-        causes = [
-            n.describe(executions.get(n.execution_id or ""))
-            for n in self.nodes
-            if n.state.is_failure or n.state in (RunState.EXPIRED, RunState.UNKNOWN)
-        ]
+        failed = [n for n in self.nodes if n.state.is_failure or n.state in (RunState.EXPIRED, RunState.UNKNOWN)]
+        if brief:
+            named = ", ".join(f"{n.name} {n.state.value}" for n in failed) or f"Dune status {self.raw_state!r}"
+            return f"Dune pipeline {self.pipeline_execution_id} {verb}: {named}"
+        causes = [n.describe(executions.get(n.execution_id or "")) for n in failed]
         node_errors = [n.error for n in self.nodes if n.error]
         if self.error and not any(e in self.error or self.error in e for e in node_errors):
             causes.append(f"pipeline error: {self.error}")
@@ -444,9 +446,9 @@ class ExecutionStatus:
             text += f" (queue position {self.queue_position})"
         return text
 
-    def failure_message(self) -> str:
+    def failure_message(self, *, brief: bool = False) -> str:
         """Why the run did not succeed, with Dune's error text: ``Dune execution 01H... of query 1001 failed:
-        line 3:8: ...``."""
+        line 3:8: ...``; ``brief`` leaves the error text out (a trigger event's message)."""
         subject = f"Dune execution {self.execution_id}" + (f" of query {self.query_id}" if self.query_id else "")
         if self.state is RunState.COMPLETED_PARTIAL:
             return (
@@ -456,6 +458,8 @@ class ExecutionStatus:
         verb = {PipelineOutcome.FAILED: "failed", PipelineOutcome.CANCELLED: "was cancelled"}.get(
             self.outcome, f"ended {self.outcome.value}"
         )
+        if brief:
+            return f"{subject} {verb}"
         return f"{subject} {verb}: {self.error_text() or self.progress_summary()}"
 
     def error_text(self) -> str | None:

@@ -482,6 +482,9 @@ class DuneRunOperator(BaseOperator):
                 message = f"Could not get the status of {label}: {read_error}"
             else:
                 self.log.warning("Could not read the final status of %s to report it: %s", label, read_error)
+                if status in (FAILED, CANCELLED) and not details:
+                    # The event names what failed; Dune's error text is in the status that could not be read.
+                    message += f" (Dune's error text could not be read: {read_error})"
         report = None
         if final is not None:
             report = self.report(hook, final)
