@@ -479,6 +479,7 @@ def test_each_refreshed_object_gets_one_asset_event_per_run(migrated_airflow_hom
         assert event["extra"] == {
             "pipeline_execution_id": summary["pipeline_execution_id"],
             "execution_id": node["execution_id"],
+            "credits": node["credits"],
         }
     assert dag_test_emulator.counts["execute_query_pipeline"] == len(through)
 
