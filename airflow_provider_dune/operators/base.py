@@ -532,8 +532,8 @@ class DuneRunOperator(BaseOperator):
     def _account(
         self, hook: DuneHook, label: str, status: str, rows: list[ReportRow], event: Mapping[str, Any] | None
     ) -> None:
-        """Say what the run cost (warning above the connection's ``run_credit_warning``) and send the run's
-        metrics; never fails the task."""
+        """Warn when the run cost more than the connection's ``run_credit_warning`` and send the run's metrics;
+        never fails the task."""
         cost = total_credits(rows)
         timing = (event or {}).get("timing")
         seen_at = _number(timing.get("finished_seen_at")) if isinstance(timing, Mapping) else None
@@ -542,10 +542,8 @@ class DuneRunOperator(BaseOperator):
             warning = run_cost_warning(cost, hook.settings.credit_guard, label)
         except DuneError:
             warning = None
-        if warning:
+        if warning:  # the report's title already says what the run cost
             self.log.warning("%s", warning)
-        elif cost is not None:
-            self.log.info("%s cost %s credits", label, f"{cost:,.2f}")
         metrics.run_finished(self.run_kind, status, credits=cost, detection_lag=lag)
 
     def _read_final_status(

@@ -49,7 +49,7 @@ def test_pipeline_run_reports_its_credits_and_sends_its_metrics(
     cost = result["total_credits"]
     assert cost is not None and cost > 0
     assert cost == pytest.approx(sum(node["credits"] for node in result["nodes"]))
-    assert f"cost {cost:,.2f} credits" in logged(caplog, capsys)
+    assert f": success, 2/2 nodes done, {cost:,.2f} credits" in logged(caplog, capsys)
     names = [name for _, name, _ in sent]
     assert names.count("dune.runs.started.pipeline") == 1
     assert "dune.runs.finished.pipeline.success" in names
