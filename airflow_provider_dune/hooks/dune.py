@@ -352,7 +352,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         return wait
 
     def _log_budget_wait(self, request: DuneRequest, budget: str, per_minute: float, seconds: float) -> None:
-        """Say when the key's budget held a request back long enough to stretch the wait between reads."""
+        """Say when the key's budget held a request back long enough to stretch the wait between reads (every
+        wait goes to the ``dune.budget_wait`` metric)."""
+        if seconds > 0:
+            metrics.budget_waited(request.endpoint.bucket, seconds)
         if seconds >= PACING_LOG_SECONDS:
             self.log.info(
                 "A %.1fs wait for a slot in the API key's budget (%g %s a minute, %d more waiting in this process) "
