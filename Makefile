@@ -33,7 +33,8 @@ help:
 	@echo "make demo         run the nightly-refresh example DAG against the local Dune API emulator"
 	@echo "make test         lint, docs, the whole suite on Airflow $(AIRFLOW_VERSION), then the matrix:"
 	@echo "                  Airflow $(OLDER_AIRFLOWS) and Python $(EXTRA_PYTHONS)"
-	@echo "make test-fast    the unit tests on Airflow $(AIRFLOW_VERSION) without DAG runs, Airflow stacks or slow waits (< 1 min)"
+	@echo "make test-fast    the unit tests on Airflow $(AIRFLOW_VERSION) without DAG runs, Airflow stacks or slow waits (< 1 min),"
+	@echo "                  in .venv-fast (Airflow and the test extra only)"
 	@echo "make test-airflow AIRFLOW=3.0.6   one matrix entry: its virtualenv, unit + DAG tests, compatibility checks"
 	@echo "make test-python  PY=3.13         the unit tests on Airflow $(AIRFLOW_VERSION) with another Python"
 	@echo "make emulator     start the Dune API emulator on 127.0.0.1:8765 (Ctrl-C to stop)"
@@ -103,8 +104,17 @@ test-newest: lint lint-github docs test-unit test-e2e
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e --ignore=tests/e2e/test_form_versions.py $(PYTEST_ARGS)
 
-test-fast: install
-	$(BIN)/python -m pytest -m "not e2e and not dag and not slow" $(XDIST) -q $(PYTEST_ARGS)
+# The quick loop: the unit tests that need no Airflow CLI, browser or database server, on the newest Airflow in a
+# virtualenv of its own with the test extra only (no browser, Celery, Sphinx, linters), made once and reused.
+FAST_VENV := .venv-fast
+FAST_STAMP := $(FAST_VENV)/.installed-airflow-$(AIRFLOW_VERSION)
+$(FAST_STAMP): pyproject.toml $(call CONSTRAINTS,$(AIRFLOW_VERSION))
+	$(call make_venv,$(FAST_VENV),$(PYTHON),$(AIRFLOW_VERSION),test)
+	@rm -f $(FAST_VENV)/.installed-airflow-*
+	@touch $@
+
+test-fast: $(FAST_STAMP)
+	$(FAST_VENV)/bin/python -m pytest -m "not e2e and not dag and not slow" $(XDIST) -q $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS)
@@ -213,4 +223,4 @@ constraints: $(TOOLS_STAMP)
 	$(TOOLS_VENV)/bin/python constraints/resolve.py --uv $(TOOLS_VENV)/bin/uv $(AIRFLOW_VERSION)
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* .venv-wheel-* $(TOOLS_VENV) .airflow_home .demo build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(FAST_VENV) .venv-airflow-* .venv-wheel-* $(TOOLS_VENV) .airflow_home .demo build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

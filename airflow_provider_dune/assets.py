@@ -5,10 +5,10 @@ URIs name the kind of object, then the object::
     dune://views/dune.team.result_daily_volume     a materialized view, by full name (lower case)
     dune://queries/1234                            a saved query's latest result, by query id
 
-:func:`dune_view_asset` and :func:`dune_query_asset` build the assets (``Dataset`` on Airflow 2.11). The
-operators add extra (execution ids, row counts) to the events of declared ``dune://`` outlets, and add an event
-per refreshed object to every declared ``AssetAlias`` (``DatasetAlias``), so views a query pipeline refreshed can
-be consumed without naming them in advance.
+:func:`dune_view_asset` and :func:`dune_query_asset` build the assets (``Dataset`` on Airflow 2.11). A
+successful run records one event per object it refreshed, with extra (execution ids, row counts): on the declared
+``dune://`` outlet for that object, or else through every declared ``AssetAlias`` (``DatasetAlias``), so views a
+query pipeline refreshed can be consumed without naming them in advance.
 """
 
 from __future__ import annotations
@@ -115,7 +115,11 @@ def refreshed_by_pipeline(details: Mapping[str, Any]) -> list[RefreshedObject]:
     for node in details.get("nodes") or ():
         if not isinstance(node, Mapping) or node.get("state") != "completed":
             continue
-        extra = {"pipeline_execution_id": pipeline_id, "execution_id": node.get("execution_id")}
+        extra = {
+            "pipeline_execution_id": pipeline_id,
+            "execution_id": node.get("execution_id"),
+            "credits": node.get("credits"),
+        }
         if node.get("kind") == "materialized_view_refresh" and node.get("view_name"):
             refreshed.append(RefreshedObject(view_uri(str(node["view_name"])), extra))
         elif node.get("kind") == "query_execution" and node.get("query_id"):
@@ -125,35 +129,40 @@ def refreshed_by_pipeline(details: Mapping[str, Any]) -> list[RefreshedObject]:
 
 def refreshed_by_query(details: Mapping[str, Any], query_id: Any) -> list[RefreshedObject]:
     metadata = details.get("result_metadata") or {}
-    extra: dict[str, Any] = {"execution_id": details.get("execution_id")}
+    extra: dict[str, Any] = {"execution_id": details.get("execution_id"), "credits": details.get("total_credits")}
     if isinstance(metadata, Mapping) and metadata.get("total_row_count") is not None:
         extra["row_count"] = metadata["total_row_count"]
     return [RefreshedObject(query_uri(query_id), extra)]
 
 
 def refreshed_by_view_refresh(details: Mapping[str, Any], view_name: str) -> list[RefreshedObject]:
-    return [RefreshedObject(view_uri(view_name), {"execution_id": details.get("execution_id")})]
+    extra = {"execution_id": details.get("execution_id"), "credits": details.get("total_credits")}
+    return [RefreshedObject(view_uri(view_name), extra)]
 
 
 def emit_asset_events(
     context: Mapping[str, Any], outlets: Sequence[Any], refreshed: Iterable[RefreshedObject], log: Any
 ) -> None:
-    """Give declared ``dune://`` outlets the extra of what was refreshed, and add it to declared aliases."""
-    refreshed = list(refreshed)
+    """Record one asset event per object the run refreshed, with its extra (execution ids, row count).
+
+    A refreshed object declared as a ``dune://`` outlet gets the extra on the event Airflow emits for that
+    outlet and is not added to any alias. Every other refreshed object is added to each declared alias with the
+    same extra, which Airflow records as one event linked to all of those aliases.
+    """
     events = context.get("outlet_events")
-    if events is None or not outlets or not refreshed:
+    if events is None or not outlets:
+        return
+    by_uri = {item.uri: item for item in refreshed}  # an object refreshed twice in one run: its last refresh
+    if not by_uri:
         return
     asset_class, alias_class = _asset_classes()
-    by_uri = {item.uri: item for item in refreshed}
+    aliases = [outlet for outlet in outlets if isinstance(outlet, alias_class)]
+    declared: set[str] = set()
     for outlet in outlets:
-        if isinstance(outlet, alias_class):
-            for item in refreshed:
-                events[outlet].add(asset_class(uri=item.uri), extra=_clean(item.extra))
-            log.info("Asset alias %s: %s", outlet.name, ", ".join(item.uri for item in refreshed))
+        uri = None if isinstance(outlet, alias_class) else _dune_uri(getattr(outlet, "uri", None))
+        if uri is None:
             continue
-        uri = getattr(outlet, "uri", "")
-        if not isinstance(uri, str) or not uri.startswith(f"{SCHEME}://"):
-            continue
+        declared.add(uri)
         match = by_uri.get(uri)
         if match is None:
             log.warning(
@@ -163,6 +172,28 @@ def emit_asset_events(
             )
             continue
         events[outlet].extra.update(_clean(match.extra))
+    undeclared = [item for uri, item in by_uri.items() if uri not in declared]
+    if not aliases or not undeclared:
+        return
+    for alias in aliases:
+        for item in undeclared:
+            events[alias].add(asset_class(uri=item.uri), extra=_clean(item.extra))
+    log.info(
+        "Asset alias%s %s: %s",
+        "es" if len(aliases) > 1 else "",
+        ", ".join(alias.name for alias in aliases),
+        ", ".join(item.uri for item in undeclared),
+    )
+
+
+def _dune_uri(uri: Any) -> str | None:
+    """The normalised form of a ``dune://`` URI, or None for anything else."""
+    if not isinstance(uri, str) or not uri.lower().startswith(f"{SCHEME}://"):
+        return None
+    try:
+        return sanitize_uri(urlsplit(uri)).geturl()
+    except ValueError:  # Airflow itself refuses (3) or warns about (2.11) such an outlet
+        return None
 
 
 def _clean(extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""Operator extra links to dune.com."""
+"""Operator extra links to dune.com.
+
+Dune documents one page per saved query (``https://dune.com/queries/<id>``, with its latest executions) and none
+for an execution, a pipeline or a materialized view, so the link opens the query a task runs or, for a view, the
+query behind it. Airflow 2.11 and 3 show it on the task instance's *Details* tab (2.11 opens that tab first,
+3 opens *Logs*, where the run's start line carries the same address): see the operators' how-to.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ def _query_id_of(operator: Any) -> int | None:
 
 
 class DuneQueryLink(BaseOperatorLink):
-    """ "Dune query" button: opens the query the task runs on dune.com."""
+    """ "Dune query" button: opens on dune.com the query the task runs (for a view, the query behind it)."""
 
     name = "Dune query"
 

@@ -136,7 +136,7 @@ def _outcome(
         start = harness.started_at(requests, getattr(run, "pipeline_execution_id", None))
         if start is not None and getattr(run, "detected_at", None) is not None:
             latencies.append(run.detected_at - (start + duration))
-    reads = [r for r in requests if r["endpoint"] == "pipeline_status"]
+    reads = [r for r in requests if r["endpoint"] == "get_pipeline_status"]
     detected = sum(1 for run in runs if getattr(run, "outcome", None) == "success")
     errors = sorted({str(getattr(run, "error", run))[:200] for run in runs if getattr(run, "error", None)})
     return {

@@ -58,7 +58,7 @@ def _child(conn_json: str, ids: Sequence[str]) -> dict[str, float]:
 
 
 def _style_outcome(label: str, requests: Sequence[Mapping[str, Any]], ends: Mapping[str, float]) -> dict[str, Any]:
-    reads = [r for r in requests if r["endpoint"] == "pipeline_status"]
+    reads = [r for r in requests if r["endpoint"] == "get_pipeline_status"]
     first = min((float(r["at"]) for r in reads), default=0.0)
     detected: dict[str, float] = {}
     for request in reads:

@@ -96,7 +96,7 @@ class Bench:
         return self.child.client.connections_opened()
 
     def _served(self) -> int:
-        return int(self.child.client.counts().get("execution_status", 0))
+        return int(self.child.client.counts().get("get_execution_status", 0))
 
     def measure(self, run: Callable[[_Timer], None], requests: int) -> Sample:
         """Time ``run`` (which sends ``requests`` GETs after its own untimed warm-up) on a fresh emulator."""

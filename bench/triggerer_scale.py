@@ -201,7 +201,7 @@ def _measure(
     run = asyncio.run(_run_triggers(ids, args.poll_interval, debug=debug, trigger_kwargs=trigger_kwargs))
     after = child.client.counts()
     connections = child.client.connections_opened() - connections_before
-    polls = after.get("pipeline_status", 0) - started.get("pipeline_status", 0)
+    polls = after.get("get_pipeline_status", 0) - started.get("get_pipeline_status", 0)
     other_reads = sum(after.values()) - sum(started.values()) - polls
     del before
     ended = _end_times(ids) if not debug else {}

@@ -61,8 +61,9 @@ autodoc_inherit_docstrings = False
 # -n (nitpicky) resolves every cross-reference. Types that live outside this project (Python, Airflow,
 # requests, httpx, pytest, pandas) have no target without intersphinx, which would need the internet at build
 # time: they are ignored by name, so a broken reference to one of the provider's documented names still fails.
-# So are the provider's internals (private ``_names``, ``utils`` modules, the emulator's private type aliases):
-# they are not part of the API reference on purpose, but public signatures and base classes mention them.
+# So are the provider's internals (private ``_names``, ``utils`` modules, the polling core, the emulator's
+# private type aliases): they are not part of the API reference on purpose, but public signatures and base
+# classes mention them.
 nitpicky = True
 _EXTERNAL_MODULES = (
     "airflow|requests|httpx|urllib3|urllib|pytest|_pytest|pandas|upath|ssl|http|asyncio|datetime|os|io"
@@ -77,6 +78,7 @@ nitpick_ignore_regex = [
     # The provider's internals: not in the reference on purpose (see docs/api/index.rst).
     (r"py:.*", r"airflow_provider_dune(\.\w+)*\._\w+(\..*)?"),
     (r"py:.*", r"airflow_provider_dune\.utils\..*"),
+    (r"py:.*", r"airflow_provider_dune\.polling\..*"),
     (r"py:.*", r"(Clock|NodeStateStyle|ResponseProfile)"),
 ]
 

@@ -14,7 +14,7 @@ What it does (``python -m example_dags.demo``):
    ``AIRFLOW_CONN_DUNE_DEFAULT`` pointing at the emulator. The task is deferrable; ``dags test`` (Airflow 3)
    runs the trigger in-process, so the task really goes running -> deferred -> running -> success.
 4. Prints the task's state history and tries, the trigger Airflow stored, the status calls the emulator
-   served, and each pipeline node with its state and durations; then stops the emulator.
+   served, and the task's per-node report (the table the task logs, from its XCom); then stops the emulator.
 
 The full ``airflow dags test`` output is kept in ``.demo/dags_test.log``. Exits non-zero if the run failed.
 Environment: ``DUNE_DEMO_DATE`` (logical date, default 2024-06-01), ``DUNE_POLL_INTERVAL`` (default 1 s
@@ -35,10 +35,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_dune.api.run_report import format_report, rows_from_summary
 from airflow_provider_dune.testing.process import emulator_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -95,29 +95,6 @@ def _get_json(url: str, api_key: str | None = None, timeout: float = 10.0) -> An
         return json.loads(response.read())
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    """RFC 3339 with up to nanoseconds (Dune's format) -> aware datetime."""
-    if not value:
-        return None
-    text = value.strip().replace("Z", "+00:00")
-    if "." in text:
-        head, rest = text.split(".", 1)
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits) :]
-        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def _seconds_between(start: str | None, end: str | None) -> str:
-    a, b = _parse_time(start), _parse_time(end)
-    if a is None or b is None:
-        return "-"
-    return f"{(b - a).total_seconds():.1f}s"
-
-
 def read_run(db_path: Path) -> dict[str, Any]:
     """What the metadata DB says about the demo's DAG run, task, trigger and XComs."""
     with contextlib.closing(sqlite3.connect(db_path)) as db:
@@ -160,9 +137,7 @@ def read_run(db_path: Path) -> dict[str, Any]:
     }
 
 
-def print_summary(
-    run: dict[str, Any], api_url: str, api_key: str, emulator: bool, elapsed: float, output: str = ""
-) -> None:
+def print_summary(run: dict[str, Any], api_url: str, emulator: bool, elapsed: float, output: str = "") -> None:
     task = run.get("task") or {}
     events = run.get("events") or []
     # Airflow 2.11 deletes the trigger row and records no "deferred" event: its output says it ran the trigger.
@@ -182,7 +157,7 @@ def print_summary(
     if emulator:
         with contextlib.suppress(OSError, ValueError):
             counts = _get_json(api_url.removesuffix("/api") + "/_emulator/counts")["counts"]
-            polls = counts.get("pipeline_status", 0)
+            polls = counts.get("get_pipeline_status", 0)
             how = " (once by the task before deferring, then by the trigger)" if deferred and polls > 1 else ""
             _say(
                 f"Emulator  execute_query_pipeline called {counts.get('execute_query_pipeline', 0)}x; "
@@ -190,21 +165,8 @@ def print_summary(
             )
     result = (run.get("xcoms") or {}).get("return_value")
     if isinstance(result, dict):
-        _say(f"Pipeline  {result.get('pipeline_execution_id')}: {result.get('state')} ({result.get('summary')})")
-        _say(f"          {'node':<5}{'what':<48}{'state':<11}{'queued':>8}{'ran':>8}")
-        for node in result.get("nodes") or []:
-            what = (
-                f"refresh {node.get('view_name')}"
-                if node.get("kind") == "materialized_view_refresh"
-                else f"query {node.get('query_id')}"
-            )
-            queued = ran = "-"
-            if node.get("execution_id"):
-                with contextlib.suppress(OSError, ValueError):
-                    status = _get_json(f"{api_url}/v1/execution/{node['execution_id']}/status", api_key)
-                    queued = _seconds_between(status.get("submitted_at"), status.get("execution_started_at"))
-                    ran = _seconds_between(status.get("execution_started_at"), status.get("execution_ended_at"))
-            _say(f"          {node.get('node_id')!s:<5}{what:<48}{node.get('state')!s:<11}{queued:>8}{ran:>8}")
+        title = f"Pipeline  {result.get('pipeline_execution_id')}: {result.get('state')} ({result.get('summary')})"
+        _say(format_report(title, rows_from_summary(result)))
     else:
         _say("Pipeline  no result in XCom (the task did not succeed)")
     _say("=" * 78)
@@ -304,7 +266,7 @@ def main() -> int:
         elapsed = time.monotonic() - test_started
 
         run = read_run(airflow_home / "airflow.db")
-        print_summary(run, api_url, api_key, emulator, elapsed, log_path.read_text(errors="replace"))
+        print_summary(run, api_url, emulator, elapsed, log_path.read_text(errors="replace"))
     if emulator:
         _say("Stopped the emulator.")
     ok = returncode == 0 and run.get("run_state") == "success"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -9,9 +11,11 @@ import pytest
 
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.assets import (
+    RefreshedObject,
     create_asset,
     dune_query_asset,
     dune_view_asset,
+    emit_asset_events,
     parse_uri,
     query_uri,
     refreshed_by_pipeline,
@@ -102,14 +106,20 @@ def test_only_completed_nodes_count_as_refreshed() -> None:
     details = {
         "pipeline_execution_id": "P",
         "nodes": [
-            {"kind": "materialized_view_refresh", "view_name": "dune.t.a", "state": "completed", "execution_id": "1"},
+            {
+                "kind": "materialized_view_refresh",
+                "view_name": "dune.t.a",
+                "state": "completed",
+                "execution_id": "1",
+                "credits": 0.4,
+            },
             {"kind": "materialized_view_refresh", "view_name": "dune.t.b", "state": "failed", "execution_id": "2"},
             {"kind": "query_execution", "query_id": 5, "state": "completed", "execution_id": "3"},
         ],
     }
     refreshed = refreshed_by_pipeline(details)
     assert [r.uri for r in refreshed] == ["dune://views/dune.t.a", "dune://queries/5"]
-    assert refreshed[0].extra == {"pipeline_execution_id": "P", "execution_id": "1"}
+    assert refreshed[0].extra == {"pipeline_execution_id": "P", "execution_id": "1", "credits": 0.4}
 
 
 # -- events emitted by the operators ------------------------------------------------------------------------
@@ -142,25 +152,87 @@ def _alias_events(events: OutletEventAccessors, alias: Any) -> dict[str, dict[st
     return found
 
 
-def test_pipeline_outlets_and_alias_get_what_the_run_refreshed(run: Any) -> None:
-    view_asset, alias = dune_view_asset(VIEW), AssetAlias("dune_refreshed")
+def _recorded_events(outlets: list[Any], events: OutletEventAccessors) -> dict[str, list[dict[str, Any]]]:
+    """The asset events Airflow records from a task's outlets and accessors, by URI: one per declared asset
+    outlet (with its accessor's extra), and one per distinct (asset, extra) added to the declared aliases, linked
+    to all of them (``register_asset_changes_in_db`` on Airflow 3, ``_register_dataset_changes`` on 2.11)."""
+    recorded: dict[str, list[dict[str, Any]]] = {}
+    through_aliases: dict[tuple[str, str], dict[str, Any]] = {}
+    for outlet in outlets:
+        if isinstance(outlet, AssetAlias):
+            for uri, extra in _alias_events(events, outlet).items():
+                through_aliases[uri, json.dumps(extra, sort_keys=True)] = extra
+        else:
+            recorded.setdefault(outlet.uri, []).append(dict(events[outlet].extra))
+    for (uri, _), extra in through_aliases.items():
+        recorded.setdefault(uri, []).append(extra)
+    return recorded
+
+
+QUERY_URI, VIEW_URI = "dune://queries/1001", f"dune://views/{VIEW}"
+ALIAS, OTHER_ALIAS = AssetAlias("dune_refreshed"), AssetAlias("dune_refreshed_too")
+
+
+@pytest.mark.parametrize(
+    ("outlets", "through_alias"),
+    [
+        ([dune_query_asset(1001), dune_view_asset(VIEW)], set()),
+        ([ALIAS], {QUERY_URI, VIEW_URI}),
+        ([dune_query_asset(1001), ALIAS], {VIEW_URI}),  # the nightly example
+        ([dune_query_asset(1001), dune_view_asset(VIEW), ALIAS], set()),
+        ([ALIAS, OTHER_ALIAS], {QUERY_URI, VIEW_URI}),
+    ],
+    ids=["outlets-only", "alias-only", "outlet-and-alias", "all-declared-and-alias", "two-aliases"],
+)
+def test_one_event_per_refreshed_object_whatever_is_declared(
+    run: Any, outlets: list[Any], through_alias: set[str]
+) -> None:
     task = DuneExecutePipelineOperator(
         task_id="p",
         query_id=1001,
         query_parameters={"date": "2024-06-01"},
         poll_interval=0.05,
         deferrable=False,
-        outlets=[view_asset, alias],
+        outlets=outlets,
     )
     result, events = run(task)
-    executions = {node["view_name"] or node["query_id"]: node["execution_id"] for node in result["nodes"]}
-    assert events[view_asset].extra == {
-        "pipeline_execution_id": result["pipeline_execution_id"],
-        "execution_id": executions[VIEW],
+    pipeline_id = result["pipeline_execution_id"]
+    nodes = {node["view_name"] or node["query_id"]: node for node in result["nodes"]}
+    recorded = _recorded_events(outlets, events)
+    assert recorded == {
+        uri: [
+            {
+                "pipeline_execution_id": pipeline_id,
+                "execution_id": nodes[key]["execution_id"],
+                "credits": nodes[key]["credits"],
+            }
+        ]
+        for uri, key in ((VIEW_URI, VIEW), (QUERY_URI, 1001))
     }
-    by_uri = _alias_events(events, alias)
-    assert set(by_uri) == {f"dune://views/{VIEW}", "dune://queries/1001"}
-    assert by_uri["dune://queries/1001"]["execution_id"] == executions[1001]
+    # A declared outlet is never added again through an alias; the others reach every declared alias.
+    for alias in (outlet for outlet in outlets if isinstance(outlet, AssetAlias)):
+        assert set(_alias_events(events, alias)) == through_alias
+
+
+def test_an_object_refreshed_twice_in_one_run_gets_one_event_with_its_last_refresh() -> None:
+    refreshed = [
+        RefreshedObject(QUERY_URI, {"execution_id": "first"}),
+        RefreshedObject(VIEW_URI, {"execution_id": "view"}),
+        RefreshedObject(QUERY_URI, {"execution_id": "last", "row_count": None}),
+    ]
+    events = OutletEventAccessors()
+    emit_asset_events({"outlet_events": events}, [ALIAS], refreshed, logging.getLogger(__name__))
+    assert _alias_events(events, ALIAS) == {QUERY_URI: {"execution_id": "last"}, VIEW_URI: {"execution_id": "view"}}
+    assert len(_alias_event_list(events, ALIAS)) == 2
+
+
+def test_a_declared_outlet_is_matched_by_its_normalised_uri() -> None:
+    declared = Asset(uri="dune://queries/0042") if AIRFLOW_V_3_0_PLUS else Asset(uri="dune://QUERIES/42")
+    events = OutletEventAccessors()
+    refreshed = [RefreshedObject(query_uri(42), {"execution_id": "e"})]
+    emit_asset_events({"outlet_events": events}, [declared, ALIAS], refreshed, logging.getLogger(__name__))
+    assert events[declared].extra == {"execution_id": "e"}
+    assert _alias_event_list(events, ALIAS) == []
 
 
 def test_query_and_view_operators_give_their_outlet_the_execution(run: Any) -> None:
@@ -175,14 +247,18 @@ def test_query_and_view_operators_give_their_outlet_the_execution(run: Any) -> N
             outlets=[query_asset],
         )
     )
-    assert events[query_asset].extra == {"execution_id": result["execution_id"], "row_count": 3}
+    assert events[query_asset].extra == {
+        "execution_id": result["execution_id"],
+        "row_count": 3,
+        "credits": result["total_credits"],
+    }
     view_asset = dune_view_asset(VIEW)
     result, events = run(
         DuneRefreshMaterializedViewOperator(
             task_id="v", view_name=VIEW, poll_interval=0.05, deferrable=False, outlets=[view_asset]
         )
     )
-    assert events[view_asset].extra == {"execution_id": result["execution_id"]}
+    assert events[view_asset].extra == {"execution_id": result["execution_id"], "credits": result["total_credits"]}
 
 
 def test_an_outlet_the_run_did_not_refresh_is_left_alone_with_a_warning(

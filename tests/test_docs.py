@@ -33,7 +33,7 @@ def _includes() -> list[tuple[Path, Path, dict[str, str]]]:
 
 
 def _python_blocks(page: Path) -> list[str]:
-    """The bodies of ``.. code-block:: python`` directives."""
+    """The bodies of ``.. code-block:: python`` directives (without their options, such as ``:name:``)."""
     blocks = []
     lines = page.read_text().splitlines()
     for index, line in enumerate(lines):
@@ -45,6 +45,8 @@ def _python_blocks(page: Path) -> list[str]:
             if following.strip() and len(following) - len(following.lstrip()) <= indent:
                 break
             body.append(following)
+        while body and re.match(r"\s*:[\w-]+:", body[0]):
+            body.pop(0)
         blocks.append(textwrap.dedent("\n".join(body)))
     return blocks
 

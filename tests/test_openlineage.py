@@ -45,6 +45,7 @@ def test_query_pipeline_lineage(context: dict[str, Any]) -> None:
     run = _plain(lineage.run_facets["dune"])
     assert run["run_id_field"] == "pipeline_execution_id" and run["run_id"] == result["pipeline_execution_id"]
     assert run["execution_ids"] == [node["execution_id"] for node in result["nodes"]]
+    assert run["credits"] == result["total_credits"] and run["credits"] > 0
     assert _plain(lineage.run_facets["externalQuery"])["externalQueryId"] == result["pipeline_execution_id"]
     job = _plain(lineage.job_facets["dune"])
     assert (job["operation"], job["query_id"]) == ("query_pipeline", 1001)

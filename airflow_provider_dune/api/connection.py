@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_dune.api.connection_fields import (
+    API_KEY_LABEL,
+    BASE_URL_LABEL,
     DEFAULT_BASE_URL,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_DATAPOINTS_PER_REQUEST,
@@ -19,7 +21,10 @@ from airflow_provider_dune.api.connection_fields import (
     DEFAULT_TIMEOUT,
     DEFAULT_WRITES_PER_MINUTE,
     EXTRA_SETTINGS,
+    connection_name,
+    form_field,
 )
+from airflow_provider_dune.api.credits import CreditGuard
 from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.api.retry import RetryPolicy
 
@@ -61,8 +66,11 @@ def _valid_host_name(hostname: str) -> bool:
         return bool(_HOST_NAME.match(hostname))
 
 
-def normalize_base_url(host: str | None, port: int | None = None, *, allow_insecure_http: bool = False) -> str:
-    """Build the API base URL from the connection's host field.
+def normalize_base_url(
+    host: str | None, port: int | None = None, *, allow_insecure_http: bool = False, conn_id: str | None = None
+) -> str:
+    """Build the API base URL from the connection's Host field (labeled API base URL in the form); errors name
+    the field of connection ``conn_id``.
 
     Accepts a full URL (``https://api.dune.com/api``, ``http://127.0.0.1:8765/api``) or a bare host name
     (``api.dune.com``, https assumed). A URL without a path gets Dune's ``/api`` prefix. Plain ``http`` is
@@ -75,39 +83,38 @@ def normalize_base_url(host: str | None, port: int | None = None, *, allow_insec
     if "://" not in text:
         text = f"https://{text}"
     shown = _shown(text)
+    field = form_field(BASE_URL_LABEL, conn_id)
     if any(ch.isspace() or not ch.isprintable() for ch in text):
-        raise DuneConfigurationError(f"the Dune connection host {shown!r} contains spaces or control characters")
+        raise DuneConfigurationError(f"{field}, {shown!r}, contains spaces or control characters")
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise DuneConfigurationError(
-            f"the Dune connection host must be an http(s) URL such as {DEFAULT_BASE_URL}, got scheme {scheme!r}"
+            f"{field} must be an http(s) URL such as {DEFAULT_BASE_URL}, got scheme {scheme!r}"
         )
     if parts.username or parts.password or "@" in parts.netloc:
         raise DuneConfigurationError(
-            f"the Dune connection host {shown!r} contains credentials: remove them from the host and put the API "
-            "key in the Password field"
+            f"{field}, {shown!r}, contains credentials: remove them from the URL and put the API key in the "
+            f"{API_KEY_LABEL} field"
         )
     if parts.query or parts.fragment:
-        raise DuneConfigurationError(
-            f"the Dune connection host {shown!r} must be a plain base URL without a query or fragment"
-        )
+        raise DuneConfigurationError(f"{field}, {shown!r}, must be a plain base URL without a query or fragment")
     if not parts.hostname:
-        raise DuneConfigurationError(f"the Dune connection host {shown!r} has no host name")
+        raise DuneConfigurationError(f"{field}, {shown!r}, has no host name")
     if not _valid_host_name(parts.hostname):
-        raise DuneConfigurationError(f"the Dune connection host {shown!r} has an invalid host name {parts.hostname!r}")
+        raise DuneConfigurationError(f"{field}, {shown!r}, has an invalid host name {parts.hostname!r}")
     try:
         url_port = parts.port
     except ValueError:
-        raise DuneConfigurationError(
-            f"the Dune connection host {shown!r} has an invalid port: use a number from 1 to 65535"
-        ) from None
+        raise DuneConfigurationError(f"{field}, {shown!r}, has an invalid port: use a number from 1 to 65535") from None
     if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
-        raise DuneConfigurationError(f"the Dune connection port must be a number from 1 to 65535, got {port!r}")
+        raise DuneConfigurationError(
+            f"the port of {connection_name(conn_id)} must be a number from 1 to 65535, got {port!r}"
+        )
     if scheme == "http" and not is_loopback_host(parts.hostname) and not allow_insecure_http:
         raise DuneConfigurationError(
-            f"refusing to send the Dune API key over plain http to {parts.hostname}: use https://, or set "
-            '"allow_insecure_http": true in the connection extra for a trusted private network'
+            f"refusing to send the Dune API key over plain http to {parts.hostname}: use https:// in {field}, or "
+            f"for a trusted private network turn on {_SETTINGS_BY_NAME['allow_insecure_http'].field(conn_id)}"
         )
     netloc = parts.netloc
     if port and url_port is None:
@@ -128,12 +135,12 @@ def extra_from_connection(conn_id: str, extra: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         position = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
         raise DuneConfigurationError(
-            f"the extra of the Airflow connection {conn_id!r} is not valid JSON{position}: fix it, or empty it to "
-            "use the defaults"
+            f"the extra of {connection_name(conn_id)} is not valid JSON{position}: fix it, or empty it to use the "
+            "defaults"
         ) from None
     if not isinstance(value, dict):
         raise DuneConfigurationError(
-            f"the extra of the Airflow connection {conn_id!r} must be a JSON object, got {type(value).__name__}"
+            f"the extra of {connection_name(conn_id)} must be a JSON object, got {type(value).__name__}"
         )
     return value
 
@@ -158,10 +165,11 @@ _TRUE_WORDS = ("1", "true", "yes", "on")
 _FALSE_WORDS = ("0", "false", "no", "off")
 
 
-def read_extra_setting(extra: Mapping[str, Any], name: str) -> Any:
+def read_extra_setting(extra: Mapping[str, Any], name: str, conn_id: str | None = None) -> Any:
     """The validated value of one :data:`~airflow_provider_dune.api.connection_fields.EXTRA_SETTINGS` entry, or its
-    default when the extra leaves it unset."""
+    default when the extra leaves it unset; errors name the form field of connection ``conn_id``."""
     setting = _SETTINGS_BY_NAME[name]
+    field = setting.field(conn_id)
     value = _extra_value(extra, name)
     if value is None:
         return setting.default
@@ -170,22 +178,22 @@ def read_extra_setting(extra: Mapping[str, Any], name: str) -> Any:
             return value
         if str(value).lower() in _TRUE_WORDS + _FALSE_WORDS:
             return str(value).lower() in _TRUE_WORDS
-        raise DuneConfigurationError(f"connection extra '{name}' must be true or false, got {value!r}")
+        raise DuneConfigurationError(f"{field} must be true or false, got {value!r}")
     try:
         if isinstance(value, bool):
             raise TypeError
         number = float(value)
     except (TypeError, ValueError):
-        raise DuneConfigurationError(f"connection extra '{name}' must be a number, got {value!r}") from None
+        raise DuneConfigurationError(f"{field} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise DuneConfigurationError(f"connection extra '{name}' must be a finite number, got {value!r}")
+        raise DuneConfigurationError(f"{field} must be a finite number, got {value!r}")
     if setting.kind == "integer" and not number.is_integer():
-        raise DuneConfigurationError(f"connection extra '{name}' must be a whole number, got {value!r}")
+        raise DuneConfigurationError(f"{field} must be a whole number, got {value!r}")
     if setting.minimum is not None and number < setting.minimum:
-        raise DuneConfigurationError(f"connection extra '{name}' must be >= {setting.minimum:g}, got {value!r}")
+        raise DuneConfigurationError(f"{field} must be >= {setting.minimum:g}, got {value!r}")
     if setting.zero_or_at_least is not None and 0 < number < setting.zero_or_at_least:
         raise DuneConfigurationError(
-            f"connection extra '{name}' must be 0 (no pacing) or >= {setting.zero_or_at_least:g} a minute, got "
+            f"{field} must be 0 (no pacing) or >= {setting.zero_or_at_least:g} a minute, got "
             f"{value!r}: set it to your Dune plan's budget"
         )
     return int(number) if setting.kind == "integer" else number
@@ -211,16 +219,19 @@ class DuneConnectionSettings:
 
     :param base_url: API base URL, e.g. ``https://api.dune.com/api``.
     :param api_key: the Dune API key (kept out of ``repr``).
+    :param conn_id: the Airflow connection they were read from (named in errors), empty when not known.
     :param timeout: read timeout per request in seconds.
     :param connect_timeout: TCP/TLS connect timeout in seconds.
     :param retry: retry policy for transient failures.
     :param max_datapoints_per_request: the account's cap on rows x columns per results request.
     :param reads_per_minute: the key's read budget the process paces to (0: no pacing).
     :param writes_per_minute: the key's budget of runs started per minute (0: no pacing).
+    :param credit_guard: the credit ceiling and per-run warning threshold.
     """
 
     base_url: str
     api_key: str = field(repr=False)
+    conn_id: str = ""
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -228,6 +239,7 @@ class DuneConnectionSettings:
     max_datapoints_per_request: int = DEFAULT_MAX_DATAPOINTS_PER_REQUEST
     reads_per_minute: float = DEFAULT_READS_PER_MINUTE
     writes_per_minute: float = DEFAULT_WRITES_PER_MINUTE
+    credit_guard: CreditGuard = field(default_factory=CreditGuard)
 
     @property
     def is_loopback(self) -> bool:
@@ -292,8 +304,12 @@ def settings_from_connection(
     port: int | None,
     extra: Mapping[str, Any],
 ) -> DuneConnectionSettings:
-    """Validate connection fields. The key is the Password field, or ``api_key`` in the extra."""
+    """Validate connection fields. The key is the Password field (labeled API Key), or ``api_key`` in the extra."""
     extra = dict(extra or {})
+
+    def setting(name: str) -> Any:
+        return read_extra_setting(extra, name, conn_id)
+
     key_from_extra = False
     api_key = (password or "").strip()
     if not api_key and _extra_value(extra, "api_key") is not None:
@@ -301,25 +317,32 @@ def settings_from_connection(
         key_from_extra = True
     if not api_key:
         raise DuneConfigurationError(
-            f"the Airflow connection {conn_id!r} has no Dune API key: put the key in its Password field "
+            f"{connection_name(conn_id)} has no Dune API key: put the key in its {API_KEY_LABEL} field "
             "(create one at dune.com > Settings > API)"
         )
     try:
         retry = RetryPolicy(
-            max_attempts=read_extra_setting(extra, "max_retries"),
-            min_wait=read_extra_setting(extra, "retry_min_wait"),
-            max_wait=read_extra_setting(extra, "retry_max_wait"),
+            max_attempts=setting("max_retries"),
+            min_wait=setting("retry_min_wait"),
+            max_wait=setting("retry_max_wait"),
         )
     except ValueError as err:
-        raise DuneConfigurationError(f"invalid retry settings in connection {conn_id!r}: {err}") from None
+        raise DuneConfigurationError(f"invalid retry settings in {connection_name(conn_id)}: {err}") from None
     return DuneConnectionSettings(
-        base_url=normalize_base_url(host, port, allow_insecure_http=read_extra_setting(extra, "allow_insecure_http")),
+        base_url=normalize_base_url(host, port, allow_insecure_http=setting("allow_insecure_http"), conn_id=conn_id),
+        conn_id=conn_id,
         api_key=api_key,
-        timeout=read_extra_setting(extra, "timeout"),
-        connect_timeout=read_extra_setting(extra, "connect_timeout"),
+        timeout=setting("timeout"),
+        connect_timeout=setting("connect_timeout"),
         retry=retry,
         key_from_extra=key_from_extra,
-        max_datapoints_per_request=read_extra_setting(extra, "max_datapoints_per_request"),
-        reads_per_minute=read_extra_setting(extra, "reads_per_minute"),
-        writes_per_minute=read_extra_setting(extra, "writes_per_minute"),
+        max_datapoints_per_request=setting("max_datapoints_per_request"),
+        reads_per_minute=setting("reads_per_minute"),
+        writes_per_minute=setting("writes_per_minute"),
+        credit_guard=CreditGuard(
+            credit_limit=setting("credit_limit"),
+            credit_limit_percent=setting("credit_limit_percent"),
+            start_when_usage_unknown=setting("start_when_usage_unknown"),
+            run_credit_warning=setting("run_credit_warning"),
+        ),
     )

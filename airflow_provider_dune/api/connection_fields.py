@@ -22,6 +22,22 @@ MIN_REQUESTS_PER_MINUTE = 1
 #: Dune's default cap on datapoints (rows x columns) per results request; an account setting.
 DEFAULT_MAX_DATAPOINTS_PER_REQUEST = 250_000
 
+#: The connection form's label of Airflow's Password field, which holds the API key.
+API_KEY_LABEL = "API Key"
+#: The connection form's label of Airflow's Host field (the form adds "(optional)").
+BASE_URL_LABEL = "API base URL"
+
+
+def connection_name(conn_id: str | None) -> str:
+    """``Airflow connection 'dune_default'``, or ``the Airflow connection`` when the id is not known."""
+    return f"Airflow connection {conn_id!r}" if conn_id else "the Airflow connection"
+
+
+def form_field(label: str, conn_id: str | None = None) -> str:
+    """How messages name a field of the connection form, by its label: ``the API Key field of Airflow
+    connection 'dune_default'``."""
+    return f"the {label} field of {connection_name(conn_id)}"
+
 
 @dataclass(frozen=True)
 class ExtraSetting:
@@ -45,8 +61,13 @@ class ExtraSetting:
     minimum: float | None = None
     zero_or_at_least: float | None = None
 
+    def field(self, conn_id: str | None = None) -> str:
+        """How messages name this setting: its form label, and its key for an extra written as JSON."""
+        return f"the {self.label} field ({self.name} in the extra) of {connection_name(conn_id)}"
 
-#: Every setting the connection's extra may hold, in form order. The API key is not here: it is the Password.
+
+#: Every setting the connection's extra may hold, in form order. The API key is not here: it is the Password
+#: field, labeled :data:`API_KEY_LABEL`.
 EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
     ExtraSetting(
         "timeout",
@@ -119,6 +140,39 @@ EXTRA_SETTINGS: tuple[ExtraSetting, ...] = (
         "Your Dune account's cap on rows x columns per results request (default "
         f"{DEFAULT_MAX_DATAPOINTS_PER_REQUEST:,}); result pages are sized to stay under it.",
         minimum=1,
+    ),
+    ExtraSetting(
+        "credit_limit",
+        "Credit ceiling (credits)",
+        "number",
+        0,
+        "Refuse to start billed runs once this billing period used this many credits (checked before every "
+        "start, at most one usage read a minute; default 0: no ceiling).",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "credit_limit_percent",
+        "Credit ceiling (% of included)",
+        "number",
+        0,
+        "The same ceiling as a percentage of your plan's included credits, e.g. 90 (default 0: none). With both "
+        "set, the lower applies.",
+        minimum=0,
+    ),
+    ExtraSetting(
+        "start_when_usage_unknown",
+        "Start when usage is unknown",
+        "boolean",
+        False,
+        "With a credit ceiling set, start runs even when Dune's usage cannot be read (default: refuse).",
+    ),
+    ExtraSetting(
+        "run_credit_warning",
+        "Warn above (credits per run)",
+        "number",
+        0,
+        "Log a warning when one run cost more than this many credits (default 0: never).",
+        minimum=0,
     ),
     ExtraSetting(
         "allow_insecure_http",

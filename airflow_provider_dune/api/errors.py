@@ -10,6 +10,16 @@ from email.utils import parsedate_to_datetime
 
 from airflow.exceptions import AirflowException
 
+from airflow_provider_dune.api.connection_fields import (
+    API_KEY_LABEL,
+    BASE_URL_LABEL,
+    EXTRA_SETTINGS,
+    connection_name,
+)
+from airflow_provider_dune.version_compat import AirflowFailException
+
+_LABELS = {setting.name: setting.label for setting in EXTRA_SETTINGS}
+
 
 class DuneError(AirflowException):
     """Base class of every error raised by this provider."""
@@ -26,6 +36,7 @@ class DuneAPIError(DuneError):
     :param http_status: HTTP status code, ``None`` when no response was received.
     :param endpoint: the request, e.g. ``GET /v1/pipelines/executions/{pipeline_execution_id}/status for
         pipeline execution 01H...``.
+    :param conn_id: the Airflow connection the request used; hints that name one of its fields name it too.
     """
 
     def __init__(
@@ -35,21 +46,24 @@ class DuneAPIError(DuneError):
         http_status: int | None = None,
         endpoint: str | None = None,
         retry_after: float | None = None,
+        conn_id: str | None = None,
     ) -> None:
         self.message = message
         self.http_status = http_status
         self.endpoint = endpoint
         self.retry_after = retry_after
+        self.conn_id = conn_id
         #: Set on errors of a request that starts a billed run when Dune may have started it anyway.
         self.may_have_started_run = False
         super().__init__(self._format())
 
+    #: What to do, appended to the message; ``{connection}`` becomes the connection's name (see ``conn_id``).
     hint: str = ""
 
     def _format(self) -> str:
         where = f" on {self.endpoint}" if self.endpoint else ""
         code = f"HTTP {self.http_status}" if self.http_status is not None else "no response"
-        hint = f" {self.hint}" if self.hint else ""
+        hint = f" {self.hint.format(connection=connection_name(self.conn_id))}" if self.hint else ""
         message = self.message.rstrip(".")
         return f"Dune API error ({code}){where}: {message}.{hint}"
 
@@ -64,6 +78,12 @@ class DuneAPIError(DuneError):
             self.may_have_started_run = True
             self.add_detail(detail)
 
+    def name_connection(self, conn_id: str) -> None:
+        """Name the Airflow connection in the hint (the hook does, once it knows which one was used)."""
+        if conn_id and conn_id != self.conn_id:
+            self.conn_id = conn_id
+            self.args = (self._format(),)
+
     def redact(self, secret: str) -> None:
         """Remove ``secret`` (the API key) from the message, e.g. when a server echoed it back."""
         redacted = redact(self.message, secret)
@@ -75,7 +95,15 @@ class DuneAPIError(DuneError):
         # Keep keyword-only arguments across pickling (Airflow may pickle exceptions between processes).
         return (
             _rebuild_error,
-            (type(self), self.message, self.http_status, self.endpoint, self.retry_after, self.may_have_started_run),
+            (
+                type(self),
+                self.message,
+                self.http_status,
+                self.endpoint,
+                self.retry_after,
+                self.may_have_started_run,
+                self.conn_id,
+            ),
         )
 
 
@@ -110,8 +138,9 @@ def _rebuild_error(
     endpoint: str | None,
     retry_after: float | None,
     may_have_started_run: bool = False,
+    conn_id: str | None = None,
 ) -> DuneAPIError:
-    error = cls(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after)
+    error = cls(message, http_status=status_code, endpoint=endpoint, retry_after=retry_after, conn_id=conn_id)
     error.may_have_started_run = may_have_started_run
     return error
 
@@ -124,8 +153,8 @@ class DuneAuthError(DuneAPIError):
     """The API key is missing, invalid (401) or lacks the permission needed (403)."""
 
     hint = (
-        "Check the API key in the Password field of the Airflow connection; executing pipelines and refreshing "
-        "materialized views needs a Read/Write key."
+        f"Check the {API_KEY_LABEL} field of {{connection}}; executing pipelines and refreshing materialized views "
+        "needs a Read/Write key."
     )
 
 
@@ -155,8 +184,9 @@ class DuneDatapointLimitError(DuneBadRequestError):
 
     hint = (
         "Dune caps each results request at the account's datapoints-per-request limit (250,000 by default). "
-        "Set max_datapoints_per_request in the Dune connection's extra to your account's limit, or lower the "
-        "operator's page_size; pages are then sized to stay under it."
+        f"Set the {_LABELS['max_datapoints_per_request']} field of {{connection}} (max_datapoints_per_request in "
+        "its extra) to your account's limit, or lower the operator's page_size; pages are then sized to stay under "
+        "it."
     )
 
 
@@ -176,13 +206,20 @@ class DuneCreditsExhaustedError(DuneAPIError):
     hint = "Raise the credit limit of the Dune team or wait for the next billing cycle; retrying will not help."
 
 
+class DuneCreditLimitError(DuneError, AirflowFailException):
+    """The connection's credit guard refused a billed start: the period's credits reached its ceiling.
+
+    Nothing was sent; the task fails without retries (the period's usage only grows until it ends).
+    """
+
+
 class DuneRateLimitError(DuneAPIError):
     """Too many requests for the plan's rate limit (429)."""
 
     hint = (
-        "Set the connection's reads_per_minute/writes_per_minute to your plan and, when several processes use the "
-        "key, [dune] budget_share; or lower the polling frequency (poll_interval) or the number of concurrent "
-        "Dune tasks."
+        f"Set the {_LABELS['reads_per_minute']} and {_LABELS['writes_per_minute']} fields of {{connection}} "
+        "(reads_per_minute/writes_per_minute in its extra) to your plan and, when several processes use the key, "
+        "[dune] budget_share; or lower the polling frequency (poll_interval) or the number of concurrent Dune tasks."
     )
 
 
@@ -205,9 +242,10 @@ class DuneConnectionError(DuneAPIError):
         endpoint: str | None = None,
         retry_after: float | None = None,
         request_sent: bool = True,
+        conn_id: str | None = None,
     ) -> None:
         self.request_sent = request_sent
-        super().__init__(message, http_status=http_status, endpoint=endpoint, retry_after=retry_after)
+        super().__init__(message, http_status=http_status, endpoint=endpoint, retry_after=retry_after, conn_id=conn_id)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (
@@ -220,6 +258,7 @@ class DuneConnectionError(DuneAPIError):
                 self.retry_after,
                 self.request_sent,
                 self.may_have_started_run,
+                self.conn_id,
             ),
         )
 
@@ -232,6 +271,7 @@ def _rebuild_connection_error(
     retry_after: float | None,
     request_sent: bool,
     may_have_started_run: bool = False,
+    conn_id: str | None = None,
 ) -> DuneConnectionError:
     error = cls(
         message,
@@ -239,6 +279,7 @@ def _rebuild_connection_error(
         endpoint=endpoint,
         retry_after=retry_after,
         request_sent=request_sent,
+        conn_id=conn_id,
     )
     error.may_have_started_run = may_have_started_run
     return error
@@ -248,8 +289,8 @@ class DuneTLSError(DuneConnectionError):
     """The server's TLS certificate could not be verified; nothing was sent, and retrying will not help."""
 
     hint = (
-        "Check the connection's host. Behind a TLS-inspecting proxy, point REQUESTS_CA_BUNDLE / SSL_CERT_FILE at "
-        "its CA certificate."
+        f"Check the {BASE_URL_LABEL} field of {{connection}}. Behind a TLS-inspecting proxy, point "
+        "REQUESTS_CA_BUNDLE / SSL_CERT_FILE at its CA certificate."
     )
 
 
@@ -260,7 +301,7 @@ class DuneResponseError(DuneAPIError):
 class DuneRedirectError(DuneAPIError):
     """The server answered with a redirect (3xx); the provider never follows one, so the key stays put."""
 
-    hint = "Set the connection's host to the URL the redirect points to, if you trust it."
+    hint = f"Set the {BASE_URL_LABEL} field of {{connection}} to the URL the redirect points to, if you trust it."
 
 
 _STATUS_CLASSES: dict[int, type[DuneAPIError]] = {

@@ -125,15 +125,23 @@ class PipelineNodeStatus:
         """Started and not finished: the node can still be cancelled with its execution id."""
         return bool(self.execution_id) and not self.state.is_terminal
 
-    def describe(self) -> str:
-        """One line for logs and failure messages."""
-        name = f"node {self.node_id}" if self.node_id is not None else f"node #{self.position}"
-        text = f"{name} ({self.label}): {self.state.value}"
+    @property
+    def name(self) -> str:
+        """``node 2 (query 1001)``: the node's id (or place in Dune's list) and what it runs."""
+        number = f"node {self.node_id}" if self.node_id is not None else f"node #{self.position}"
+        return f"{number} ({self.label})"
+
+    def describe(self, execution: ExecutionStatus | None = None) -> str:
+        """One line for logs and failure messages: ``node 2 (query 1001): <Dune's error>``, or the state.
+
+        :param execution: the node's execution status, whose error carries the SQL error's line and column.
+        """
+        error = execution.error_text() if execution is not None else None
+        if error or self.error:
+            return f"{self.name}: {error or self.error}"
         if self.state is RunState.UNKNOWN:
-            text += f" (unrecognised Dune state {self.raw_state!r})"
-        if self.error:
-            text += f": {self.error}"
-        return text
+            return f"{self.name}: unrecognised Dune state {self.raw_state!r}"
+        return f"{self.name}: {self.state.value}"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -275,23 +283,38 @@ class PipelineStatus:
                 parts.append(f"{len(nodes)} {word} ({_name_nodes(nodes)})")
         return ", ".join(parts)
 
-    def failure_message(self) -> str:
-        """Multi-line explanation naming each failed node with Dune's error text."""
+    def failure_message(self, executions: Mapping[str, ExecutionStatus] | None = None, *, brief: bool = False) -> str:
+        """Why the pipeline did not succeed, each cause stated once: ``Dune pipeline 01H... failed: node 2
+        (query 1001): line 3:8: Column 'x' cannot be resolved``.
+
+        :param executions: node execution statuses by execution id, when read: their errors say where in the
+            SQL it failed (the pipeline status repeats a shorter form of the same error).
+        :param brief: name the nodes that failed without Dune's error text (a trigger event's message: the task
+            states the error once, from the status it reads).
+        """
         if self.state is RunState.COMPLETED and not self.nodes:
             return (
                 f"Dune says pipeline {self.pipeline_execution_id} completed but lists no node executions, so its "
                 "success cannot be confirmed. Check the run on dune.com before relying on its data."
             )
-        lines = [
-            f"Dune pipeline {self.pipeline_execution_id} ended {self.outcome.value} "
-            f"(Dune status {self.raw_state!r}): {self.progress_summary()}."
-        ]
-        if self.error:
-            lines.append(f"Pipeline error: {self.error}")
-        for node in self.nodes:
-            if node.state is not RunState.COMPLETED:
-                lines.append(f"  - {node.describe()}")
-        return "\n".join(lines)
+        executions = executions or {}
+        outcome = self.outcome
+        verb = {
+            PipelineOutcome.FAILED: "failed",
+            PipelineOutcome.CANCELLED: "was cancelled",
+            PipelineOutcome.RUNNING: "is still running",
+        }.get(outcome, "ended in a state that is not a success")
+        failed = [n for n in self.nodes if n.state.is_failure or n.state in (RunState.EXPIRED, RunState.UNKNOWN)]
+        if brief:
+            named = ", ".join(f"{n.name} {n.state.value}" for n in failed) or f"Dune status {self.raw_state!r}"
+            return f"Dune pipeline {self.pipeline_execution_id} {verb}: {named}"
+        causes = [n.describe(executions.get(n.execution_id or "")) for n in failed]
+        node_errors = [n.error for n in self.nodes if n.error]
+        if self.error and not any(e in self.error or self.error in e for e in node_errors):
+            causes.append(f"pipeline error: {self.error}")
+        if not causes:
+            causes.append(f"Dune status {self.raw_state!r}, {self.progress_summary()}")
+        return f"Dune pipeline {self.pipeline_execution_id} {verb}: {'; '.join(causes)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -358,8 +381,8 @@ def parse_result_metadata(raw: Any) -> ResultMetadata | None:
     if not isinstance(raw, Mapping) or not _METADATA_KEYS.intersection(raw):
         return None
     return ResultMetadata(
-        column_names=tuple(str(c) for c in raw.get("column_names") or ()),
-        column_types=tuple(str(c) for c in raw.get("column_types") or ()),
+        column_names=tuple(str(c) for c in _opt_list(raw.get("column_names"))),
+        column_types=tuple(str(c) for c in _opt_list(raw.get("column_types"))),
         row_count=_opt_int(raw.get("row_count")),
         total_row_count=_opt_int(raw.get("total_row_count")),
         datapoint_count=_opt_int(raw.get("datapoint_count")),
@@ -423,26 +446,37 @@ class ExecutionStatus:
             text += f" (queue position {self.queue_position})"
         return text
 
-    def failure_message(self) -> str:
-        """Explanation for a run that did not succeed, with Dune's error text."""
+    def failure_message(self, *, brief: bool = False) -> str:
+        """Why the run did not succeed, with Dune's error text: ``Dune execution 01H... of query 1001 failed:
+        line 3:8: ...``; ``brief`` leaves the error text out (a trigger event's message)."""
         subject = f"Dune execution {self.execution_id}" + (f" of query {self.query_id}" if self.query_id else "")
         if self.state is RunState.COMPLETED_PARTIAL:
             return (
                 f"{subject} completed only partially: the result was truncated by Dune's limits. "
                 "Set allow_partial_results=True to accept a partial result."
             )
-        return f"{subject} ended {self.outcome.value}: {self.describe()}"
+        verb = {PipelineOutcome.FAILED: "failed", PipelineOutcome.CANCELLED: "was cancelled"}.get(
+            self.outcome, f"ended {self.outcome.value}"
+        )
+        if brief:
+            return f"{subject} {verb}"
+        return f"{subject} {verb}: {self.error_text() or self.progress_summary()}"
+
+    def error_text(self) -> str | None:
+        """Dune's error message and where in the SQL it is (``Column 'x' cannot be resolved (line 3, column 8)``);
+        ``error_type`` (e.g. ``FAILED_TYPE_EXECUTION_FAILED``) says nothing more and stays out."""
+        if not self.error_message:
+            return None
+        return f"{self.error_message}{error_location(self.error_message, self.error_line, self.error_column)}"
 
     def describe(self) -> str:
         text = f"execution {self.execution_id}: {self.state.value}"
         if self.state is RunState.UNKNOWN:
             text += f" (unrecognised Dune state {self.raw_state!r})"
-        if self.error_message:
-            kind = f"{self.error_type}: " if self.error_type else ""
-            text += (
-                f": {kind}{self.error_message}{error_location(self.error_message, self.error_line, self.error_column)}"
-            )
-        return text
+        error = self.error_text()
+        if error and self.error_type:
+            error = f"{self.error_type}: {error}"
+        return f"{text}: {error}" if error else text
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -608,10 +642,6 @@ class ResultPage:
     next_offset: int | None = None
     next_uri: str | None = None
     error_message: str | None = None
-
-    @property
-    def has_more(self) -> bool:
-        return self.next_offset is not None or self.next_uri is not None
 
 
 def parse_result_page(body: Any) -> ResultPage:

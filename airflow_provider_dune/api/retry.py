@@ -59,11 +59,11 @@ class RetryPolicy:
         if isinstance(error, DuneRateLimitError):
             return True
         if isinstance(error, DuneServerError):
-            return not request.starts_run or error.http_status in _UNPROCESSED_SERVER_CODES
+            return request.endpoint.retry_safe or error.http_status in _UNPROCESSED_SERVER_CODES
         if isinstance(error, DuneConnectionError):
-            return not request.starts_run or not error.request_sent
+            return request.endpoint.retry_safe or not error.request_sent
         if isinstance(error, DuneResponseError):
-            return not request.starts_run
+            return request.endpoint.retry_safe
         return False
 
     def wait_seconds(self, attempt: int, error: BaseException | None, rng: random.Random | None = None) -> float:
@@ -85,7 +85,7 @@ def may_have_started_run(request: DuneRequest, error: BaseException) -> bool:
     connection dropped after sending, a 5xx other than 503, or a 2xx whose body could not be read. A 429, a
     503, a refused connection or a 4xx means Dune did not start anything.
     """
-    if not request.starts_run:
+    if request.endpoint.retry_safe:
         return False
     if isinstance(error, DuneConnectionError):
         return error.request_sent and not isinstance(error, DuneTLSError)
@@ -96,9 +96,10 @@ def may_have_started_run(request: DuneRequest, error: BaseException) -> bool:
 
 def describe_unsafe_retry(request: DuneRequest) -> str:
     """Why an execute call was not retried, for the error message."""
-    if request.effect != "started a run":
+    effect = request.endpoint.effect
+    if effect != "started a run":
         return (
-            f"{request.description} may have reached Dune and {request.effect}, so it was not retried to avoid "
+            f"{request.description} may have reached Dune and {effect}, so it was not retried to avoid "
             "doing it twice. Check on dune.com before running it again."
         )
     return (

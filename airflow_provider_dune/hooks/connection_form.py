@@ -13,12 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_dune.api.connection_fields import DEFAULT_BASE_URL, EXTRA_SETTINGS, ExtraSetting
+from airflow_provider_dune.api.connection_fields import (
+    API_KEY_LABEL,
+    BASE_URL_LABEL,
+    DEFAULT_BASE_URL,
+    EXTRA_SETTINGS,
+    ExtraSetting,
+)
 
 HIDDEN_FIELDS = ("schema", "login", "port")
-RELABELING = {"password": "API Key", "host": "API base URL (optional)"}
+RELABELING = {"password": API_KEY_LABEL, "host": f"{BASE_URL_LABEL} (optional)"}
+#: The example DAG that checks a connection from the UI where the form's Test button cannot (Airflow <= 3.3.2).
+CONNECTION_CHECK_DAG_ID = "dune_connection_check"
 PLACEHOLDERS = {
-    "password": "Dune API key (dune.com > Settings > API)",
+    "password": f"Dune API key (dune.com > Settings > API); to check it, trigger the {CONNECTION_CHECK_DAG_ID} DAG",
     "host": DEFAULT_BASE_URL,
 }
 

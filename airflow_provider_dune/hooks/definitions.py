@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 from airflow_provider_dune.api import endpoints
 from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition, TableDefinition
-from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError, DuneResponseError
 from airflow_provider_dune.api.models import (
     ExecutionStarted,
@@ -30,7 +29,7 @@ class DuneDefinitionsMixin:
     """Queries, SQL and views as code; mixed into ``DuneHook`` (which provides ``run``, ``_start``, ``settings``)."""
 
     run: Callable[..., Any]
-    _start: Callable[[DuneRequest, Callable[[Any], Any]], Any]
+    _start: Callable[..., Any]
     settings: Any
 
     # -- saved queries ---------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import platform
@@ -24,10 +23,13 @@ from airflow_provider_dune.api.connection import (
     missing_connection_message,
     settings_from_connection,
 )
+from airflow_provider_dune.api.connection_fields import connection_name
+from airflow_provider_dune.api.credits import USAGE_CACHE
 from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import (
     DuneAPIError,
     DuneConfigurationError,
+    DuneCreditLimitError,
     DuneError,
     DuneRateLimitError,
     DuneResponseError,
@@ -55,7 +57,7 @@ from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
 from airflow_provider_dune.hooks import connection_form
 from airflow_provider_dune.hooks.definitions import DuneDefinitionsMixin
-from airflow_provider_dune.utils import transport
+from airflow_provider_dune.utils import metrics, transport
 from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
 from airflow_provider_dune.utils.config import budget_share
 from airflow_provider_dune.utils.log_safety import (
@@ -75,6 +77,8 @@ PACING_LOG_SECONDS = 5.0
 
 USER_AGENT = f"airflow-provider-dune/{__version__} apache-airflow/{AIRFLOW_VERSION} python/{platform.python_version()}"
 API_KEY_HEADER = "X-Dune-Api-Key"
+#: The usage read is a cheap check (connection test, credit guard): give up quickly.
+USAGE_RETRY = RetryPolicy(max_attempts=2, max_wait=2)
 
 
 class DuneHook(DuneDefinitionsMixin, BaseHook):
@@ -84,9 +88,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     triggers) and use an ``httpx.AsyncClient`` shared by all hooks in the same event loop (a triggerer polls for
     many tasks): release it with :meth:`aclose` or ``async with hook:``.
 
-    :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field, an optional
-        Host overrides the base URL. Extra fields: ``timeout``, ``connect_timeout``, ``max_retries``,
-        ``retry_min_wait``, ``retry_max_wait``, ``allow_insecure_http``.
+    :param dune_conn_id: Airflow connection of type ``dune``; the API key is its Password field (labeled API
+        Key in the form), an optional Host (labeled API base URL) overrides the base URL. Extra fields:
+        ``timeout``, ``connect_timeout``, ``max_retries``, ``retry_min_wait``, ``retry_max_wait``,
+        ``allow_insecure_http``.
     :param timeout: read timeout per request in seconds (overrides the connection's ``timeout``).
     :param max_retries: total tries per request, including the first (overrides ``max_retries``).
     :param retry_min_wait: first backoff step in seconds.
@@ -130,7 +135,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """The connection form on Airflow 2.11-3.1 (3.2+ reads it from the provider info): the API key goes in
-        Password, Host is an optional base URL, unused fields are hidden."""
+        Password (labeled API Key), Host is an optional base URL, unused fields are hidden."""
         return connection_form.ui_field_behaviour()
 
     @classmethod
@@ -256,7 +261,7 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         def log_retry(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             attempt, retries = state.attempt_number, policy.max_attempts - 1
-            if isinstance(error, DuneRateLimitError):  # the key's pacer holds the retry back (see _pause)
+            if isinstance(error, DuneRateLimitError):  # the key's pacer holds the retry back (see _send)
                 self.log.warning("%s; retry %d/%d once the API key's cooldown is over", error, attempt, retries)
                 return
             wait = state.next_action.sleep if state.next_action else 0.0
@@ -276,8 +281,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     @staticmethod
     def _finish_error(request: DuneRequest, settings: DuneConnectionSettings, error: DuneAPIError) -> None:
-        """Last touches on an error leaving the hook: never the key in its text; say if a run may have started."""
+        """Last touches on an error leaving the hook: never the key in its text; the connection named in its
+        hint; say if a run may have started."""
         error.redact(settings.api_key)
+        error.name_connection(settings.conn_id)
         if may_have_started_run(request, error):
             error.mark_may_have_started_run(describe_unsafe_retry(request))
 
@@ -297,39 +304,40 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     @staticmethod
     def _pacer(request: DuneRequest, settings: DuneConnectionSettings) -> KeyPacer:
         """The pacer of the budget ``request`` draws on: Dune counts runs started and everything else apart."""
-        return PACERS.get(settings.base_url, settings.api_key, "write" if request.starts_run else "read")
+        return PACERS.get(settings.base_url, settings.api_key, request.endpoint.bucket)
 
     @staticmethod
     def _per_minute(request: DuneRequest, settings: DuneConnectionSettings) -> float:
         """This process's share of the key's budget for ``request`` (``[dune] budget_share``)."""
-        per_minute = settings.writes_per_minute if request.starts_run else settings.reads_per_minute
+        per_minute = settings.writes_per_minute if request.endpoint.bucket == "write" else settings.reads_per_minute
         return per_minute * budget_share()
 
-    def _pause(self, request: DuneRequest, settings: DuneConnectionSettings) -> float:
-        """Seconds to hold ``request`` back: the key's cooldown after a 429 and its slot in the key's budget, both
-        shared by every hook in the process. The task's :attr:`deadline` comes first: its last read (and the cancel
-        after it) goes out at the deadline, outside the budget, rather than after a wait that could last minutes."""
-        per_minute = self._per_minute(request, settings)
-        latest = None if self.deadline is None else max(0.0, self.deadline - time.time())
-        pacer = self._pacer(request, settings)
-        pause = pacer.reserve(per_minute, latest=latest)
-        if pause >= PACING_LOG_SECONDS and (latest is None or pause < latest):
-            # The budget stretching the wait between reads beyond poll_interval is worth a line in the task log.
+    def _latest(self) -> float | None:
+        """Seconds until :attr:`deadline`: a task's last read (and the cancel after it) goes out then, outside the
+        budget, rather than after a wait for a slot that could last minutes."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+    def _log_budget_wait(self, request: DuneRequest, pacer: KeyPacer, per_minute: float, seconds: float) -> None:
+        """Say when the key's budget (or its cooldown after a 429) held a request back long enough to stretch the
+        wait between reads (every wait goes to the ``dune.budget_wait`` metric)."""
+        if seconds > 0:
+            metrics.budget_waited(request.endpoint.bucket, seconds)
+        if seconds >= PACING_LOG_SECONDS:
             self.log.info(
                 "A %.1fs wait for a slot in the API key's budget (%g %s a minute, %d more waiting in this process) "
                 "before %s",
-                pause,
+                seconds,
                 per_minute * pacer.fraction,
-                "runs started" if request.starts_run else "reads",
-                max(0, pacer.booked_ahead(per_minute) - 1),
+                "runs started" if request.endpoint.bucket == "write" else "reads",
+                pacer.queued(),
                 request.description,
             )
-        return pause
 
     def _decode(
         self, request: DuneRequest, settings: DuneConnectionSettings, status: int, content: bytes, headers: Any
     ) -> Any:
         """Decode a response, and tell the key's pacer (shared by all hooks) how it went."""
+        metrics.request_sent(request.endpoint.name, status)
         pacer = self._pacer(request, settings)
         try:
             body = decode_response(request, status, content, headers, secret=settings.api_key)
@@ -348,8 +356,8 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         return body
 
     def _send(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._pause(request, settings):
-            time.sleep(pause)
+        pacer, per_minute = self._pacer(request, settings), self._per_minute(request, settings)
+        self._log_budget_wait(request, pacer, per_minute, pacer.wait(per_minute, latest=self._latest()))
         answer = transport.send(self.get_conn(), request, settings.base_url + request.path, settings.limits)
         return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
 
@@ -367,8 +375,8 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _asend(self, request: DuneRequest, settings: DuneConnectionSettings) -> Any:
-        if pause := self._pause(request, settings):
-            await asyncio.sleep(pause)
+        pacer, per_minute = self._pacer(request, settings), self._per_minute(request, settings)
+        self._log_budget_wait(request, pacer, per_minute, await pacer.await_turn(per_minute, latest=self._latest()))
         client = await self.aget_client()
         answer = await transport.asend(
             client,
@@ -380,14 +388,50 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         return self._decode(request, settings, answer.status_code, answer.content, answer.headers)
 
     def _start(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
-        """Send a request that starts a billed run and read its answer; an unreadable answer to an accepted
-        request may still mean Dune started the run, and the error says so."""
+        """Send a request that starts a run or writes data and read its answer; an unreadable answer to an
+        accepted request may still mean Dune started the run, and the error says so. Before a billed start
+        the connection's credit guard checks the period's credits."""
+        if request.endpoint.billed:
+            self.check_credit_guard()
         body = self.run(request)
         return _parse_start_answer(request, self.settings, parse, body)
 
     async def _astart(self, request: DuneRequest, parse: Callable[[Any], T]) -> T:
+        if request.endpoint.billed:
+            await self.acheck_credit_guard()
         body = await self.arun(request)
         return _parse_start_answer(request, await self.aget_settings(), parse, body)
+
+    def check_credit_guard(self) -> None:
+        """Raise :class:`~airflow_provider_dune.api.errors.DuneCreditLimitError` when the connection's credit
+        ceiling is reached (one usage read a minute per key and process; nothing to do without a ceiling)."""
+        settings = self.settings
+        if not settings.credit_guard.active:
+            return
+        cache_key = USAGE_CACHE.key(settings.base_url, settings.api_key)
+        usage, reason = USAGE_CACHE.get(cache_key), None
+        if usage is None:
+            try:
+                usage = self.get_usage()
+                USAGE_CACHE.put(cache_key, usage)
+            except DuneError as err:
+                reason = str(err)
+        _enforce_credit_guard(settings, usage, self.dune_conn_id, reason)
+
+    async def acheck_credit_guard(self) -> None:
+        """:meth:`check_credit_guard` for the triggerer."""
+        settings = await self.aget_settings()
+        if not settings.credit_guard.active:
+            return
+        cache_key = USAGE_CACHE.key(settings.base_url, settings.api_key)
+        usage, reason = USAGE_CACHE.get(cache_key), None
+        if usage is None:
+            try:
+                usage = await self.aget_usage()
+                USAGE_CACHE.put(cache_key, usage)
+            except DuneError as err:
+                reason = str(err)
+        _enforce_credit_guard(settings, usage, self.dune_conn_id, reason)
 
     # -- pipelines ----------------------------------------------------------------------------------------
 
@@ -579,11 +623,16 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
     # -- account ------------------------------------------------------------------------------------------
 
     def get_usage(self) -> CreditUsage:
-        """Credits used in the current billing period."""
-        return parse_usage(self.run(endpoints.get_usage(), retry=RetryPolicy(max_attempts=2, max_wait=2)))
+        """Credits used in the current billing period (free; counted in the key's read budget)."""
+        return parse_usage(self.run(endpoints.get_usage(), retry=USAGE_RETRY))
+
+    async def aget_usage(self) -> CreditUsage:
+        return parse_usage(await self.arun(endpoints.get_usage(), retry=USAGE_RETRY))
 
     def test_connection(self) -> tuple[bool, str]:
-        """One cheap authenticated call; used by the "Test" button of the connection form."""
+        """One authenticated call that costs no credits (``POST /v1/usage``): used by the connection form's
+        Test button, ``airflow connections test`` and the ``dune_connection_check`` example DAG. The message
+        gives the credits used of those the plan includes this billing period, or the error (never the key)."""
         try:
             usage = self.get_usage()
         except DuneError as err:
@@ -591,8 +640,9 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         detail = ""
         if usage.credits_used is not None:
             included = f" of {usage.credits_included:g}" if usage.credits_included is not None else ""
-            detail = f"; {usage.credits_used:g}{included} credits used this billing period"
-        return True, f"Connected to Dune at {self.settings.base_url}{detail}"
+            period = f" ({usage.period_start} to {usage.period_end})" if usage.period_start and usage.period_end else ""
+            detail = f"; {usage.credits_used:g}{included} credits used this billing period{period}"
+        return True, f"Connected to Dune at {self.settings.base_url} with {connection_name(self.dune_conn_id)}{detail}"
 
 
 @contextlib.contextmanager
@@ -606,6 +656,18 @@ def _explain_missing_connection(conn_id: str) -> Iterator[None]:
         # Airflow 3.0/3.1 report an AIRFLOW_CONN_* variable they could not parse as a missing connection.
         problem = env_connection_problem(conn_id, os.environ)
         raise (problem or DuneConfigurationError(missing_connection_message(conn_id))) from None
+
+
+def _enforce_credit_guard(
+    settings: DuneConnectionSettings, usage: CreditUsage | None, conn_id: str, unknown_reason: str | None
+) -> None:
+    refusal = settings.credit_guard.refusal(usage, conn_id, unknown_reason=unknown_reason)
+    if refusal is None:
+        return
+    if usage is None:
+        # Nothing was sent and the usage may be readable on the next try: Airflow's retries stay.
+        raise DuneError(refusal)
+    raise DuneCreditLimitError(refusal)
 
 
 def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 Subclasses say how to start a run, read its status, build its trigger and find what to cancel; this base class
 owns the rest: retry re-attach, XCom, deferral, worker-side polling, the timeout, failure messages and
-cancellation. Deferrable and worker-side waiting both go through :func:`~airflow_provider_dune.utils.polling.decide`.
+cancellation. Deferrable and worker-side waiting both go through one
+:class:`~airflow_provider_dune.polling.PollingSession`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
+from airflow_provider_dune.api.credits import run_cost_warning
 from airflow_provider_dune.api.errors import (
     DuneAPIError,
     DuneConfigurationError,
@@ -27,6 +29,7 @@ from airflow_provider_dune.api.errors import (
 from airflow_provider_dune.api.failures import not_retried, permanent_request_failure, permanent_run_failure
 from airflow_provider_dune.api.forecast import observed_duration
 from airflow_provider_dune.api.models import PipelineOutcome
+from airflow_provider_dune.api.run_report import ReportRow, detection_delay, format_report, total_credits
 from airflow_provider_dune.api.validation import (
     validate_optional_seconds,
     validate_performance,
@@ -36,18 +39,21 @@ from airflow_provider_dune.api.validation import (
 )
 from airflow_provider_dune.assets import RefreshedObject, emit_asset_events
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
-from airflow_provider_dune.utils import run_durations, run_registry
-from airflow_provider_dune.utils.config import min_poll_interval
-from airflow_provider_dune.utils.polling import (
+from airflow_provider_dune.polling import (
+    CANCELLED,
+    ERROR,
+    FAILED,
     SUCCESS,
     TIMEOUT,
+    PollingSession,
     PollTarget,
     ReadSchedule,
     Snapshot,
-    decide,
     validate_event,
 )
+from airflow_provider_dune.triggers.base import DunePollingTrigger
+from airflow_provider_dune.utils import metrics, run_durations, run_registry
+from airflow_provider_dune.utils.config import min_poll_interval
 from airflow_provider_dune.utils.unconfirmed import fail_when_unconfirmed
 from airflow_provider_dune.version_compat import AirflowFailException, BaseOperator
 
@@ -82,6 +88,24 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+class RunToWaitFor(NamedTuple):
+    """The run a task waits for: its id, its status when already read, and when this task started it (``None``
+    for a run started earlier: a previous try's, or a finished run that is reused)."""
+
+    run_id: str
+    status: Snapshot | None = None
+    started_at: float | None = None
+
+
+class RunReport(NamedTuple):
+    """A finished run as the task reports it: the return value, the rows of the log's table, and why it did not
+    succeed (when it did not)."""
+
+    summary: dict[str, Any]
+    rows: list[ReportRow]
+    failure: str
+
+
 class DuneRunOperator(BaseOperator):
     """Start a Dune run and (by default) wait for it, in the triggerer when deferrable.
 
@@ -113,6 +137,8 @@ class DuneRunOperator(BaseOperator):
     id_field: str = "execution_id"
     #: Trigger that waits for the run; takes ``id_field`` plus the polling settings as keyword arguments.
     trigger_class: type[DunePollingTrigger]
+    #: What the run is called in metrics (``dune.runs.started.<kind>``).
+    run_kind: str = "query"
     #: What the cancelled things are called in failure messages.
     cancelled_noun: str = "execution(s)"
 
@@ -142,6 +168,8 @@ class DuneRunOperator(BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.run_id: str | None = None
         self._context: Context | None = None
+        #: A final status the worker already holds, so that :meth:`execute_complete` does not read it again.
+        self._final_status: Snapshot | None = None
 
     # -- what subclasses provide --------------------------------------------------------------------------
 
@@ -158,22 +186,19 @@ class DuneRunOperator(BaseOperator):
         """Read the run's current status."""
 
     def build_trigger(
-        self, run_id: str, end_time: float | None, schedule: ReadSchedule | None = None, first_wait: float | None = None
+        self, run_id: str, end_time: float | None, schedule: ReadSchedule, first_wait: float
     ) -> DunePollingTrigger:
         """The trigger that waits for the run in the triggerer (:attr:`trigger_class`, keyed by :attr:`id_field`).
 
-        Called right after a status read, so the trigger's first read waits ``first_wait`` (default: one poll
-        interval).
+        Called right after a status read, so the trigger's first read waits ``first_wait`` seconds.
         """
-        schedule = schedule or self.read_schedule(None, [])
-        wait = self.poll_interval if first_wait is None else first_wait
         return self.trigger_class(
             **{self.id_field: run_id},
             dune_conn_id=self.dune_conn_id,
             poll_interval=self.poll_interval,
             end_time=end_time,
             cancel_on_kill=self.cancel_on_kill,
-            first_poll_at=time.time() + wait,
+            first_poll_at=time.time() + first_wait,
             started_at=schedule.started_at,
             expected_durations=list(schedule.durations),
             adaptive=schedule.adaptive,
@@ -190,12 +215,20 @@ class DuneRunOperator(BaseOperator):
 
     @abstractmethod
     def running_executions(
-        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None
+        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None, status: Snapshot | None = None
     ) -> list[tuple[str, str]]:
-        """``(label, execution_id)`` of every execution of the run that started and has not finished."""
+        """``(label, execution_id)`` of every execution of the run that started and has not finished.
+
+        :param details: the run's last known summary, used when its status cannot be read.
+        :param status: a status just read (else the status is read).
+        """
 
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id}"
+
+    @abstractmethod
+    def report(self, hook: DuneHook, status: Snapshot) -> RunReport:
+        """The finished run's summary (return value), report rows and failure text, from its final status."""
 
     @abstractmethod
     def where_to_check(self, request: Mapping[str, Any]) -> str:
@@ -261,60 +294,49 @@ class DuneRunOperator(BaseOperator):
         request = self.build_request(allow_templates=False)
         fingerprint = self.request_fingerprint(request)
         hook = self.hook
-        previous = self._previous_run(context, hook, fingerprint)
-        reused = self.reusable_run(hook, request) if previous is None else None
-        started_at = None
-        if reused is not None:
-            previous = reused
-        elif previous is None:
-            run_id = self._start(hook, request)
-            started_at = time.time()  # after the answer: the start request may have waited for the key's budget
-            run_registry.remember(context, run_id, fingerprint)
-        elif previous[1].outcome is PipelineOutcome.SUCCESS:
-            self.log.info(
-                "%s of a previous try of this task already succeeded; using it instead of starting another run",
-                self.run_label(previous[0]),
-            )
-        if previous is not None:
-            run_id = previous[0]
-        self.run_id = run_id
-        context["ti"].xcom_push(key=self.id_field, value=run_id)
+        run = self._run_to_wait_for(context, hook, request, fingerprint)
+        self.run_id = run.run_id
+        context["ti"].xcom_push(key=self.id_field, value=run.run_id)
 
         if not self.wait_for_completion:
-            status = previous[1] if previous else self.get_status(hook, run_id)
-            self.log.info("Not waiting for %s: %s", self.run_label(run_id), status.progress_summary())
+            status = run.status if run.status is not None else self.get_status(hook, run.run_id)
+            self.log.info("Not waiting for %s: %s", self.run_label(run.run_id), status.progress_summary())
             run_registry.forget(context)
             return status.to_dict()
 
         end_time = time.time() + self.timeout if self.timeout is not None else None
-        durations = run_durations.recall(fingerprint) if self.adaptive_polling and started_at is not None else []
-        schedule = self.read_schedule(started_at, durations)
+        # Only a run this try started has a known start, from which its end can be forecast.
+        durations = run_durations.recall(fingerprint) if self.adaptive_polling and run.started_at is not None else []
+        schedule = self.read_schedule(run.started_at, durations)
+        session = PollingSession(self.target(run.run_id), schedule, end_time, self.log)
         if not self.deferrable:
-            return self.execute_complete(context, self._wait_in_worker(hook, run_id, end_time, schedule))
-        first: Snapshot | BaseException
-        try:
-            first = previous[1] if previous else self.get_status(hook, run_id)
-        except DuneError as err:
-            first = err
-        now = time.time()
-        first_wait, plan_note = schedule.after_read(now, first)
-        if plan_note:
-            self.log.info("%s: %s", self.run_label(run_id), plan_note)
-        step = decide(
-            self.target(run_id),
-            first,
-            now=now,
-            end_time=end_time,
-            poll_interval=self.poll_interval,
-            next_read=first_wait,
-        )
+            return self.execute_complete(context, self._wait_in_worker(hook, session))
+        first = run.status if run.status is not None else self._read_status(hook, run.run_id)
+        step = session.after_read(first, time.time())
         if step.event is not None:
-            return self.execute_complete(context, {**step.event, "timing": schedule.timing(now)})
+            self._final_status = None if isinstance(first, BaseException) else first
+            return self.execute_complete(context, step.event)
         self.defer(
-            trigger=self.build_trigger(run_id, end_time, schedule, step.wait),
+            trigger=self.build_trigger(run.run_id, end_time, schedule, step.wait),
             method_name="execute_complete",
             timeout=None,
         )
+
+    def _run_to_wait_for(
+        self, context: Context, hook: DuneHook, request: Mapping[str, Any], fingerprint: str
+    ) -> RunToWaitFor:
+        """The run this try waits for: a previous try's (see :meth:`_previous_run`), else a finished run to reuse
+        (:meth:`reusable_run`), else a new one, started here and remembered for the next try."""
+        previous = self._previous_run(context, hook, fingerprint)
+        if previous is not None:
+            return previous
+        reused = self.reusable_run(hook, request)
+        if reused is not None:
+            return RunToWaitFor(*reused)
+        run_id = self._start(hook, request)
+        started_at = time.time()  # after the answer: the start request may have waited for the key's budget
+        run_registry.remember(context, run_id, fingerprint)
+        return RunToWaitFor(run_id, started_at=started_at)
 
     def _start(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         """Start the run; an answer that never came (the run may exist) fails the task without retries."""
@@ -326,14 +348,16 @@ class DuneRunOperator(BaseOperator):
             allow_retry=self.retry_unconfirmed_start,
         ):
             try:
-                return self.start_run(hook, request)
+                run_id = self.start_run(hook, request)
             except DuneAPIError as err:
                 reason = permanent_request_failure(err)
                 if reason is None:
                     raise
                 raise AirflowFailException(not_retried(str(err), reason, "be refused")) from None
+        metrics.run_started(self.run_kind)
+        return run_id
 
-    def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> tuple[str, Snapshot] | None:
+    def _previous_run(self, context: Context, hook: DuneHook, fingerprint: str) -> RunToWaitFor | None:
         """The run a previous try of this task instance started, when it is still running or it succeeded.
 
         ``None`` means a new run should start: there was none, it failed or was cancelled (what the retry is for),
@@ -384,50 +408,34 @@ class DuneRunOperator(BaseOperator):
                 self.run_label(previous),
                 status.progress_summary(),
             )
-            return previous, status
-        if outcome is PipelineOutcome.SUCCESS or (
-            outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict())
-        ):
-            return previous, status
+            return RunToWaitFor(previous, status)
+        if outcome is PipelineOutcome.SUCCESS:
+            self.log.info(
+                "%s of a previous try of this task already succeeded; using it instead of starting another run",
+                self.run_label(previous),
+            )
+            return RunToWaitFor(previous, status)
+        if outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict()):
+            return RunToWaitFor(previous, status)
         self.log.info("%s of a previous try ended %s; starting a new run", self.run_label(previous), outcome.value)
         return None
 
-    def _wait_in_worker(
-        self, hook: DuneHook, run_id: str, end_time: float | None, schedule: ReadSchedule
-    ) -> dict[str, Any]:
-        target = self.target(run_id)
-        hook.deadline = end_time
-        errors = 0
-        last: Snapshot | None = None
-        last_summary = None
+    def _read_status(self, hook: DuneHook, run_id: str) -> Snapshot | DuneError:
+        """The run's status, or the error reading it raised (for the polling session to count and decide on)."""
+        try:
+            return self.get_status(hook, run_id)
+        except DuneError as err:
+            return err
+
+    def _wait_in_worker(self, hook: DuneHook, session: PollingSession) -> dict[str, Any]:
+        """Wait for the run in the worker, reading its status until ``session`` gives the final event."""
+        hook.deadline = session.end_time
         while True:
-            result: Snapshot | BaseException
-            try:
-                result = self.get_status(hook, run_id)
-                errors, last = 0, result
-                if result.progress_summary() != last_summary:
-                    last_summary = result.progress_summary()
-                    self.log.info("%s: %s", target.label, last_summary)
-            except DuneError as err:
-                errors += 1
-                result = err
-                self.log.warning("Status call for %s failed (%d in a row): %s", target.label, errors, err)
-            now = time.time()
-            next_read, plan_note = schedule.after_read(now, result)
-            if plan_note:
-                self.log.info("%s: %s", target.label, plan_note)
-            step = decide(
-                target,
-                result,
-                now=now,
-                end_time=end_time,
-                poll_interval=self.poll_interval,
-                consecutive_errors=errors,
-                last_snapshot=last,
-                next_read=next_read,
-            )
+            result = self._read_status(hook, session.target.run_id)
+            step = session.after_read(result, time.time())
             if step.event is not None:
-                return {**step.event, "timing": schedule.timing(now)}
+                self._final_status = None if isinstance(result, BaseException) else result
+                return step.event
             time.sleep(step.wait)
 
     def _record_duration(self, event: Mapping[str, Any] | None) -> None:
@@ -449,6 +457,12 @@ class DuneRunOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Act on the final event: success returns the summary; anything else cancels what still runs and fails.
 
+        The event only says how the wait ended; the final status is read once more (a pipeline's nodes too, see
+        :meth:`report`) for the report in the log, the return value and the failure message. When that read
+        fails after a success event, the task fails (retryable) rather than report a run it cannot describe: the
+        next try re-attaches to the finished run and reports it, without starting another. After any other
+        event the task fails anyway, with the event's message.
+
         The record of the run is kept until the result was handled, so a retry after a failure there (fetching
         or writing the rows) uses the finished run instead of starting another one.
         """
@@ -457,12 +471,42 @@ class DuneRunOperator(BaseOperator):
         if not isinstance(run_id, str) or not run_id:
             raise AirflowException(f"received a trigger event without a {self.id_field.replace('_', ' ')}: {event!r}")
         self.run_id = run_id
+        label = self.run_label(run_id)
         status, message, details = validate_event(event, self.target(run_id))
+        hook = self.hook
+        if status == TIMEOUT:
+            hook.deadline = time.time()  # the timeout has passed: no wait for the key's budget before the last reads
+        final, read_error = self._read_final_status(hook, run_id, status)
+        if read_error is not None:
+            if status == ERROR:  # the event's message is shortened: this one says all
+                message = f"Could not get the status of {label}: {read_error}"
+            else:
+                self.log.warning("Could not read the final status of %s to report it: %s", label, read_error)
+                if status in (FAILED, CANCELLED) and not details:
+                    # The event names what failed; Dune's error text is in the status that could not be read.
+                    message += f" (Dune's error text could not be read: {read_error})"
+        report = None
+        if final is not None:
+            report = self.report(hook, final)
+            details = report.summary
+            title = f"{label}: {final.outcome.value}"
+            progress = getattr(final, "progress", None)
+            title += f", {progress[0]}/{progress[1]} nodes done" if progress else ""
+            self.log.info("%s", format_report(title, report.rows))
+            if status in (FAILED, CANCELLED) and final.outcome.is_final and final.outcome != SUCCESS:
+                message = report.failure
+            self._account(hook, label, status, report.rows, event)
+        else:
+            metrics.run_finished(self.run_kind, status)
         self._lineage_details = dict(details or {})
-        if status == SUCCESS or (status == "failed" and self.accept_failure(details)):
-            self.log.info(message)
+        if status == SUCCESS and final is not None and final.outcome is not PipelineOutcome.SUCCESS:
+            raise AirflowException(
+                f"{label}: the wait saw it complete, but its final status says otherwise: "
+                f"{report.failure if report else final.progress_summary()}"
+            )
+        if status == SUCCESS or (status == FAILED and self.accept_failure(details)):
             try:
-                result = self.on_success(context, self.hook, run_id, details)
+                result = self.on_success(context, hook, run_id, details)
             except (DuneConfigurationError, DuneDatapointLimitError, DunePartialResultError) as err:
                 run_registry.forget(context)
                 # The same run, the same settings: another try would fail the same way.
@@ -472,18 +516,55 @@ class DuneRunOperator(BaseOperator):
                 self._record_duration(event)
             emit_asset_events(context, self.outlets, self.refreshed_objects(details or {}), self.log)
             return result
-        cancelled = self.cancel_running(run_id, details)
+        cancelled = self.cancel_running(run_id, details, final)
         if cancelled:
             message += f"\nCancelled {cancelled} still-running {self.cancelled_noun} so they use no more credits."
         if status == TIMEOUT and self.timeout is not None:
             message += f"\nTimeout was {self.timeout:g} s; raise `timeout` if the run legitimately needs longer."
         self._lineage_error = message
-        reason = permanent_run_failure(details) if status == "failed" else None
+        reason = permanent_run_failure(details) if status == FAILED else None
         if reason is not None:
             run_registry.forget(context)
             raise AirflowFailException(not_retried(message, reason, "start another billed run that fails"))
         self._remember_for_next_try(context, run_id, status, message)
         raise AirflowException(message)
+
+    def _account(
+        self, hook: DuneHook, label: str, status: str, rows: list[ReportRow], event: Mapping[str, Any] | None
+    ) -> None:
+        """Warn when the run cost more than the connection's ``run_credit_warning`` and send the run's metrics;
+        never fails the task."""
+        cost = total_credits(rows)
+        timing = (event or {}).get("timing")
+        seen_at = _number(timing.get("finished_seen_at")) if isinstance(timing, Mapping) else None
+        lag = detection_delay(rows, seen_at) if seen_at is not None else None
+        try:
+            warning = run_cost_warning(cost, hook.settings.credit_guard, label)
+        except DuneError:
+            warning = None
+        if warning:  # the report's title already says what the run cost
+            self.log.warning("%s", warning)
+        metrics.run_finished(self.run_kind, status, credits=cost, detection_lag=lag)
+
+    def _read_final_status(
+        self, hook: DuneHook, run_id: str, event_status: str
+    ) -> tuple[Snapshot | None, DuneError | None]:
+        """The run's status once the wait ended (the one the worker holds, else one read), or why it could not be
+        read. After a success event a failed read fails the task, keeping the run's record so that the next
+        try re-attaches to it."""
+        held, self._final_status = self._final_status, None
+        if held is not None and held.outcome.is_final:
+            return held, None
+        try:
+            return self.get_status(hook, run_id), None
+        except DuneError as err:
+            if event_status != SUCCESS:
+                return None, err
+            raise AirflowException(
+                f"{self.run_label(run_id)} completed, but its final status could not be read to report it: {err}. "
+                "Not reported as a success without it: the next try of this task re-attaches to this run (no new "
+                "run, no credits) once Dune answers; with no retries left, clear the task."
+            ) from None
 
     def _remember_for_next_try(self, context: Context, run_id: str, status: str, message: str) -> None:
         """Keep what this run was for the log of the next try, when Airflow will retry the task."""
@@ -514,15 +595,17 @@ class DuneRunOperator(BaseOperator):
             run_registry.forget(context)
         return super().resume_execution(next_method, next_kwargs, context)
 
-    def cancel_running(self, run_id: str, details: Mapping[str, Any] | None) -> int:
+    def cancel_running(self, run_id: str, details: Mapping[str, Any] | None, status: Snapshot | None = None) -> int:
         """Best effort: cancel every execution of the run that has started and not finished; return how many.
 
         Not held back by the key's budget: stopping billed work comes before pacing.
+
+        :param status: the run's status, when just read.
         """
         hook = self.hook
         hook.deadline = time.time()
         try:
-            running = self.running_executions(hook, run_id, details)
+            running = self.running_executions(hook, run_id, details, status)
         except DuneError as err:
             self.log.warning("Could not read %s to cancel what still runs: %s", self.run_label(run_id), err)
             return 0

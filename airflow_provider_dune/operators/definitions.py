@@ -371,6 +371,7 @@ class DuneUpsertMaterializedViewOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("dune_conn_id", "name", "query_id")
     ui_color = "#ffe0b2"
+    operator_extra_links = (DuneQueryLink(),)  # Dune documents no page of a view: the query behind it
 
     def __init__(
         self,

@@ -6,12 +6,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
+from airflow_provider_dune.api.models import ExecutionStatus, PipelineStatus
+from airflow_provider_dune.api.run_report import pipeline_rows, pipeline_summary
 from airflow_provider_dune.api.validation import validate_performance, validate_pipeline_nodes
 from airflow_provider_dune.assets import RefreshedObject, refreshed_by_pipeline
 from airflow_provider_dune.links import DuneQueryLink
 from airflow_provider_dune.operators.base import (
     DEFAULT_TIMEOUT,
     DuneRunOperator,
+    RunReport,
     is_template,
     query_run_request,
     validated,
@@ -19,8 +22,8 @@ from airflow_provider_dune.operators.base import (
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 
 if TYPE_CHECKING:
-    from airflow_provider_dune.api.models import PipelineStatus
     from airflow_provider_dune.hooks.dune import DuneHook
+    from airflow_provider_dune.polling import Snapshot
 
 XCOM_PIPELINE_EXECUTION_ID = "pipeline_execution_id"
 
@@ -32,9 +35,13 @@ class DuneExecutePipelineOperator(DuneRunOperator):
 
     Give either ``query_id`` (Dune builds the pipeline from the query's materialized-view lineage) or ``nodes``
     (an explicit pipeline in Dune's node shape). The pipeline execution id is pushed to XCom under
-    ``pipeline_execution_id`` before waiting; the return value is a JSON summary with the final state, the
-    per-node states and each node's execution id. On failure, timeout or kill, the node executions still
-    running are cancelled.
+    ``pipeline_execution_id`` before waiting. When the run ends, the task log gets one table with each node's
+    query or view, state, queued and run time, execution id and credits, and the return value is a JSON summary
+    with the final state and the same per-node data (``queued_seconds``, ``run_seconds``, ``credits``, and the
+    run's ``total_credits`` when every started node's is known). Dune's pipeline status has no times or costs,
+    so this reads each started node's execution status once: one read per node, paced by the API key's read
+    budget like every other status read. On failure, timeout or kill, the node executions still running are
+    cancelled.
 
     :param query_id: Dune query id to run as a query pipeline (templated).
     :param nodes: explicit pipeline nodes, e.g. ``[{"id": 1, "query_execution": {"query_id": 1234}},
@@ -54,6 +61,7 @@ class DuneExecutePipelineOperator(DuneRunOperator):
     id_field = XCOM_PIPELINE_EXECUTION_ID
     trigger_class = DunePipelineTrigger
     cancelled_noun = "node execution(s)"
+    run_kind = "pipeline"
     template_fields: Sequence[str] = ("dune_conn_id", "query_id", "query_parameters", "nodes", "performance")
     template_fields_renderers = {"query_parameters": "json", "nodes": "json"}
     operator_extra_links = (DuneQueryLink(),)
@@ -123,7 +131,7 @@ class DuneExecutePipelineOperator(DuneRunOperator):
                 request["query_id"], request["performance"], request["query_parameters"]
             )
             self.log.info(
-                "Started Dune pipeline %s for query %s (%s)",
+                "Started Dune pipeline %s for query %s: %s",
                 pipeline_execution_id,
                 request["query_id"],
                 DuneQueryLink.url_for(request["query_id"]),
@@ -144,12 +152,34 @@ class DuneExecutePipelineOperator(DuneRunOperator):
     def get_status(self, hook: DuneHook, run_id: str) -> PipelineStatus:
         return hook.get_pipeline_status(run_id)
 
+    def report(self, hook: DuneHook, status: Snapshot) -> RunReport:
+        """The pipeline's summary and table, with each started node's times and credits (one read per node)."""
+        if not isinstance(status, PipelineStatus):
+            raise TypeError(f"expected a pipeline status, got {type(status).__name__}")
+        executions = self.node_executions(hook, status)
+        return RunReport(
+            pipeline_summary(status, executions), pipeline_rows(status, executions), status.failure_message(executions)
+        )
+
+    def node_executions(self, hook: DuneHook, status: PipelineStatus) -> dict[str, ExecutionStatus]:
+        """Each started node's execution status, read once; a node whose read fails is reported without times."""
+        executions = {}
+        for node in status.nodes:
+            if not node.execution_id or node.execution_id in executions:
+                continue
+            try:
+                executions[node.execution_id] = hook.get_execution_status(node.execution_id)
+            except DuneError as err:
+                self.log.warning("Could not read the execution of %s for the report: %s", node.name, err)
+        return executions
+
     def running_executions(
-        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None
+        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None, status: Snapshot | None = None
     ) -> list[tuple[str, str]]:
-        """Started, unfinished nodes from a fresh status; from the event's last status if Dune is unreachable."""
+        """Started, unfinished nodes from a fresh status; from the last known summary if Dune is unreachable."""
         try:
-            return [(n.label, n.execution_id) for n in hook.get_pipeline_status(run_id).running_nodes if n.execution_id]
+            current = status if isinstance(status, PipelineStatus) else hook.get_pipeline_status(run_id)
+            return [(n.label, n.execution_id) for n in current.running_nodes if n.execution_id]
         except DuneError as err:
             self.log.warning(
                 "Could not read %s; cancelling from its last known status: %s", self.run_label(run_id), err

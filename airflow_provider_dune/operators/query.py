@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_dune.api.errors import DuneAPIError, DuneConfigurationError, DuneResponseError
 from airflow_provider_dune.api.models import (
+    ExecutionStatus,
     is_partial_result,
     parse_result_metadata,
     parse_timestamp,
     result_age_seconds,
 )
 from airflow_provider_dune.api.paging import json_bytes_per_row
+from airflow_provider_dune.api.run_report import execution_row, execution_summary
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.api.validation import (
     validate_positive_int,
@@ -23,7 +25,7 @@ from airflow_provider_dune.api.validation import (
 )
 from airflow_provider_dune.assets import RefreshedObject, refreshed_by_query, refreshed_by_view_refresh
 from airflow_provider_dune.links import DuneQueryLink
-from airflow_provider_dune.operators.base import DuneRunOperator, is_template, query_run_request, validated
+from airflow_provider_dune.operators.base import DuneRunOperator, RunReport, is_template, query_run_request, validated
 from airflow_provider_dune.triggers.execution import DuneExecutionTrigger
 from airflow_provider_dune.utils.query_versions import current_since, note
 from airflow_provider_dune.utils.results import output_format_for, write_pages
@@ -31,8 +33,8 @@ from airflow_provider_dune.utils.results import output_format_for, write_pages
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_dune.api.models import ExecutionStatus
     from airflow_provider_dune.hooks.dune import DuneHook
+    from airflow_provider_dune.polling import Snapshot
 
 DEFAULT_MAX_XCOM_ROWS = 1000
 #: How far in the future a result's time may be (Dune's clock vs the worker's) before its age is not trusted.
@@ -88,10 +90,22 @@ class _DuneExecutionOperator(DuneRunOperator):
         return hook.get_execution_status(run_id)
 
     def running_executions(
-        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None
+        self, hook: DuneHook, run_id: str, details: Mapping[str, Any] | None, status: Snapshot | None = None
     ) -> list[tuple[str, str]]:
-        status = hook.get_execution_status(run_id)
-        return [] if status.is_terminal else [(self.run_label(run_id), run_id)]
+        current = status if isinstance(status, ExecutionStatus) else hook.get_execution_status(run_id)
+        return [] if current.is_terminal else [(self.run_label(run_id), run_id)]
+
+    def report_what(self) -> str:
+        """What the execution ran, for the report's ``what`` column."""
+        return "execution"
+
+    def report(self, hook: DuneHook, status: Snapshot) -> RunReport:
+        """One row, from the execution's own status: no further read."""
+        if not isinstance(status, ExecutionStatus):
+            raise TypeError(f"expected an execution status, got {type(status).__name__}")
+        return RunReport(
+            execution_summary(status), [execution_row(status, self.report_what())], status.failure_message()
+        )
 
 
 class _DuneResultsOperator(_DuneExecutionOperator):
@@ -299,6 +313,9 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id} of query {self.query_id}"
 
+    def report_what(self) -> str:
+        return f"query {self.query_id}"
+
     def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
         return refreshed_by_query(details, self.query_id)
 
@@ -314,7 +331,7 @@ class DuneExecuteQueryOperator(_DuneResultsOperator):
     def start_run(self, hook: DuneHook, request: Mapping[str, Any]) -> str:
         started = hook.execute_query(request["query_id"], request["performance"], request["query_parameters"])
         self.log.info(
-            "Started Dune execution %s of query %s (%s)",
+            "Started Dune execution %s of query %s: %s",
             started.execution_id,
             request["query_id"],
             DuneQueryLink.url_for(request["query_id"]),
@@ -337,6 +354,7 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
 
     template_fields: Sequence[str] = ("dune_conn_id", "view_name", "performance")
     ui_color = "#ffd4c4"
+    run_kind = "view_refresh"
 
     def __init__(self, *, view_name: str, performance: str = "medium", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -346,6 +364,9 @@ class DuneRefreshMaterializedViewOperator(_DuneExecutionOperator):
 
     def run_label(self, run_id: str) -> str:
         return f"Dune refresh {run_id} of materialized view {self.view_name}"
+
+    def report_what(self) -> str:
+        return f"refresh {self.view_name}"
 
     def refreshed_objects(self, details: Mapping[str, Any]) -> list[RefreshedObject]:
         return refreshed_by_view_refresh(details, self.view_name)

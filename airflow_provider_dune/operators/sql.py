@@ -30,6 +30,8 @@ class DuneExecuteSQLOperator(_DuneResultsOperator):
     :class:`~airflow_provider_dune.operators.base.DuneRunOperator`.
     """
 
+    run_kind = "sql"
+
     template_fields: Sequence[str] = ("dune_conn_id", "sql", "performance", "output_path")
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql"}
@@ -43,6 +45,9 @@ class DuneExecuteSQLOperator(_DuneResultsOperator):
 
     def run_label(self, run_id: str) -> str:
         return f"Dune execution {run_id} of raw SQL"
+
+    def report_what(self) -> str:
+        return "raw SQL"
 
     def lineage_subject(self) -> dict[str, Any]:
         return {"operation": "sql_execution"}

@@ -11,13 +11,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 
-from airflow_provider_dune.api.errors import DuneConfigurationError
+from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.api.models import PipelineOutcome
 from airflow_provider_dune.api.validation import validate_execution_id, validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
+from airflow_provider_dune.polling import (
+    ERROR,
+    FAILED,
+    SUCCESS,
+    TIMEOUT,
+    PollingSession,
+    PollTarget,
+    ReadSchedule,
+    Snapshot,
+    validate_event,
+)
+from airflow_provider_dune.triggers.base import DunePollingTrigger
 from airflow_provider_dune.utils.config import min_poll_interval
-from airflow_provider_dune.utils.polling import ERROR, FAILED, SUCCESS, TIMEOUT, PollTarget, Snapshot, validate_event
 from airflow_provider_dune.version_compat import (
     AirflowFailException,
     AirflowSensorTimeout,
@@ -104,12 +114,13 @@ class DuneRunSensor(BaseSensorOperator):
         setattr(self, self.id_field, self._validated_id())
         with DuneHook(self.dune_conn_id) as hook:
             status = self.fetch_status(hook, self.run_id)
-        self.log.info("%s: %s", self._target().label, status.progress_summary())
-        if status.outcome is PipelineOutcome.RUNNING:
+        # Each poke is the first read of a wait of its own: Airflow's sensor loop owns the waiting and the
+        # timeout (and in reschedule mode runs every poke in a new process).
+        schedule = ReadSchedule.for_run(float(self.poke_interval), started_at=None, durations=(), adaptive=False)
+        event = PollingSession(self._target(), schedule, None, self.log).after_read(status, time.time()).event
+        if event is None:
             return False
-        if status.outcome is PipelineOutcome.SUCCESS:
-            return True
-        if status.outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict()):
+        if event["status"] == SUCCESS or (event["status"] == FAILED and self.accept_failure(status.to_dict())):
             return True
         # The run is over and did not succeed: re-poking cannot change that, so fail without retries.
         raise AirflowFailException(status.failure_message())
@@ -142,7 +153,24 @@ class DuneRunSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
+        """Act on the trigger's event. A success is the trigger's own read of a successful status; after a
+        failure or an error the status is read once more, for Dune's whole error (the event's message is one
+        shortened line) and to accept an allowed partial result (an event of an earlier release carries that
+        status as ``details``)."""
         status, message, details = validate_event(event, self._target())
+        if status in (FAILED, ERROR):
+            try:
+                with DuneHook(self.dune_conn_id) as hook:
+                    final = self.fetch_status(hook, self.run_id)
+            except DuneError as err:
+                if status == ERROR:  # the event's message is shortened: this one says all
+                    message = f"Could not get the status of {self._target().label}: {err}"
+                else:
+                    self.log.warning("Could not read the final status of %s: %s", self._target().label, err)
+            else:
+                details = final.to_dict()
+                if final.outcome.is_final and final.outcome is not PipelineOutcome.SUCCESS:
+                    message = final.failure_message()
         if status == SUCCESS or (status == FAILED and self.accept_failure(details)):
             self.log.info(message)
             return

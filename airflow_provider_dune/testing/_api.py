@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import jsonschema
 
+from airflow_provider_dune.api.endpoint_table import ENDPOINTS
 from airflow_provider_dune.testing import _spec
 from airflow_provider_dune.testing._state import PERFORMANCE_TIERS, ApiError, EmulatorState
 
@@ -18,53 +19,20 @@ _EXECUTION_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}", re.IGNORECASE)
 _MAX_QUERY_ID = 2**31 - 1
 
 
-_Q = r"(?P<query_id>[^/]+)"
-_E = r"(?P<execution_id>[^/]+)"
-_T = r"(?P<namespace>[^/]+)/(?P<table_name>[^/]+)"
-_ROUTES: tuple[tuple[str, re.Pattern[str], str, str], ...] = tuple(
-    (method, re.compile("/api" + pattern), name, spec_path)
-    for method, pattern, name, spec_path in (
-        ("POST", f"/v1/query/{_Q}/pipeline/execute", "execute_query_pipeline", "/v1/query/{query_id}/pipeline/execute"),
-        ("POST", "/v1/pipelines/execute", "execute_pipeline", "/v1/pipelines/execute"),
-        ("GET", f"/v1/query/{_Q}/pipeline", "get_query_pipeline", "/v1/query/{query_id}/pipeline"),
-        (
-            "GET",
-            "/v1/pipelines/executions/(?P<pipeline_execution_id>[^/]+)/status",
-            "pipeline_status",
-            "/v1/pipelines/executions/{pipeline_execution_id}/status",
-        ),
-        ("POST", f"/v1/query/{_Q}/execute", "execute_query", "/v1/query/{query_id}/execute"),
-        ("GET", f"/v1/execution/{_E}/status", "execution_status", "/v1/execution/{execution_id}/status"),
-        ("GET", f"/v1/execution/{_E}/results", "execution_results", "/v1/execution/{execution_id}/results"),
-        ("GET", f"/v1/query/{_Q}/results", "query_results", "/v1/query/{query_id}/results"),
-        ("POST", f"/v1/execution/{_E}/cancel", "cancel_execution", "/v1/execution/{execution_id}/cancel"),
-        (
-            "POST",
-            "/v1/materialized-views/(?P<name>[^/]+)/refresh",
-            "refresh_materialized_view",
-            "/v1/materialized-views/{name}/refresh",
-        ),
-        ("GET", "/v1/materialized-views/(?P<name>[^/]+)", "get_materialized_view", "/v1/materialized-views/{name}"),
-        ("GET", "/v1/query/(?P<query_id>[^/]+)", "get_query", "/v1/query/{queryId}"),
-        ("POST", "/v1/usage", "usage", "/v1/usage"),
-        ("POST", "/v1/query", "create_query", "/v1/query"),
-        ("PATCH", "/v1/query/(?P<query_id>[^/]+)", "update_query", "/v1/query/{queryId}"),
-        ("POST", "/v1/sql/execute", "execute_sql", "/v1/sql/execute"),
-        ("POST", "/v1/materialized-views", "upsert_materialized_view", "/v1/materialized-views"),
-        (
-            "DELETE",
-            "/v1/materialized-views/(?P<name>[^/]+)",
-            "delete_materialized_view",
-            "/v1/materialized-views/{name}",
-        ),
-        ("POST", "/v1/uploads", "create_table", "/v1/uploads"),
-        ("POST", f"/v1/uploads/{_T}/insert", "insert_rows", "/v1/uploads/{namespace}/{table_name}/insert"),
-        ("POST", f"/v1/uploads/{_T}/clear", "clear_table", "/v1/uploads/{namespace}/{table_name}/clear"),
-        ("DELETE", f"/v1/uploads/{_T}", "delete_table", "/v1/uploads/{namespace}/{table_name}"),
-    )
+def _path_group(match: re.Match[str]) -> str:
+    name = re.sub("[A-Z]", lambda upper: "_" + upper[0].lower(), match[1])  # the spec's queryId is query_id here
+    return f"(?P<{name}>[^/]+)"
+
+
+def _route(path: str) -> re.Pattern[str]:
+    """The pattern of a spec path below ``/api``: each ``{param}`` becomes a group of that name."""
+    return re.compile("/api" + re.sub(r"\{(\w+)\}", _path_group, path))
+
+
+#: (method, pattern, endpoint name) of every endpoint, for routing.
+ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+    (endpoint.method, _route(endpoint.path), endpoint.name) for endpoint in ENDPOINTS.values()
 )
-#: Endpoint name -> (OpenAPI path, method) in Dune's spec.
-SPEC_OPERATIONS: dict[str, tuple[str, str]] = {name: (spec_path, method) for method, _, name, spec_path in _ROUTES}
 
 
 class _Request:
@@ -168,8 +136,7 @@ class _Api:
 
     @staticmethod
     def _body_validator(endpoint: str) -> jsonschema.Draft7Validator | None:
-        path, method = SPEC_OPERATIONS[endpoint]
-        return _spec.request_body_validator(path, method)
+        return _spec.request_body_validator(ENDPOINTS[endpoint].path, ENDPOINTS[endpoint].method)
 
     def execute_query_pipeline(self, request: _Request) -> dict[str, Any]:
         query_id = request.query_id()
@@ -198,7 +165,7 @@ class _Api:
             return None
         return self.state.datapoint_limit(request.api_key)
 
-    def pipeline_status(self, request: _Request) -> dict[str, Any]:
+    def get_pipeline_status(self, request: _Request) -> dict[str, Any]:
         return self.state.pipeline_status(request.path_params["pipeline_execution_id"])
 
     def execute_query(self, request: _Request) -> dict[str, Any]:
@@ -212,10 +179,10 @@ class _Api:
         execution_id = self.state.execute_query(query_id, _performance(performance), params)
         return {"execution_id": execution_id, "state": "QUERY_STATE_PENDING"}
 
-    def execution_status(self, request: _Request) -> dict[str, Any]:
+    def get_execution_status(self, request: _Request) -> dict[str, Any]:
         return self.state.execution_status(request.execution_id())
 
-    def execution_results(self, request: _Request) -> dict[str, Any]:
+    def get_execution_results(self, request: _Request) -> dict[str, Any]:
         execution_id = request.execution_id()
         limit, offset = request.int_arg("limit", 1), request.int_arg("offset", 0) or 0
         allow = request.bool_arg("allow_partial_results")
@@ -223,7 +190,7 @@ class _Api:
             execution_id, limit, offset, request.base_url, allow, self._max_datapoints(request)
         )
 
-    def query_results(self, request: _Request) -> dict[str, Any]:
+    def get_query_results(self, request: _Request) -> dict[str, Any]:
         query_id = request.query_id()
         limit, offset = request.int_arg("limit", 1), request.int_arg("offset", 0) or 0
         allow = request.bool_arg("allow_partial_results")
@@ -302,6 +269,6 @@ class _Api:
         self.state.delete_table(request.path_params["namespace"], request.path_params["table_name"])
         return {"message": "table deleted"}
 
-    def usage(self, request: _Request) -> dict[str, Any]:
+    def get_usage(self, request: _Request) -> dict[str, Any]:
         request.validate(self._body_validator(request.endpoint), request.json_object())
         return self.state.usage()

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow_provider_dune.testing._api import _ROUTES, _Request
-from airflow_provider_dune.testing._state import WRITE_ACCESS_ENDPOINTS, ApiError, RecordedRequest
+from airflow_provider_dune.testing._api import ROUTES, _Request
+from airflow_provider_dune.testing._state import ENDPOINTS, ApiError, RecordedRequest
 from airflow_provider_dune.testing.faults import Fault, format_retry_after
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         endpoint, path_params, allowed = "unknown", {}, []
-        for method, pattern, name, _ in _ROUTES:
+        for method, pattern, name in ROUTES:
             match = pattern.fullmatch(path)
             if match:
                 if method == self.command:
@@ -360,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         role = emulator._api_keys.get(key)
         if role is None:
             return 401, {"error": "invalid API Key"}, {}
-        if role != "write" and endpoint in WRITE_ACCESS_ENDPOINTS:
+        if role != "write" and ENDPOINTS[endpoint].write_key:
             message = _FORBIDDEN_EXECUTE if endpoint.startswith("execute") else _FORBIDDEN_OTHER
             return 403, {"error": message}, {}
         if not emulator._state.take_token(key, endpoint):

@@ -1,4 +1,4 @@
-"""Data model of the Dune API emulator's state: endpoint names, errors, catalog entries, runs and timelines.
+"""Data model of the Dune API emulator's state: endpoints, errors, catalog entries, runs and timelines.
 
 Shared by :class:`~airflow_provider_dune.testing._state.EmulatorState` and its area mixins
 (:mod:`._queries`, :mod:`._views`, :mod:`._pipelines`, :mod:`._executions`).
@@ -16,53 +16,6 @@ NodeKind = Literal["query", "view"]
 NodeStateStyle = Literal["lower", "query_state"]
 NodeState = Literal["waiting", "pending", "executing", "completed", "failed", "cancelled"]
 
-#: Endpoint names (as used by ``counts`` and ``inject``).
-ENDPOINTS: tuple[str, ...] = (
-    "execute_query_pipeline",
-    "execute_pipeline",
-    "get_query_pipeline",
-    "pipeline_status",
-    "execute_query",
-    "execution_status",
-    "execution_results",
-    "query_results",
-    "cancel_execution",
-    "refresh_materialized_view",
-    "get_materialized_view",
-    "get_query",
-    "usage",
-    "create_query",
-    "update_query",
-    "execute_sql",
-    "upsert_materialized_view",
-    "delete_materialized_view",
-    "create_table",
-    "insert_rows",
-    "clear_table",
-    "delete_table",
-)
-#: Endpoints that need a key with write access and count against the write rate-limit bucket.
-WRITE_ENDPOINTS: frozenset[str] = frozenset(
-    {
-        "execute_query_pipeline",
-        "execute_pipeline",
-        "execute_query",
-        "refresh_materialized_view",
-        "execute_sql",
-        "upsert_materialized_view",
-    }
-)
-#: Endpoints that need a key with write access (a read-only key gets 403).
-WRITE_ACCESS_ENDPOINTS: frozenset[str] = WRITE_ENDPOINTS | {
-    "cancel_execution",
-    "create_query",
-    "update_query",
-    "delete_materialized_view",
-    "create_table",
-    "insert_rows",
-    "clear_table",
-    "delete_table",
-}
 PERFORMANCE_TIERS: tuple[str, ...] = ("medium", "large")
 NOT_FOUND = "not found: Query not found or private"
 RESULT_RETENTION_SECONDS = 90 * 24 * 3600
@@ -115,7 +68,7 @@ class RecordedRequest:
 
     :param method: HTTP method.
     :param path: URL path, without the query string.
-    :param endpoint: endpoint name (see ``ENDPOINTS``), ``"unknown"`` for unrouted paths.
+    :param endpoint: endpoint name (a key of ``ENDPOINTS``), ``"unknown"`` for unrouted paths.
     :param query: query-string parameters (last value wins).
     :param headers: request headers.
     :param json_body: parsed JSON body, ``None`` when absent or not JSON.

@@ -133,7 +133,7 @@ class ResponseProfile:
         if not self.realistic:
             return 200, payload
         draw = self._draw(endpoint)
-        results = endpoint in ("execution_results", "query_results")
+        results = endpoint in ("get_execution_results", "get_query_results")
         if results and _is_partial_refusal(payload) and draw("partial_refusal_as_http_400", 0.5):
             return 400, {"error": PARTIAL_RESULT_MESSAGE}
         shaper = _SHAPERS.get(endpoint)
@@ -229,9 +229,9 @@ def _materialized_view(body: dict[str, Any], draw: _Draw) -> None:
 
 
 _SHAPERS: dict[str, Callable[[dict[str, Any], _Draw], None]] = {
-    "execution_status": _execution_status,
-    "execution_results": _results,
-    "query_results": _results,
-    "pipeline_status": _pipeline_status,
+    "get_execution_status": _execution_status,
+    "get_execution_results": _results,
+    "get_query_results": _results,
+    "get_pipeline_status": _pipeline_status,
     "get_materialized_view": _materialized_view,
 }

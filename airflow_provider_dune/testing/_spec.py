@@ -34,11 +34,6 @@ def validator_for(schema: dict[str, Any]) -> jsonschema.Draft7Validator:
     return jsonschema.Draft7Validator(schema, registry=_registry())
 
 
-def component_ref(name: str) -> dict[str, Any]:
-    """A schema that is ``$ref`` to ``#/components/schemas/<name>`` of the spec."""
-    return {"$ref": f"{SPEC_URI}#/components/schemas/{name}"}
-
-
 def _absolute(schema: dict[str, Any]) -> dict[str, Any]:
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#"):

@@ -21,15 +21,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_provider_dune.api.endpoint_table import ENDPOINTS
 from airflow_provider_dune.testing._executions import ExecutionsMixin
 from airflow_provider_dune.testing._model import (
     DEFAULT_MAX_DATAPOINTS,
-    ENDPOINTS,
     NOT_FOUND,
     PERFORMANCE_TIERS,
     RESULT_RETENTION_SECONDS,
-    WRITE_ACCESS_ENDPOINTS,
-    WRITE_ENDPOINTS,
     ApiError,
     Clock,
     NodeKind,
@@ -55,8 +53,6 @@ __all__ = [
     "NOT_FOUND",
     "PERFORMANCE_TIERS",
     "RESULT_RETENTION_SECONDS",
-    "WRITE_ACCESS_ENDPOINTS",
-    "WRITE_ENDPOINTS",
     "ApiError",
     "Clock",
     "EmulatorState",
@@ -218,7 +214,7 @@ class _CoreState(_StateBase):
 
     def take_token(self, api_key: str, endpoint: str) -> bool:
         """Take one token from the key's bucket for ``endpoint``; ``False`` when the bucket is empty."""
-        bucket = "write" if endpoint in WRITE_ENDPOINTS else "read"
+        bucket = ENDPOINTS[endpoint].bucket
         limit = self.write_per_minute if bucket == "write" else self.read_per_minute
         if limit is None:
             return True

@@ -12,35 +12,15 @@ machines. Runs advance with the clock, computed lazily whenever they are read::
         emu.inject("execute_query_pipeline", Fault.status(429, retry_after=1))
         ...  # point a client at emu.url with header X-Dune-Api-Key: test-key
 
-Endpoints (all under ``/api``; names used by ``counts`` and ``inject``)::
-
-    execute_query_pipeline     POST /v1/query/{query_id}/pipeline/execute
-    execute_pipeline           POST /v1/pipelines/execute
-    get_query_pipeline         GET  /v1/query/{query_id}/pipeline
-    pipeline_status            GET  /v1/pipelines/executions/{pipeline_execution_id}/status
-    execute_query              POST /v1/query/{query_id}/execute
-    execution_status           GET  /v1/execution/{execution_id}/status
-    execution_results          GET  /v1/execution/{execution_id}/results
-    query_results              GET  /v1/query/{query_id}/results
-    cancel_execution           POST /v1/execution/{execution_id}/cancel
-    refresh_materialized_view  POST /v1/materialized-views/{name}/refresh
-    get_materialized_view      GET  /v1/materialized-views/{name}
-    get_query                  GET  /v1/query/{queryId}
-    usage                      POST /v1/usage
-    create_query               POST /v1/query
-    update_query               PATCH /v1/query/{queryId}
-    execute_sql                POST /v1/sql/execute     (a line "-- emulator: fail <message>" makes it fail)
-    upsert_materialized_view   POST /v1/materialized-views
-    delete_materialized_view   DELETE /v1/materialized-views/{name}
-    create_table               POST /v1/uploads
-    insert_rows                POST /v1/uploads/{namespace}/{table_name}/insert   (CSV or NDJSON body)
-    clear_table                POST /v1/uploads/{namespace}/{table_name}/clear
-    delete_table               DELETE /v1/uploads/{namespace}/{table_name}
+Endpoints (all under ``/api``): every entry of ``airflow_provider_dune.api.endpoint_table.ENDPOINTS``,
+with Dune's method and path, under the name of the provider's request builder (``execute_query``,
+``get_execution_status``, ...), which is also the name ``counts`` and ``inject`` use. ``execute_sql`` fails a
+statement with a line ``-- emulator: fail <message>``; ``insert_rows`` takes a CSV or NDJSON body.
 
 Behaviour worth knowing:
 
 * Auth: ``X-Dune-Api-Key`` header or ``api_key`` query parameter; unknown key -> 401 ``invalid API Key``;
-  a ``read`` key -> 403 on the execute, refresh and cancel endpoints.
+  a ``read`` key -> 403 on every endpoint that changes something (``write_key`` in the table).
 * Request bodies are validated against the request schemas of Dune's OpenAPI spec (bundled as
   ``dune_openapi.json``); explicit pipelines are also checked for structure (one action per node, unique ids,
   known dependencies, no cycles) and for unknown queries/views. Unknown query parameters -> 400.
@@ -129,7 +109,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from airflow_provider_dune.testing._api import SPEC_OPERATIONS, _Api
+from airflow_provider_dune.testing._api import _Api
 from airflow_provider_dune.testing._control import (
     _SEED_SCHEMA,
     DuneEmulatorClient,
@@ -151,7 +131,6 @@ __all__ = [
     "ENDPOINTS",
     "MASK",
     "MAX_BODY_BYTES",
-    "SPEC_OPERATIONS",
     "DuneEmulator",
     "DuneEmulatorClient",
     "DuneEmulatorClientError",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.triggers.pipeline import DunePollingTrigger
-from airflow_provider_dune.utils.polling import PollTarget, Snapshot
+from airflow_provider_dune.polling import PollTarget, Snapshot
+from airflow_provider_dune.triggers.base import DunePollingTrigger
 
 
 class DuneExecutionTrigger(DunePollingTrigger):
@@ -12,9 +12,8 @@ class DuneExecutionTrigger(DunePollingTrigger):
     :class:`~airflow_provider_dune.triggers.pipeline.DunePipelineTrigger`.
 
     Serialises only the execution id, the connection id and the polling settings: never the API key. Fires one
-    event ``{"status", "message", "execution_id", "details", "timing"}``; ``details`` is the last execution
-    status. A ``COMPLETED_PARTIAL`` result fires ``failed`` with ``details.state ==
-    "completed_partial"`` so the operator decides whether to accept it.
+    small event ``{"status", "message", "execution_id", "timing"}``. A ``COMPLETED_PARTIAL`` result fires
+    ``failed``; the operator reads the final status again and decides whether to accept it.
 
     :param execution_id: the execution to wait for.
     :param cancel_on_kill: cancel the execution when a user kills the deferred task (Airflow 3.3+).

@@ -37,6 +37,7 @@ def _facet_classes() -> tuple[type, type]:
             run_id: str | None
             execution_ids: list[str] = attrs.field(factory=list)
             error: str | None = None
+            credits: float | None = None
 
         _FACETS = (DuneJobFacet, DuneRunFacet)
     return _FACETS
@@ -80,7 +81,13 @@ def operator_lineage(
         outputs.append(Dataset(namespace=OPENLINEAGE_NAMESPACE, name=f"{kind}/{identifier}", facets=facets))
     execution_ids = _execution_ids(details)
     run_facets: dict[str, Any] = {
-        "dune": run_facet_class(run_id_field=run_id_field, run_id=run_id, execution_ids=execution_ids, error=error)
+        "dune": run_facet_class(
+            run_id_field=run_id_field,
+            run_id=run_id,
+            execution_ids=execution_ids,
+            error=error,
+            credits=_credits(details),
+        )
     }
     if run_id:
         run_facets["externalQuery"] = ExternalQueryRunFacet(externalQueryId=run_id, source=OPENLINEAGE_NAMESPACE)
@@ -95,3 +102,9 @@ def _execution_ids(details: Mapping[str, Any]) -> list[str]:
     if not ids and details.get("execution_id"):
         ids = [str(details["execution_id"])]
     return ids
+
+
+def _credits(details: Mapping[str, Any]) -> float | None:
+    """The run's ``total_credits`` from its summary, when known."""
+    value = details.get("total_credits")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

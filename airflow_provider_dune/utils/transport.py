@@ -27,6 +27,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from airflow_provider_dune.api.connection import RequestLimits
+from airflow_provider_dune.api.connection_fields import BASE_URL_LABEL, form_field
 from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneConnectionError, DuneTLSError
 from airflow_provider_dune.api.responses import response_too_large
@@ -248,7 +249,7 @@ def send(
                 raise _deadline_failure(request, limits) from None
             raise connect_failure(request, f"could not connect within {limits.connect_timeout:g} s") from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, ValueError) as err:
-            raise DuneConfigurationError(f"cannot send a request to the connection's host: {err}") from None
+            raise DuneConfigurationError(f"cannot send a request to {form_field(BASE_URL_LABEL)}: {err}") from None
         except (requests.exceptions.RequestException, OSError) as err:
             if watchdog.fired:
                 raise _deadline_failure(request, limits) from None
@@ -335,7 +336,7 @@ async def asend(
     except httpx.TimeoutException:
         raise ambiguous_failure(request, f"no response within {limits.read_timeout:g} s") from None
     except httpx.InvalidURL as err:
-        raise DuneConfigurationError(f"cannot send a request to the connection's host: {err}") from None
+        raise DuneConfigurationError(f"cannot send a request to {form_field(BASE_URL_LABEL)}: {err}") from None
     except httpx.TransportError as err:
         raise ambiguous_failure(
             request, f"the connection broke before a complete answer arrived ({type(err).__name__})"

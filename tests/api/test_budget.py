@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_dune.api.budget import BURST, KeyPacer, KeyPacers
+from airflow_provider_dune.api.budget import BURST, READ_URGENCY, URGENCY_HEAD_START, KeyPacer, KeyPacers
 from airflow_provider_dune.api.retry import RetryPolicy
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.testing.emulator import DuneEmulator
@@ -23,26 +27,89 @@ class Clock:
         return self.now
 
 
+def _waits(pacer: KeyPacer, per_minute: float, count: int) -> tuple[list[float], list[Iterator[float]]]:
+    """Ask for ``count`` slots now: the first wait of each, and the waits still going on."""
+    asks = [pacer.turns(per_minute) for _ in range(count)]
+    return [next(ask, 0.0) for ask in asks], asks
+
+
 def test_requests_are_spaced_at_the_budget_after_a_small_burst() -> None:
     clock = Clock()
     pacer = KeyPacer(clock=clock)
-    waits = [pacer.reserve(60) for _ in range(6)]  # one a second
+    waits, asks = _waits(pacer, 60, 6)  # one a second
     assert waits[: BURST + 1] == [0.0] * (BURST + 1)
     assert waits[BURST + 1 :] == pytest.approx([1.0, 2.0, 3.0])
-    assert pacer.booked_ahead(60) == 4  # the last one goes out 3 s from now, the next slot is at 4 s
+    assert pacer.queued() == 3
+    clock.now += 1
+    assert list(asks[BURST + 1]) == []  # its slot came: it goes
+    assert next(asks[-1]) == pytest.approx(2.0)  # the others are still in line
+    del asks
+    assert pacer.queued() == 0  # given up
     clock.now += 10  # idle: the burst allowance comes back, no debt
-    assert pacer.reserve(60) == 0.0
+    assert _waits(pacer, 60, 1)[0] == [0.0]
 
 
 def test_keys_are_paced_apart_and_zero_means_no_pacing() -> None:
     clock = Clock()
     pacers = KeyPacers(lambda: KeyPacer(clock=clock))
-    for _ in range(10):
-        pacers.get("https://api.dune.com/api", "a", "read").reserve(6)
-    assert pacers.get("https://api.dune.com/api", "b", "read").reserve(6) == 0.0
-    assert pacers.get("https://api.dune.com/api", "a", "write").reserve(6) == 0.0
-    unpaced = pacers.get("https://api.dune.com/api", "c", "read")
-    assert all(unpaced.reserve(0) == 0.0 for _ in range(100))
+    _waits(pacers.get("https://api.dune.com/api", "a", "read"), 6, 10)
+    assert _waits(pacers.get("https://api.dune.com/api", "b", "read"), 6, 1)[0] == [0.0]
+    assert _waits(pacers.get("https://api.dune.com/api", "a", "write"), 6, 1)[0] == [0.0]
+    assert _waits(pacers.get("https://api.dune.com/api", "c", "read"), 0, 100)[0] == [0.0] * 100
+
+
+def _ask(pacer: KeyPacer, per_minute: float, urgency: float) -> tuple[float, Iterator[float]]:
+    """A request of ``urgency`` asking for a slot now: its first wait, and the wait going on."""
+    token = READ_URGENCY.set(urgency)
+    try:
+        ask = pacer.turns(per_minute)
+        return next(ask), ask
+    finally:
+        READ_URGENCY.reset(token)
+
+
+def test_when_the_budget_is_short_the_most_urgent_requests_go_first() -> None:
+    clock = Clock()
+    pacer = KeyPacer(clock=clock)
+    _waits(pacer, 60, BURST + 1)  # the burst: the next slot is 1 s away
+    first, unlikely = _ask(pacer, 60, 0.0)
+    assert first == pytest.approx(1.0)
+    first, near_its_end = _ask(pacer, 60, 1.0)
+    assert first == pytest.approx(1.0)  # ahead of the one that asked before
+    first, late = _ask(pacer, 60, 0.6)
+    assert first == pytest.approx(2.0)
+    clock.now += 1
+    assert next(unlikely) == pytest.approx(2.0)  # woke for its slot, found more urgent ones ahead: waits on
+    assert list(near_its_end) == []
+    clock.now += 1
+    assert list(late) == []
+    assert next(unlikely) == pytest.approx(1.0)
+    clock.now += 1
+    assert list(unlikely) == []
+
+
+def test_a_request_that_waited_longer_than_the_head_start_goes_before_new_urgent_ones() -> None:
+    clock = Clock()
+    pacer = KeyPacer(clock=clock)
+    per_minute = 60 / (URGENCY_HEAD_START + 10)  # one slot every 40 s
+    _waits(pacer, per_minute, BURST + 1)
+    _, old = _ask(pacer, per_minute, 0.0)
+    clock.now += URGENCY_HEAD_START + 1
+    first, urgent = _ask(pacer, per_minute, 1.0)
+    assert first == pytest.approx(9.0 + 40.0)  # after the old one's slot, 9 s from now
+    clock.now += 9
+    assert list(old) == []
+    clock.now += 40
+    assert list(urgent) == []
+
+
+def test_the_deadline_of_a_request_comes_before_the_budget() -> None:
+    clock = Clock()
+    pacer = KeyPacer(clock=clock)
+    _waits(pacer, 6, BURST + 1)  # the next slot is 10 s away
+    assert list(pacer.turns(6, latest=4.0)) == [4.0]
+    assert pacer.queued() == 0
+    assert _waits(pacer, 6, 1)[0] == [10.0]  # the slot it did not take is still free
 
 
 def test_a_429_lowers_the_pace_which_recovers_without_429s() -> None:
@@ -104,7 +171,7 @@ def test_triggers_sharing_a_key_stay_inside_its_budget(
     events = asyncio.run(_wait_all(pipeline_ids))
     assert [event["status"] for event in events] == ["success"] * 4
     throttled = sum(1 for r in dune_emulator.requests if r.status == 429)
-    print(json.dumps({"paced": paced, "429s": throttled, "reads": dune_emulator.counts.get("pipeline_status")}))
+    print(json.dumps({"paced": paced, "429s": throttled, "reads": dune_emulator.counts.get("get_pipeline_status")}))
     if paced:
         assert throttled == 0
     else:
@@ -112,14 +179,45 @@ def test_triggers_sharing_a_key_stay_inside_its_budget(
 
 
 def test_one_pacer_serves_threads_and_event_loops_alike() -> None:
-    pacer = KeyPacer(clock=Clock())
-    waits = [pacer.reserve(600) for _ in range(BURST + 1)]  # a slot every 0.1 s: the burst goes out at once
+    pacer = KeyPacer()
+    per_minute = 1200  # a slot every 0.05 s
+    _waits(pacer, per_minute, BURST + 1)
+    sent: list[float] = []
 
-    async def read() -> float:
-        return pacer.reserve(600)
+    def in_a_thread() -> None:
+        pacer.wait(per_minute)
+        sent.append(time.monotonic())
 
-    waits += [asyncio.run(read()), asyncio.run(read())]  # a new loop each time (the first one is closed)
-    assert waits == pytest.approx([0.0] * (BURST + 1) + [0.1, 0.2])
+    async def in_event_loops() -> None:
+        for _ in range(2):
+            await pacer.await_turn(per_minute)
+            sent.append(time.monotonic())
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    asyncio.run(in_event_loops())
+    asyncio.run(in_event_loops())  # a new loop: nothing of the first one is left in the pacer
+    thread.join(timeout=5)
+    sent.sort()
+    assert len(sent) == 5
+    assert all(b - a >= 0.04 for a, b in itertools.pairwise(sent))  # one a slot (less timer slack)
+    assert pacer.queued() == 0
+
+
+def test_a_request_given_up_while_waiting_leaves_the_queue() -> None:
+    pacer = KeyPacer()
+    _waits(pacer, 60, BURST + 1)  # the next slot is 1 s away
+
+    async def scenario() -> None:
+        doomed = asyncio.ensure_future(pacer.await_turn(60))
+        await asyncio.sleep(0.01)
+        assert pacer.queued() == 1
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+
+    asyncio.run(scenario())
+    assert pacer.queued() == 0
 
 
 def test_budget_share_paces_this_process_to_its_part_of_the_key(

@@ -49,7 +49,7 @@ def test_loopback_detection() -> None:
 
 
 def test_missing_key_says_where_to_put_it() -> None:
-    with pytest.raises(DuneConfigurationError, match="no Dune API key: put the key in its Password field"):
+    with pytest.raises(DuneConfigurationError, match="no Dune API key: put the key in its API Key field"):
         settings_from_connection("dune_default", host=None, password="", port=None, extra={})
 
 
@@ -69,14 +69,14 @@ def test_key_from_extra_and_tuning_extras() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"timeout": "soon"}, "'timeout' must be a number"),
-        ({"timeout": 0}, "'timeout' must be >= 0.1"),
-        ({"retry_min_wait": 100}, "invalid retry settings"),
+        ({"timeout": "soon"}, "the Read timeout \\(seconds\\) field \\(timeout in the extra\\) .* must be a number"),
+        ({"timeout": 0}, "\\(timeout in the extra\\) of Airflow connection 'c' must be >= 0.1"),
+        ({"retry_min_wait": 100}, "invalid retry settings in Airflow connection 'c'"),
         # A budget of a thousandth of a read a minute would hold each read back for 17 hours, past any timeout.
-        ({"reads_per_minute": 0.001}, "'reads_per_minute' must be 0 \\(no pacing\\) or >= 1 a minute"),
-        ({"reads_per_minute": "1e-320"}, "'reads_per_minute' must be 0 \\(no pacing\\) or >= 1 a minute"),
-        ({"writes_per_minute": 0.5}, "'writes_per_minute' must be 0 \\(no pacing\\) or >= 1 a minute"),
-        ({"reads_per_minute": -1}, "'reads_per_minute' must be >= 0"),
+        ({"reads_per_minute": 0.001}, "the Reads per minute field .* must be 0 \\(no pacing\\) or >= 1 a minute"),
+        ({"reads_per_minute": "1e-320"}, "\\(reads_per_minute in the extra\\) .* must be 0 \\(no pacing\\) or >= 1"),
+        ({"writes_per_minute": 0.5}, "the Runs started per minute field .* must be 0 \\(no pacing\\) or >= 1 a minute"),
+        ({"reads_per_minute": -1}, "\\(reads_per_minute in the extra\\) of Airflow connection 'c' must be >= 0"),
     ],
 )
 def test_bad_extras_are_explained(extra: dict, message: str) -> None:
@@ -114,12 +114,12 @@ def test_credentials_pasted_in_the_host_are_never_echoed(host: str) -> None:
     with pytest.raises(DuneConfigurationError) as info:
         normalize_base_url(host)
     assert "s3cret-key" not in str(info.value)
-    assert "Password field" in str(info.value)
+    assert "the API base URL field" in str(info.value) and "the API Key field" in str(info.value)
 
 
 @pytest.mark.parametrize("port", [0, 70000, -1, True])
 def test_an_impossible_port_field_is_refused(port: object) -> None:
-    with pytest.raises(DuneConfigurationError, match="port must be a number from 1 to 65535"):
+    with pytest.raises(DuneConfigurationError, match="port of the Airflow connection must be a number from 1 to 65535"):
         normalize_base_url("https://api.dune.com", port)  # type: ignore[arg-type]
 
 

@@ -71,8 +71,21 @@ def test_errors_survive_pickling_with_their_fields() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is DuneRateLimitError
     assert (copy.http_status, copy.message, copy.retry_after, str(copy)) == (429, "slow down", 3.0, str(error))
-    conn = pickle.loads(pickle.dumps(DuneConnectionError("dropped", request_sent=False)))
-    assert conn.request_sent is False
+    conn = pickle.loads(pickle.dumps(DuneConnectionError("dropped", request_sent=False, conn_id="dune_prod")))
+    assert conn.request_sent is False and conn.conn_id == "dune_prod"
+
+
+def test_hints_name_the_connection_form_field_and_the_connection() -> None:
+    """Hints name a field by the label the connection form shows, and the connection once the hook names it."""
+    error = error_from_response(401, b'{"error": "invalid API key"}', endpoint="POST /v1/usage")
+    assert "Check the API Key field of the Airflow connection;" in str(error)
+    error.name_connection("dune_prod")
+    assert "Check the API Key field of Airflow connection 'dune_prod';" in str(error)
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+    limited = error_from_response(429, b"{}")
+    limited.name_connection("dune_prod")
+    assert "Reads per minute and Runs started per minute fields of Airflow connection 'dune_prod'" in str(limited)
+    assert "Password" not in str(error) + str(limited)
 
 
 def test_add_detail_extends_message() -> None:

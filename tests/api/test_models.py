@@ -91,7 +91,7 @@ def test_node_error_means_failure_even_if_status_says_completed() -> None:
     )
     assert parsed.nodes[0].state is RunState.FAILED
     assert parsed.outcome is PipelineOutcome.FAILED
-    assert "node 1 (query 100): failed: division by zero" in parsed.failure_message()
+    assert parsed.failure_message() == "Dune pipeline P1 failed: node 1 (query 100): division by zero"
 
 
 def test_failed_node_while_others_run_is_terminal_with_cancellable_nodes() -> None:
@@ -111,7 +111,31 @@ def test_failed_node_while_others_run_is_terminal_with_cancellable_nodes() -> No
 def test_overall_error_is_failure() -> None:
     parsed = parse_pipeline_status(status("executing", error="pipeline aborted"), "P1")
     assert parsed.outcome is PipelineOutcome.FAILED
-    assert "Pipeline error: pipeline aborted" in parsed.failure_message()
+    assert parsed.failure_message() == "Dune pipeline P1 failed: pipeline error: pipeline aborted"
+
+
+def test_failure_is_stated_once_with_the_execution_s_line_and_column() -> None:
+    """Dune repeats a node's error in the pipeline's; the node's execution status says where in the SQL."""
+    parsed = parse_pipeline_status(
+        status(
+            "failed",
+            query_node(1, "completed", execution_id="E1"),
+            query_node(2, "failed", query_id=1001, execution_id="E2", error="Column 'x' cannot be resolved"),
+            error="node 2 (query 1001) failed: Column 'x' cannot be resolved",
+        ),
+        "P1",
+    )
+    execution = parse_execution_status(
+        {
+            "execution_id": "E2",
+            "state": "QUERY_STATE_FAILED",
+            "error": {"message": "Column 'x' cannot be resolved", "metadata": {"line": 3, "column": 8}},
+        }
+    )
+    assert parsed.failure_message() == "Dune pipeline P1 failed: node 2 (query 1001): Column 'x' cannot be resolved"
+    message = parsed.failure_message({"E2": execution})
+    assert message == "Dune pipeline P1 failed: node 2 (query 1001): Column 'x' cannot be resolved (line 3, column 8)"
+    assert message.count("cannot be resolved") == 1
 
 
 def test_cancelled_spellings() -> None:
@@ -196,6 +220,17 @@ def test_execution_status_parses_error_and_metadata() -> None:
         parse_execution_status({"state": "QUERY_STATE_COMPLETED"})
 
 
+def test_result_metadata_with_column_lists_that_are_not_lists_is_read_without_them() -> None:
+    page = parse_result_page(
+        {"execution_id": "E1", "state": "QUERY_STATE_COMPLETED", "result": {"metadata": {"column_names": 5.0}}}
+    )
+    assert page.metadata is not None and page.metadata.column_names == ()
+    status = parse_execution_status(
+        {"execution_id": "E1", "state": "QUERY_STATE_COMPLETED", "result_metadata": {"column_types": "abc"}}
+    )
+    assert status.result_metadata is not None and status.result_metadata.column_types == ()
+
+
 def test_result_page_pagination_fields() -> None:
     page = parse_result_page(
         {
@@ -206,7 +241,7 @@ def test_result_page_pagination_fields() -> None:
             "next_uri": "http://x/api/v1/execution/E1/results?offset=1&limit=1",
         }
     )
-    assert page.rows == [{"a": 1}] and page.has_more and page.next_offset == 1
+    assert page.rows == [{"a": 1}] and page.next_offset == 1
     assert page.metadata is not None and page.metadata.total_row_count == 10
 
 

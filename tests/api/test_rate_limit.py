@@ -27,6 +27,11 @@ def pacer(clock: Clock, jitter: float = 0.0) -> KeyPacer:
     return KeyPacer(clock=clock, jitter=lambda: jitter)
 
 
+def pause(limits: KeyPacer, per_minute: float = UNPACED) -> float:
+    """The first wait of a request sent now (0.0: it goes at once)."""
+    return next(limits.turns(per_minute), 0.0)
+
+
 def retry(base_wait: float, max_wait: float, max_retry_after: float = 300.0) -> RetryPolicy:
     """A retry policy whose first cooldown after a 429 (twice ``min_wait``) is ``base_wait``."""
     return RetryPolicy(min_wait=base_wait / 2, max_wait=max_wait, max_retry_after=max_retry_after)
@@ -34,9 +39,9 @@ def retry(base_wait: float, max_wait: float, max_retry_after: float = 300.0) -> 
 
 def test_no_delay_until_a_429(clock: Clock) -> None:
     limits = pacer(clock)
-    assert limits.reserve(UNPACED) == 0.0
+    assert pause(limits) == 0.0
     limits.succeeded()
-    assert limits.reserve(UNPACED) == 0.0
+    assert pause(limits) == 0.0
 
 
 def test_a_429_holds_back_every_request_with_that_key_only(clock: Clock) -> None:
@@ -45,12 +50,12 @@ def test_a_429_holds_back_every_request_with_that_key_only(clock: Clock) -> None
     other = pacers.get("https://api.dune.com/api", "other", "read")
     assert pacers.get("https://api.dune.com/api", "k", "read") is limited
     assert limited.rate_limited(None, retry(2.0, 60.0), UNPACED) == 2.0
-    assert limited.reserve(UNPACED) == 2.0
-    assert other.reserve(UNPACED) == 0.0
+    assert pause(limited) == 2.0
+    assert pause(other) == 0.0
     clock.now += 1.5
-    assert limited.reserve(UNPACED) == pytest.approx(0.5)
+    assert pause(limited) == pytest.approx(0.5)
     clock.now += 0.5
-    assert limited.reserve(UNPACED) == 0.0
+    assert pause(limited) == 0.0
 
 
 def test_429s_after_each_cooldown_double_it_up_to_the_cap_and_successes_shrink_it(clock: Clock) -> None:
@@ -75,7 +80,7 @@ def test_a_key_starts_afresh_once_it_recovered(clock: Clock) -> None:
     limits.rate_limited(None, retry(2.0, 10.0), UNPACED)
     clock.now += 60
     limits.succeeded()
-    assert limits.reserve(UNPACED) == 0.0
+    assert pause(limits) == 0.0
     assert limits.rate_limited(None, retry(2.0, 10.0), UNPACED) == 2.0
 
 
@@ -84,7 +89,7 @@ def test_429s_of_one_burst_count_once(clock: Clock) -> None:
     limits = pacer(clock)
     waits = [limits.rate_limited(None, retry(2.0, 60.0), UNPACED) for _ in range(7)]
     assert waits == [2.0] * 7
-    assert limits.reserve(UNPACED) == 2.0
+    assert pause(limits) == 2.0
 
 
 def test_retry_after_sets_the_cooldown_up_to_max_retry_after(clock: Clock) -> None:
@@ -92,21 +97,24 @@ def test_retry_after_sets_the_cooldown_up_to_max_retry_after(clock: Clock) -> No
     policy = retry(2.0, 60.0, max_retry_after=100.0)
     assert limits.rate_limited(7.0, policy, UNPACED) == 7.0
     assert limits.rate_limited(600.0, policy, UNPACED) == 100.0  # the server said so, up to the cap
-    assert limits.reserve(UNPACED) == 100.0
+    assert pause(limits) == 100.0
 
 
 def test_waiters_are_spread_over_the_cooldown(clock: Clock) -> None:
     limits = pacer(clock, jitter=0.5)
     limits.rate_limited(None, retry(4.0, 60.0), UNPACED)
-    assert limits.reserve(UNPACED) == 4.0 + 0.5 * 4.0
+    assert pause(limits) == 4.0 + 0.5 * 4.0
 
 
 def test_a_request_that_would_wait_past_its_deadline_goes_out_then_without_a_slot(clock: Clock) -> None:
     limits = pacer(clock)
     limits.rate_limited(None, retry(20.0, 60.0), UNPACED)
-    assert limits.reserve(6, latest=5.0) == 5.0
-    assert limits.reserve(6, latest=30.0) == 20.0  # the first slot after the cooldown: no earlier one was booked
-    assert limits.reserve(6) == 30.0  # then one slot (10 s at 6 a minute) after another
+    hurried, patient, queued = limits.turns(6, latest=5.0), limits.turns(6, latest=30.0), limits.turns(6)
+    assert next(hurried) == 5.0
+    assert list(hurried) == []  # then it goes, without taking a slot
+    assert next(patient) == 20.0  # the first slot after the cooldown
+    assert next(queued) == 30.0  # then one slot (10 s at 6 a minute) after another
+    assert limits.queued() == 2
 
 
 def test_keys_do_not_contain_the_api_key() -> None:

@@ -214,7 +214,7 @@ def test_nested_result_metadata_wins_over_flat_fields() -> None:
 def test_page_past_the_end_is_empty_with_total_row_count() -> None:
     """Results: a request past the end returns empty rows with total_row_count still set (pagination docs)."""
     page = parse_result_page(_results({"rows": [], "metadata": {"column_names": ["a"], "total_row_count": 3}}))
-    assert page.rows == [] and not page.has_more
+    assert page.rows == [] and page.next_offset is None and page.next_uri is None
     check_result_page(page, ENDPOINT)  # an empty page of a completed result is not an error
 
 

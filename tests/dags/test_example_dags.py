@@ -24,7 +24,7 @@ from tests.dags.conftest import DAG_TEST_API_KEY, airflow_command, dag_test_env
 CRON_DAG_IDS = {"dune_nightly_refresh", "dune_explicit_pipeline", "dune_trigger_then_sense", "dune_refresh_many"}
 # Scheduled on Dune assets; the AssetWatcher one needs Airflow 3.
 ASSET_DAG_IDS = {"dune_after_nightly_refresh"} | ({"dune_on_view_refresh"} if AIRFLOW_V_3_0_PLUS else set())
-MANUAL_DAG_IDS = {"dune_as_code", "dune_queries_views_and_data"}
+MANUAL_DAG_IDS = {"dune_as_code", "dune_queries_views_and_data", "dune_connection_check"}
 EXPECTED_DAG_IDS = CRON_DAG_IDS | ASSET_DAG_IDS | MANUAL_DAG_IDS
 NOT_DAG_FILES = ("__init__.py", "demo.py")
 DAG_FILES = sorted(p.name for p in DAGS_FOLDER.glob("*.py") if p.name not in NOT_DAG_FILES)
@@ -211,10 +211,20 @@ def test_unpausing_starts_no_run_for_a_past_schedule_time(dag_id, dagbag, monkey
 
 
 def _dags_test(
-    home: Path, emulator: Any, dag_id: str, *, key_in_extra: bool = False, task_id: str | None = None
+    home: Path,
+    emulator: Any,
+    dag_id: str,
+    *,
+    key_in_extra: bool = False,
+    task_id: str | None = None,
+    conf: dict[str, Any] | None = None,
+    wrong_key: str | None = None,
+    dags_folder: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``airflow dags test dag_id`` (``airflow tasks test dag_id task_id`` with ``task_id``); the API key (in
-    Password, or ``api_key`` in the extra) is never printed."""
+    """``airflow dags test dag_id`` (``airflow tasks test dag_id task_id`` with ``task_id``) on the example DAGs
+    (or ``dags_folder``); the API key (in Password, or ``api_key`` in the extra) is never printed. ``conf`` is
+    the run's configuration; with ``wrong_key``, connection ``dune_wrong_key`` holds that key, which must not be
+    printed either."""
     extra: dict[str, Any] = {"timeout": 5, "retry_min_wait": 0.05, "retry_max_wait": 0.2, "reads_per_minute": 0}
     conn: dict[str, Any] = {"conn_type": "dune", "host": emulator.url, "extra": extra}
     if key_in_extra:
@@ -222,11 +232,22 @@ def _dags_test(
     else:
         conn["password"] = DAG_TEST_API_KEY
     env = dag_test_env(home, json.dumps(conn))
+    if wrong_key:
+        env["AIRFLOW_CONN_DUNE_WRONG_KEY"] = json.dumps({**conn, "password": wrong_key})
+    if dags_folder is not None:
+        env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
+        # What a DAG processor does: the DAGs, their assets and aliases in the metadata DB (Airflow 2.11's
+        # `dags test` records no event for a dataset or alias it does not find there).
+        setup = subprocess.run(
+            [*airflow_command(), "dags", "reserialize"], env=env, capture_output=True, text=True, timeout=180
+        )
+        assert setup.returncode == 0, _output(setup)[-4000:]
     result = subprocess.run(
         [
             *airflow_command(),
             *(["tasks", "test", dag_id, task_id] if task_id else ["dags", "test", dag_id]),
             LOGICAL_DATE,
+            *(["--conf", json.dumps(conf)] if conf else []),
         ],
         env=env,
         capture_output=True,
@@ -235,7 +256,9 @@ def _dags_test(
         check=False,
     )
     printed = _output(result)
-    assert DAG_TEST_API_KEY not in printed, printed[max(0, printed.find(DAG_TEST_API_KEY) - 2000) :][:3000]
+    for key in (DAG_TEST_API_KEY, wrong_key):
+        if key:
+            assert key not in printed, printed[max(0, printed.find(key) - 2000) :][:3000]
     return result
 
 
@@ -276,11 +299,38 @@ def _run_record(home: Path, dag_id: str, *, after_log_id: int = 0) -> dict[str, 
     return {"state": state, "tasks": tasks, "xcoms": xcoms, "triggers": triggers}
 
 
+def _asset_events(home: Path, dag_id: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The asset (dataset) events the newest run of ``dag_id`` recorded, by (task id, URI): each one's extra and
+    the aliases it was recorded through."""
+    asset, alias = ("asset", "asset_alias") if AIRFLOW_V_3_0_PLUS else ("dataset", "dataset_alias")
+    with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+        (run_id,) = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+        ).fetchone()
+        rows = db.execute(
+            f"SELECT e.id, e.source_task_id, a.uri, e.extra FROM {asset}_event e JOIN {asset} a ON a.id = e.{asset}_id"
+            " WHERE e.source_dag_id = ? AND e.source_run_id = ? ORDER BY e.id",
+            (dag_id, run_id),
+        ).fetchall()
+        events: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for event_id, task_id, uri, extra in rows:
+            through = sorted(
+                name
+                for (name,) in db.execute(
+                    f"SELECT x.name FROM {alias} x JOIN {alias}_{asset}_event l ON l.alias_id = x.id"
+                    " WHERE l.event_id = ?",
+                    (event_id,),
+                )
+            )
+            events.setdefault((task_id, uri), []).append({"extra": json.loads(extra or "{}"), "aliases": through})
+    return events
+
+
 def _status_polls_after_single_execute(emulator: Any) -> int:
     requests = emulator.requests
     executes = [r for r in requests if r.endpoint == "execute_query_pipeline"]
     assert len(executes) == 1
-    polls = [r for r in requests if r.endpoint == "pipeline_status"]
+    polls = [r for r in requests if r.endpoint == "get_pipeline_status"]
     assert all(p.at >= executes[0].at for p in polls)
     assert all(p.status == 200 for p in polls)
     return len(polls)
@@ -363,6 +413,80 @@ def test_nightly_refresh_runs_and_defers(migrated_airflow_home, dag_test_emulato
         ("materialized_view_refresh", "completed"),
         ("query_execution", "completed"),
     ]
+    # What the run cost: per node and in all, in the XCom and in the task's log.
+    assert all(n["credits"] > 0 for n in summary["nodes"]), summary
+    assert summary["total_credits"] == pytest.approx(sum(n["credits"] for n in summary["nodes"]))
+    title = f"Dune pipeline {pipeline_id}: success, 2/2 nodes done, {summary['total_credits']:,.2f} credits"
+    assert title in output, output[-6000:]
+    if AIRFLOW_V_3_0_PLUS:  # 2.11's `dags test` records no event for a dataset it did not write to the DB
+        # One asset event per refreshed object: the query on its declared outlet, the view through the alias.
+        events = _asset_events(migrated_airflow_home, "dune_nightly_refresh")
+        assert {uri: [e["aliases"] for e in found] for (_, uri), found in events.items()} == {
+            "dune://queries/1001": [[]],
+            "dune://views/dune.demo.result_dex_trades_daily": [["dune_nightly_refreshed_views"]],
+        }
+        assert {e["extra"]["pipeline_execution_id"] for found in events.values() for e in found} == {pipeline_id}
+
+
+ASSET_EVENTS_DAG = """
+from datetime import datetime
+
+try:
+    from airflow.sdk import DAG, AssetAlias
+except ImportError:  # Airflow 2.11
+    from airflow import DAG
+    from airflow.datasets import DatasetAlias as AssetAlias
+
+from airflow_provider_dune.assets import dune_query_asset, dune_view_asset
+from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
+
+VIEW = "dune.demo.result_dex_trades_daily"
+OUTLETS = {
+    "outlets_only": [dune_query_asset(1001), dune_view_asset(VIEW)],
+    "alias_only": [AssetAlias("alias_only")],
+    "outlet_and_alias": [dune_query_asset(1001), AssetAlias("outlet_and_alias")],
+    "two_aliases": [AssetAlias("first_alias"), AssetAlias("second_alias")],
+}
+
+with DAG("dune_asset_event_counts", schedule=None, start_date=datetime(2024, 1, 1), catchup=False):
+    for task_id, outlets in OUTLETS.items():
+        # query 1001's pipeline refreshes the view, then runs the query
+        DuneExecutePipelineOperator(
+            task_id=task_id, query_id=1001, poll_interval=0.4, deferrable=task_id == "outlet_and_alias", outlets=outlets
+        )
+"""
+
+
+@pytest.mark.dag
+def test_each_refreshed_object_gets_one_asset_event_per_run(migrated_airflow_home, dag_test_emulator, tmp_path):
+    """Outlets only, an alias only, an outlet and an alias, two aliases: one event per refreshed object and task,
+    with the run's execution ids, counted in Airflow's metadata DB."""
+    (tmp_path / "dune_asset_event_counts.py").write_text(ASSET_EVENTS_DAG)
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_asset_event_counts", dags_folder=tmp_path)
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    record = _run_record(migrated_airflow_home, "dune_asset_event_counts")
+    assert {task["state"] for task in record["tasks"].values()} == {"success"}, output[-6000:]
+    query, view = "dune://queries/1001", "dune://views/dune.demo.result_dex_trades_daily"
+    through = {
+        "outlets_only": {query: [], view: []},
+        "alias_only": {query: ["alias_only"], view: ["alias_only"]},
+        "outlet_and_alias": {query: [], view: ["outlet_and_alias"]},
+        "two_aliases": {query: ["first_alias", "second_alias"], view: ["first_alias", "second_alias"]},
+    }
+    events = _asset_events(migrated_airflow_home, "dune_asset_event_counts")
+    assert {key: [e["aliases"] for e in found] for key, found in events.items()} == {
+        (task_id, uri): [aliases] for task_id, expected in through.items() for uri, aliases in expected.items()
+    }
+    for (task_id, uri), (event,) in events.items():
+        summary = record["xcoms"][(task_id, "return_value")]
+        node = next(n for n in summary["nodes"] if uri.endswith(str(n["view_name"] or n["query_id"])))
+        assert event["extra"] == {
+            "pipeline_execution_id": summary["pipeline_execution_id"],
+            "execution_id": node["execution_id"],
+            "credits": node["credits"],
+        }
+    assert dag_test_emulator.counts["execute_query_pipeline"] == len(through)
 
 
 @pytest.mark.dag
@@ -446,7 +570,7 @@ def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, slow_p
     assert counts["execute_query_pipeline"] == 1
     assert _status_polls_after_single_execute(dag_test_emulator) >= 3
     pipeline_id = record["xcoms"][("start_pipeline", "pipeline_execution_id")]
-    polled = {r.path.rsplit("/", 2)[-2] for r in dag_test_emulator.requests if r.endpoint == "pipeline_status"}
+    polled = {r.path.rsplit("/", 2)[-2] for r in dag_test_emulator.requests if r.endpoint == "get_pipeline_status"}
     assert polled == {pipeline_id}
     # Query 1005's lineage is a diamond of three views plus the query: four nodes, all completed.
     request = urllib.request.Request(
@@ -457,3 +581,41 @@ def test_trigger_then_sense_runs_and_sensor_defers(migrated_airflow_home, slow_p
         status = json.loads(response.read())
     assert status["status"] == "completed"
     assert len(status["node_executions"]) == 4
+
+
+@pytest.mark.dag
+def test_connection_check_reports_the_credits_with_a_good_key(migrated_airflow_home, dag_test_emulator):
+    """The DAG a user triggers from the UI to check a connection: one free ``POST /v1/usage``, logged."""
+    result = _dags_test(migrated_airflow_home, dag_test_emulator, "dune_connection_check")
+    output = _output(result)
+    assert result.returncode == 0, output[-6000:]
+    record = _run_record(migrated_airflow_home, "dune_connection_check")
+    assert record["state"] == "success", output[-6000:]
+    message = record["xcoms"][("check_connection", "return_value")]
+    assert message.startswith(f"Connected to Dune at {dag_test_emulator.url} with Airflow connection 'dune_default'")
+    assert "0 of 2500 credits used this billing period (" in message
+    assert message in output  # the task's log
+    assert [r.endpoint for r in dag_test_emulator.requests] == ["get_usage"]
+
+
+@pytest.mark.dag
+def test_connection_check_names_the_api_key_field_with_a_wrong_key(migrated_airflow_home, dag_test_emulator):
+    """The connection id comes from the run's params; a wrong key fails the task with the form's field name,
+    and the key is printed nowhere (``_dags_test``) and written in no file under AIRFLOW_HOME."""
+    wrong_key = "wrong-connection-check-key-7f3a"
+    result = _dags_test(
+        migrated_airflow_home,
+        dag_test_emulator,
+        "dune_connection_check",
+        conf={"dune_conn_id": "dune_wrong_key"},
+        wrong_key=wrong_key,
+    )
+    output = _output(result)
+    record = _run_record(migrated_airflow_home, "dune_connection_check")
+    assert record["state"] == "failed", output[-6000:]
+    assert record["tasks"]["check_connection"]["state"] == "failed"
+    assert "HTTP 401" in output, output[-6000:]
+    assert "Check the API Key field of Airflow connection 'dune_wrong_key'" in output, output[-6000:]
+    assert [(r.endpoint, r.status) for r in dag_test_emulator.requests] == [("get_usage", 401)]  # not retried
+    files = _files(migrated_airflow_home)
+    assert [str(p) for p in files if wrong_key.encode() in p.read_bytes()] == []

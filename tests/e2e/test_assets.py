@@ -153,7 +153,12 @@ def test_the_nightly_refresh_starts_its_downstream_dag_once_with_the_execution(a
     assert reported["uri"] == "dune://queries/1001" and reported["pipeline_execution_id"] == pipeline_id
     status = stack.dune(f"/v1/execution/{reported['execution_id']}/status")
     assert status["query_id"] == 1001 and status["state"] == "QUERY_STATE_COMPLETED"
-    events = _asset_events(stack)
+    events = [e for e in _asset_events(stack) if e["source_dag_id"] == "dune_nightly_refresh"]
+    # One event per refreshed object: the query on its declared outlet, the view through the alias.
+    assert sorted(event["uri"] for event in events) == [
+        "dune://queries/1001",
+        "dune://views/dune.demo.result_dex_trades_daily",
+    ], events
     by_uri = {event["uri"]: event for event in events}
     view_event = by_uri["dune://views/dune.demo.result_dex_trades_daily"]  # found at run time, through the alias
     assert view_event["extra"]["pipeline_execution_id"] == pipeline_id

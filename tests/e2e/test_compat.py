@@ -186,7 +186,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
         f"\n[e2e] Airflow {RELEASE.version}: demo exited {run.returncode} in {seconds:.1f}s "
         f"(`airflow dags test` {dags_test.group(1) + 's' if dags_test else 'n/a'}); "
         f"pipeline starts {len(_pipeline_starts(requests))}, "
-        f"status reads {sum(r['endpoint'] == 'pipeline_status' for r in requests)}"
+        f"status reads {sum(r['endpoint'] == 'get_pipeline_status' for r in requests)}"
     )
     return run
 
@@ -222,7 +222,7 @@ def test_demo_runs_the_nightly_refresh_with_a_real_deferral(demo_run: DemoRun) -
     # exactly one pipeline started, and its status read by the task once, then by the trigger
     (start,) = _pipeline_starts(run.requests)
     assert start["path"].endswith(f"/v1/query/{QUERY_ID}/pipeline/execute")
-    reads = [r for r in run.requests if r["endpoint"] == "pipeline_status" and r["at"] >= start["at"]]
+    reads = [r for r in run.requests if r["endpoint"] == "get_pipeline_status" and r["at"] >= start["at"]]
     assert len(reads) >= 2, f"{len(reads)} status reads: the trigger did not poll"
     xcoms = {
         key: _xcom_value(value)
@@ -383,7 +383,7 @@ def test_connections_test_cli_with_the_key_and_with_a_wrong_one(airflow_stack: A
     started = time.monotonic()
     output = stack.airflow("connections", "test", "dune_default")
     assert "Connection success!" in output, output
-    usage_calls = [r for r in stack.emulator.requests() if r["endpoint"] == "usage"]
+    usage_calls = [r for r in stack.emulator.requests() if r["endpoint"] == "get_usage"]
     assert usage_calls and usage_calls[-1]["status"] == 200, usage_calls[-1:]
 
     wrong_key = f"not-the-key-{secrets.token_hex(4)}"
@@ -400,7 +400,7 @@ def test_connections_test_cli_with_the_key_and_with_a_wrong_one(airflow_stack: A
     print(f"\n[e2e] `airflow connections test` twice in {time.monotonic() - started:.1f}s")
     said = _one_line(result.stdout + result.stderr)
     assert "Connection failed!" in said, said[-2000:]
-    assert "HTTP 401" in said and "Check the API key in the Password field" in said, said[-2000:]
+    assert "HTTP 401" in said and "Check the API Key field of Airflow connection" in said, said[-2000:]
     assert wrong_key not in said
     assert stack.emulator.requests()[-1]["status"] == 401
 

@@ -383,6 +383,42 @@ def test_connection_test_through_the_rest_api_and_the_cli(airflow_stack: Airflow
     assert "Connection success!" in output, output
 
 
+def test_browser_task_log_of_a_failed_run(airflow_stack: AirflowStack) -> None:
+    """Query 1001 fails with an SQL error: the task log in the UI shows the report table and states the error
+    once (the screenshot in docs/operators/pipeline.rst). Before the key grep, so that log is searched too."""
+    reason = missing_browser()
+    if reason and os.environ.get("DUNE_REQUIRE_BROWSER"):
+        pytest.fail(f"DUNE_REQUIRE_BROWSER is set but {reason}")
+    if reason:
+        pytest.skip(f"browser test skipped: {reason}")
+    stack = airflow_stack
+    assert stack.admin_password is not None
+    _ensure_connection(stack)
+    error = "line 3:8: Column 'amount_usdd' cannot be resolved"
+    query = {"name": "daily_dex_volume", "depends_on": ["dune.demo.result_dex_trades_daily"], "parameters": ["date"]}
+    stack.emulator.add_query(1001, **query, duration=2.0, pending=0.5, error=error)
+    try:
+        stack.rest("PATCH", "/api/v2/dags/dune_nightly_refresh", {"is_paused": False})
+        stack.rest(
+            "POST", "/api/v2/dags/dune_nightly_refresh/dagRuns", {"dag_run_id": "failed_run", "logical_date": None}
+        )
+        states = _wait_run_states(stack, [("dune_nightly_refresh", "failed_run")])
+    finally:
+        stack.emulator.add_query(1001, **query, duration=2.0, pending=0.5)
+    assert set(states.values()) == {"failed"}, states
+    with browser_page(stack.base_url, ADMIN_USER, stack.admin_password) as page:
+        page.goto(f"{stack.base_url}/dags/dune_nightly_refresh/runs/failed_run/tasks/refresh_daily_dex_volume")
+        page.get_by_text(re.compile(r"Dune pipeline \w+ failed: node \d+ \(query 1001\)")).first.wait_for()
+        log_text = page.locator("body").inner_text()
+        # The report table: a header and a row per node, with the failed node's state.
+        assert re.search(r"node\s+what\s+state\s+queued\s+ran", log_text), log_text[-3000:]
+        assert re.search(r"query 1001\s+failed", log_text), log_text[-3000:]
+        # Dune's error once in what the task wrote (the failure message), not in progress lines or events.
+        assert log_text.count("Column 'amount_usdd' cannot be resolved") == 1, log_text[-4000:]
+        assert "Not retried: this is an SQL error" in log_text, log_text[-3000:]
+        screenshot(page, "task-log-failed")
+
+
 def test_api_key_appears_nowhere(airflow_stack: AirflowStack) -> None:
     found = airflow_stack.find_key_leaks()
     print(f"\n[e2e] key grep after the first hour: searched {found['searched']}")

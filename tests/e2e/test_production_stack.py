@@ -218,7 +218,7 @@ def _budget_phase(
     for request in requests:
         if request["endpoint"] == "execute_query_pipeline" and request["status"] == 200:
             executed[json.loads(request["response_body"])["pipeline_execution_id"]] = request["at"]
-        if request["endpoint"] == "pipeline_status":
+        if request["endpoint"] == "get_pipeline_status":
             if request["status"] == 429:
                 throttled += 1
             elif request["status"] == 200 and json.loads(request["response_body"]).get("status") == "completed":
@@ -229,7 +229,7 @@ def _budget_phase(
     return {
         "pipelines": len(executed),
         "detected": len(latencies),
-        "status_reads": sum(1 for r in requests if r["endpoint"] == "pipeline_status"),
+        "status_reads": sum(1 for r in requests if r["endpoint"] == "get_pipeline_status"),
         "429s": throttled,
         "latency_median_s": round(statistics.median(latencies), 1) if latencies else None,
         "latency_max_s": round(max(latencies), 1) if latencies else None,

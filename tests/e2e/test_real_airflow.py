@@ -147,9 +147,9 @@ def test_triggerer_killed_while_polling_then_restarted(airflow_stack: AirflowSta
     stack.wait_for(
         "e2e_restart", "restart", lambda s: list(s.values()).count("deferred") == N_RESTART, timeout=90, interval=0.2
     )
-    polls_before = stack.emulator.counts().get("pipeline_status", 0)
+    polls_before = stack.emulator.counts().get("get_pipeline_status", 0)
     time.sleep(2)  # let the triggers poll
-    assert stack.emulator.counts().get("pipeline_status", 0) > polls_before, "triggers are not polling"
+    assert stack.emulator.counts().get("get_pipeline_status", 0) > polls_before, "triggers are not polling"
     triggers_before = _trigger_ids(stack)
     old_triggerers = {row[0] for row in stack.query("SELECT DISTINCT triggerer_id FROM trigger")}
     new_triggerers: set[int] = set()
@@ -197,12 +197,12 @@ def test_faults_while_polling_and_a_real_node_failure(airflow_stack: AirflowStac
         Fault.slow(7.0, times=1),  # beyond the connection's 5 s read timeout
         Fault.status(502, times=1),
     )
-    stack.emulator.inject("pipeline_status", *faults)
+    stack.emulator.inject("get_pipeline_status", *faults)
     injected = sum(f.times for f in faults)
     states = stack.wait_for("e2e_faults", "faults", _all_end, timeout=150, interval=0.25)
     applied: dict[str, int] = {}
     for request in stack.emulator.requests():
-        if request["endpoint"] == "pipeline_status" and request["fault"]:
+        if request["endpoint"] == "get_pipeline_status" and request["fault"]:
             key = f"{request['fault']}:{request['status']}"
             applied[key] = applied.get(key, 0) + 1
     executions = {q: n for q, n in _executions(stack).items() if 401 <= int(q) <= 404}
@@ -279,7 +279,7 @@ def test_a_retried_deferred_task_reattaches_through_the_task_state_store(airflow
     stack = airflow_stack
     task_id = f"query_{RETRY_QUERY}"
     stack.emulator.add_query(RETRY_QUERY, duration=3, rows=[{"n": n} for n in range(5)])
-    stack.emulator.inject("execution_results", Fault.status(503, times=DEFAULT_MAX_ATTEMPTS), query_id=RETRY_QUERY)
+    stack.emulator.inject("get_execution_results", Fault.status(503, times=DEFAULT_MAX_ATTEMPTS), query_id=RETRY_QUERY)
     records_between_tries: list[Any] = []
     variables_seen: set[str] = set()
 

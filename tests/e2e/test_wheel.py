@@ -305,7 +305,7 @@ def test_the_nightly_example_dag_runs_and_defers_from_the_wheel(venv, env, workd
     assert [t["classpath"] for t in run["triggers"]] == [PIPELINE_TRIGGER]
     assert run["xcoms"]["return_value"]["state"] == "completed", run["xcoms"]
     assert counts["execute_query_pipeline"] == 1
-    assert counts["pipeline_status"] >= 2  # once by the task, then by the trigger
+    assert counts["get_pipeline_status"] >= 2  # once by the task, then by the trigger
     assert TASK_ID in output
 
 

@@ -19,7 +19,7 @@ from referencing.jsonschema import DRAFT7
 
 from airflow_provider_dune.testing._profiles import PROFILE_ENV
 from airflow_provider_dune.testing._spec import load_spec
-from airflow_provider_dune.testing.emulator import SPEC_OPERATIONS, DuneEmulator, RecordedRequest
+from airflow_provider_dune.testing.emulator import ENDPOINTS, DuneEmulator, RecordedRequest
 from airflow_provider_dune.testing.pytest_plugin import dune_emulator, dune_emulator_session  # noqa: F401
 
 WRITE_KEY = "test-key"
@@ -131,8 +131,8 @@ class SpecChecker:
         self.undeclared: set[tuple[str, int]] = set()
 
     def response_schema(self, endpoint: str, status: int) -> dict[str, Any] | None:
-        path, method = SPEC_OPERATIONS[endpoint]
-        response = self.spec["paths"][path][method.lower()]["responses"].get(str(status))
+        operation = ENDPOINTS[endpoint]
+        response = self.spec["paths"][operation.path][operation.method.lower()]["responses"].get(str(status))
         if response is None:
             return None
         schema: dict[str, Any] = response["content"]["application/json"]["schema"]

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_dune.testing._model import ENDPOINTS
-from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.testing.emulator import ENDPOINTS, DuneEmulator, Fault
 from tests.emulator.conftest import WRITE_KEY, Api, FakeClock
 
 
@@ -49,7 +48,7 @@ def test_status_fault_with_message_retry_after_and_times(api: Api, emu: DuneEmul
 
 
 def test_faults_only_hit_their_endpoint(api: Api, emu: DuneEmulator) -> None:
-    emu.inject("pipeline_status", Fault.status(500))
+    emu.inject("get_pipeline_status", Fault.status(500))
     assert api.get("/v1/query/1001").status_code == 200
     assert api.get("/v1/pipelines/executions/01HKZJ2683PHF9Q9PHHQ8FW4Q1/status").status_code == 500
     assert api.get("/v1/pipelines/executions/01HKZJ2683PHF9Q9PHHQ8FW4Q1/status").status_code == 404
@@ -63,8 +62,8 @@ def test_faults_scoped_to_a_query_id(api: Api, emu: DuneEmulator) -> None:
 
     first = api.post("/v1/query/1003/execute", json={}).json()["execution_id"]
     other = api.post("/v1/query/1099/execute", json={}).json()["execution_id"]
-    emu.inject("execution_status", Fault.status(500), query_id=1003)
-    emu.inject("pipeline_status", Fault.status(502), query_id=1001)
+    emu.inject("get_execution_status", Fault.status(500), query_id=1003)
+    emu.inject("get_pipeline_status", Fault.status(502), query_id=1001)
     assert api.get(f"/v1/execution/{other}/status").status_code == 200
     assert api.get(f"/v1/execution/{first}/status").status_code == 500
     assert api.get(f"/v1/execution/{first}/status").status_code == 200
@@ -191,20 +190,20 @@ def test_fault_json_round_trip() -> None:
 
 def test_hostile_faults_over_raw_http(api: Api, emu: DuneEmulator) -> None:
     """What the hostile faults put on the wire, seen by a plain HTTP client."""
-    emu.inject("usage", Fault.oversized(3 * 1024 * 1024))
+    emu.inject("get_usage", Fault.oversized(3 * 1024 * 1024))
     big = api.post("/v1/usage", json={})
     assert big.status_code == 200 and len(big.content) == 3 * 1024 * 1024
-    emu.inject("usage", Fault.echo_key(401))
+    emu.inject("get_usage", Fault.echo_key(401))
     echoed = api.post("/v1/usage", json={})
     assert echoed.status_code == 401 and WRITE_KEY in echoed.json()["error"]
-    emu.inject("usage", Fault.redirect("https://elsewhere.example/api"))
+    emu.inject("get_usage", Fault.redirect("https://elsewhere.example/api"))
     moved = api.post("/v1/usage", json={}, allow_redirects=False)
     assert moved.status_code == 307 and moved.headers["Location"] == "https://elsewhere.example/api"
     emu.inject("execute_query_pipeline", Fault.truncated())
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         api.post("/v1/query/1001/pipeline/execute", json={"performance": "medium"})
     assert emu.executions_started(1001) == 1  # performed, then the answer was cut
-    emu.inject("usage", Fault.drip(0.01))
+    emu.inject("get_usage", Fault.drip(0.01))
     started = time.monotonic()
     dripped = api.post("/v1/usage", json={})
     assert dripped.status_code == 200 and time.monotonic() - started >= 0.01 * len(dripped.content) * 0.8
@@ -281,7 +280,7 @@ def test_reset_forgets_runs_but_keeps_the_catalog(api: Api, emu: DuneEmulator) -
     assert emu.counts == {} and emu.requests == [] and emu.executions_started() == 0
     assert api.get("/v1/query/1001").status_code == 200  # fault forgotten, query kept
     assert api.get(f"/v1/execution/{execution_id}/status").status_code == 404
-    assert emu.counts == {"get_query": 1, "execution_status": 1}
+    assert emu.counts == {"get_query": 1, "get_execution_status": 1}
 
 
 def _every_endpoint_request(api: Api, emu: DuneEmulator, endpoint: str) -> tuple[str, str, dict[str, Any]]:
@@ -291,10 +290,10 @@ def _every_endpoint_request(api: Api, emu: DuneEmulator, endpoint: str) -> tuple
     if endpoint in ("insert_rows", "clear_table", "delete_table"):
         assert api.post("/v1/uploads", json={"namespace": "s", "table_name": "t", "schema": schema}).ok
         assert api.post("/v1/uploads/s/t/insert", **ndjson).ok
-    if endpoint in ("pipeline_status",):
+    if endpoint in ("get_pipeline_status",):
         return "GET", f"/v1/pipelines/executions/{api.run_query_pipeline(1001)}/status", {}
     execution = ""
-    if endpoint in ("execution_status", "execution_results", "cancel_execution"):
+    if endpoint in ("get_execution_status", "get_execution_results", "cancel_execution"):
         execution = api.post("/v1/query/1003/execute", json={}).json()["execution_id"]
     created = 0
     if endpoint in ("update_query", "upsert_materialized_view", "delete_materialized_view"):
@@ -311,14 +310,14 @@ def _every_endpoint_request(api: Api, emu: DuneEmulator, endpoint: str) -> tuple
         ),
         "get_query_pipeline": ("GET", "/v1/query/1001/pipeline", {}),
         "execute_query": ("POST", "/v1/query/1003/execute", {"json": {}}),
-        "execution_status": ("GET", f"/v1/execution/{execution}/status", {}),
-        "execution_results": ("GET", f"/v1/execution/{execution}/results", {}),
-        "query_results": ("GET", "/v1/query/1003/results", {}),
+        "get_execution_status": ("GET", f"/v1/execution/{execution}/status", {}),
+        "get_execution_results": ("GET", f"/v1/execution/{execution}/results", {}),
+        "get_query_results": ("GET", "/v1/query/1003/results", {}),
         "cancel_execution": ("POST", f"/v1/execution/{execution}/cancel", {}),
         "refresh_materialized_view": ("POST", f"/v1/materialized-views/{view}/refresh", {"json": {}}),
         "get_materialized_view": ("GET", f"/v1/materialized-views/{view}", {}),
         "get_query": ("GET", "/v1/query/1003", {}),
-        "usage": ("POST", "/v1/usage", {"json": {}}),
+        "get_usage": ("POST", "/v1/usage", {"json": {}}),
         "create_query": ("POST", "/v1/query", {"json": {"name": "lost", "query_sql": "SELECT 1"}}),
         "update_query": ("PATCH", f"/v1/query/{created}", {"json": {"query_sql": "SELECT 2"}}),
         "execute_sql": ("POST", "/v1/sql/execute", {"json": {"sql": "SELECT 1", "performance": "medium"}}),

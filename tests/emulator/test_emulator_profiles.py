@@ -63,24 +63,24 @@ PIPELINE = {
 
 # (endpoint, ideal body, does the answer show the shape?)
 SHAPE_CASES: dict[str, tuple[str, dict[str, Any], Any]] = {
-    "no_finished_flag": ("execution_status", PENDING, lambda b: "is_execution_finished" not in b),
-    "large_queue_position": ("execution_status", PENDING, lambda b: b.get("queue_position", 0) >= 1_000),
-    "zero_expires_at": ("execution_status", PENDING, lambda b: b.get("expires_at") == ZERO_TIMESTAMP),
-    "cancelled_at_when_completed": ("execution_status", COMPLETED, lambda b: "cancelled_at" in b),
-    "canceled_one_l": ("execution_status", CANCELLED, lambda b: b["state"] == "QUERY_STATE_CANCELED"),
-    "extra_status_fields": ("execution_status", COMPLETED, lambda b: "max_inflight_interactive_executions" in b),
-    "error_without_location": ("execution_status", FAILED, lambda b: "metadata" not in b["error"]),
-    "metadata_fields_absent": ("execution_status", COMPLETED, lambda b: "row_count" not in b["result_metadata"]),
-    "flat_result_metadata": ("execution_results", RESULTS, lambda b: "column_names" in b["result"]),
+    "no_finished_flag": ("get_execution_status", PENDING, lambda b: "is_execution_finished" not in b),
+    "large_queue_position": ("get_execution_status", PENDING, lambda b: b.get("queue_position", 0) >= 1_000),
+    "zero_expires_at": ("get_execution_status", PENDING, lambda b: b.get("expires_at") == ZERO_TIMESTAMP),
+    "cancelled_at_when_completed": ("get_execution_status", COMPLETED, lambda b: "cancelled_at" in b),
+    "canceled_one_l": ("get_execution_status", CANCELLED, lambda b: b["state"] == "QUERY_STATE_CANCELED"),
+    "extra_status_fields": ("get_execution_status", COMPLETED, lambda b: "max_inflight_interactive_executions" in b),
+    "error_without_location": ("get_execution_status", FAILED, lambda b: "metadata" not in b["error"]),
+    "metadata_fields_absent": ("get_execution_status", COMPLETED, lambda b: "row_count" not in b["result_metadata"]),
+    "flat_result_metadata": ("get_execution_results", RESULTS, lambda b: "column_names" in b["result"]),
     "both_node_status_objects": (
-        "pipeline_status",
+        "get_pipeline_status",
         PIPELINE,
         lambda b: any(
             {} in (node.get("query_execution_status"), node.get("materialized_view_refresh_status"))
             for node in b["node_executions"]
         ),
     ),
-    "extra_pipeline_fields": ("pipeline_status", PIPELINE, lambda b: "pipeline_execution_started_at" in b),
+    "extra_pipeline_fields": ("get_pipeline_status", PIPELINE, lambda b: "pipeline_execution_started_at" in b),
     "extra_view_fields": ("get_materialized_view", {"id": "v", "query_id": 1}, lambda b: "cron_expression" in b),
 }
 
@@ -121,9 +121,9 @@ def test_the_same_seed_replays_the_same_answers_and_another_seed_differs() -> No
 
 def test_reset_replays_from_the_start() -> None:
     profile = ResponseProfile("realistic", seed=3)
-    first = [profile.answer("execution_status", copy.deepcopy(PENDING)) for _ in range(10)]
+    first = [profile.answer("get_execution_status", copy.deepcopy(PENDING)) for _ in range(10)]
     profile.reset()
-    assert [profile.answer("execution_status", copy.deepcopy(PENDING)) for _ in range(10)] == first
+    assert [profile.answer("get_execution_status", copy.deepcopy(PENDING)) for _ in range(10)] == first
 
 
 def test_profile_arguments_are_checked() -> None:

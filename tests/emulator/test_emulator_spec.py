@@ -100,7 +100,7 @@ def test_every_response_conforms(clocked: DuneEmulator, capi: Api, clock: FakeCl
     reader.post("/v1/query/3/execute")
     reader.post("/v1/pipelines/execute", json={"pipeline": {"nodes": []}})
     clocked.inject("execute_query_pipeline", Fault.status(402))
-    clocked.inject("pipeline_status", Fault.status(503), Fault.status(500), Fault.malformed(), Fault.drop())
+    clocked.inject("get_pipeline_status", Fault.status(503), Fault.status(500), Fault.malformed(), Fault.drop())
     capi.post("/v1/query/3/pipeline/execute", json={"performance": "medium"})
     capi.get(f"/v1/pipelines/executions/{ok}/status")
     capi.get(f"/v1/pipelines/executions/{ok}/status")
@@ -119,7 +119,7 @@ def test_every_response_conforms(clocked: DuneEmulator, capi: Api, clock: FakeCl
     assert {400, 401, 402, 403, 404, 405, 429, 500, 503} <= statuses
     assert ("execute_query_pipeline", 402) in checker.undeclared  # 402 is not in the spec for pipelines
     # the scenario covered every node state in pipeline status bodies
-    bodies = [r.response_body for r in clocked.requests if r.endpoint == "pipeline_status" and r.status == 200]
+    bodies = [r.response_body for r in clocked.requests if r.endpoint == "get_pipeline_status" and r.status == 200]
     for state in (b'"pending"', b'"executing"', b'"completed"', b'"failed"', b'"cancelled"'):
         assert any(state in body for body in bodies), state
 
@@ -127,11 +127,11 @@ def test_every_response_conforms(clocked: DuneEmulator, capi: Api, clock: FakeCl
 @pytest.mark.parametrize(
     ("endpoint", "status", "body"),
     [
-        ("pipeline_status", 200, {"status": "executing", "error": "", "node_executions": "x"}),
-        ("pipeline_status", 200, {"status": "executing", "node_executions": [{"id": "1"}]}),
-        ("execution_status", 200, {"execution_id": "x", "state": 5}),
-        ("execution_status", 200, {"execution_id": "x", "execution_started": "typo"}),
-        ("execution_results", 200, {"result": {"rows": "all of them"}}),
+        ("get_pipeline_status", 200, {"status": "executing", "error": "", "node_executions": "x"}),
+        ("get_pipeline_status", 200, {"status": "executing", "node_executions": [{"id": "1"}]}),
+        ("get_execution_status", 200, {"execution_id": "x", "state": 5}),
+        ("get_execution_status", 200, {"execution_id": "x", "execution_started": "typo"}),
+        ("get_execution_results", 200, {"result": {"rows": "all of them"}}),
         ("get_query", 200, {"query_id": 1, "query_name": "undeclared key"}),
         ("get_query", 404, {"message": "not the error shape"}),
         ("execute_query", 429, {"error": ""}),
@@ -158,6 +158,6 @@ def test_rows_relaxation_is_needed(spec_checker: SpecChecker) -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(row, registry=registry).validate({"volume_usd": 1.5, "project": "uniswap"})
     body = {"execution_id": "x", "result": {"rows": [{"volume_usd": 1.5, "project": "uniswap"}]}}
-    spec_checker.validate("execution_results", 200, body)
+    spec_checker.validate("get_execution_results", 200, body)
     with pytest.raises(jsonschema.ValidationError):
-        spec_checker.validate("execution_results", 200, {"result": {"rows": [1, 2]}})  # rows are still objects
+        spec_checker.validate("get_execution_results", 200, {"result": {"rows": [1, 2]}})  # rows are still objects

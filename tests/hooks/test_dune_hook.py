@@ -133,7 +133,7 @@ def test_query_execution_status_results_and_pagination(call: Call, emulator: Dun
         time.sleep(0.05)
     assert status.succeeded and status.query_id == 4100
     first = call("get_execution_results", started.execution_id, limit=2)
-    assert first.rows == [{"n": 0}, {"n": 1}] and first.has_more
+    assert first.rows == [{"n": 0}, {"n": 1}] and first.next_offset is not None
     second = call("get_execution_results", started.execution_id, limit=2, offset=first.next_offset)
     assert second.rows == [{"n": 2}, {"n": 3}]
 
@@ -187,10 +187,10 @@ def test_wrong_key_is_an_auth_error_without_the_key(
         call("get_pipeline_status", "01HKZJ2683PHF9Q9PHHQ8FW4Q1")
     assert info.value.http_status == 401
     assert "invalid api key" in str(info.value).lower()
-    assert "Password field" in str(info.value)
+    assert "Check the API Key field of Airflow connection 'dune_default'" in str(info.value)
     assert "wrong-secret-key" not in str(info.value)
     assert "wrong-secret-key" not in caplog.text
-    assert emulator.counts["pipeline_status"] == 1  # auth errors are not retried
+    assert emulator.counts["get_pipeline_status"] == 1  # auth errors are not retried
 
 
 def test_read_only_key_cannot_execute(call: Call, emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,20 +233,20 @@ def test_invalid_input_fails_before_any_request(call: Call, emulator: DuneEmulat
 
 def test_rate_limit_with_retry_after_is_honoured(call: Call, emulator: DuneEmulator) -> None:
     pipeline_id = call("execute_query_pipeline", QUERY)
-    emulator.inject("pipeline_status", Fault.status(429, retry_after=0.3))
+    emulator.inject("get_pipeline_status", Fault.status(429, retry_after=0.3))
     started = time.monotonic()
     status = call("get_pipeline_status", pipeline_id)
     assert status.pipeline_execution_id == pipeline_id
     assert time.monotonic() - started >= 0.3
-    assert emulator.counts["pipeline_status"] == 2
+    assert emulator.counts["get_pipeline_status"] == 2
 
 
 def test_rate_limit_storm_gives_up_with_rate_limit_error(call: Call, emulator: DuneEmulator) -> None:
-    emulator.inject("pipeline_status", Fault.status(429, times=10))
+    emulator.inject("get_pipeline_status", Fault.status(429, times=10))
     with pytest.raises(DuneRateLimitError) as info:
         call("get_pipeline_status", "01HKZJ2683PHF9Q9PHHQ8FW4Q1")
     assert "poll_interval" in str(info.value)
-    assert emulator.counts["pipeline_status"] == 5  # the default max_attempts
+    assert emulator.counts["get_pipeline_status"] == 5  # the default max_attempts
 
 
 async def test_a_429_holds_back_other_hooks_with_the_same_key(
@@ -259,7 +259,7 @@ async def test_a_429_holds_back_other_hooks_with_the_same_key(
     emulator.add_query(9101, duration=0)
     with DuneHook("dune_slow_retry") as hook:
         pipeline_id = hook.execute_query_pipeline(9101)
-    emulator.inject("pipeline_status", Fault.status(429))
+    emulator.inject("get_pipeline_status", Fault.status(429))
     first, *others = [DuneHook("dune_slow_retry") for _ in range(5)]
     limited_poll = asyncio.ensure_future(first.aget_pipeline_status(pipeline_id))
     for _ in range(1000):  # until the emulator has answered the first poll with the 429
@@ -270,7 +270,7 @@ async def test_a_429_holds_back_other_hooks_with_the_same_key(
     await asyncio.gather(limited_poll, *(hook.aget_pipeline_status(pipeline_id) for hook in others))
     await asyncio.gather(first.aclose(), *(hook.aclose() for hook in others))
 
-    reads = [r for r in emulator.requests if r.endpoint == "pipeline_status"]
+    reads = [r for r in emulator.requests if r.endpoint == "get_pipeline_status"]
     (limited,) = [r for r in reads if r.status == 429]
     later = [r for r in reads if r.at > limited.at]
     assert len(later) == 5 and all(r.status == 200 for r in later)
@@ -280,16 +280,16 @@ async def test_a_429_holds_back_other_hooks_with_the_same_key(
 
 def test_server_errors_on_reads_are_retried(call: Call, emulator: DuneEmulator) -> None:
     pipeline_id = call("execute_query_pipeline", QUERY)
-    emulator.inject("pipeline_status", Fault.status(500), Fault.status(503, times=2), Fault.malformed())
+    emulator.inject("get_pipeline_status", Fault.status(500), Fault.status(503, times=2), Fault.malformed())
     assert call("get_pipeline_status", pipeline_id).pipeline_execution_id == pipeline_id
-    assert emulator.counts["pipeline_status"] == 5
+    assert emulator.counts["get_pipeline_status"] == 5
 
 
 def test_dropped_connection_on_read_is_retried(call: Call, emulator: DuneEmulator) -> None:
     pipeline_id = call("execute_query_pipeline", QUERY)
-    emulator.inject("pipeline_status", Fault.drop())
+    emulator.inject("get_pipeline_status", Fault.drop())
     assert call("get_pipeline_status", pipeline_id).pipeline_execution_id == pipeline_id
-    assert emulator.counts["pipeline_status"] == 2
+    assert emulator.counts["get_pipeline_status"] == 2
 
 
 def test_rate_limited_execute_is_retried_once_accepted(call: Call, emulator: DuneEmulator) -> None:
@@ -311,9 +311,9 @@ def test_ambiguous_execute_failure_is_never_retried(call: Call, emulator: DuneEm
 def test_slow_read_times_out_then_retries(call: Call, emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, timeout=0.3))
     pipeline_id = call("execute_query_pipeline", QUERY)
-    emulator.inject("pipeline_status", Fault.slow(1.0))
+    emulator.inject("get_pipeline_status", Fault.slow(1.0))
     assert call("get_pipeline_status", pipeline_id).pipeline_execution_id == pipeline_id
-    assert emulator.counts["pipeline_status"] == 2
+    assert emulator.counts["get_pipeline_status"] == 2
 
 
 def test_malformed_body_on_execute_is_not_retried(call: Call, emulator: DuneEmulator) -> None:
@@ -355,7 +355,7 @@ def test_plain_http_to_a_remote_host_is_refused(call: Call, monkeypatch: pytest.
 
 def test_missing_key_is_explained(call: Call, monkeypatch: pytest.MonkeyPatch, emulator: DuneEmulator) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, api_key=""))
-    with pytest.raises(DuneConfigurationError, match="Password field"):
+    with pytest.raises(DuneConfigurationError, match="no Dune API key: put the key in its API Key field"):
         call("get_pipeline_status", "01HKZJ2683PHF9Q9PHHQ8FW4Q1")
 
 
@@ -363,7 +363,7 @@ def test_test_connection(emulator: DuneEmulator, dune_conn_id: str, monkeypatch:
     ok, message = DuneHook(dune_conn_id).test_connection()
     assert ok, message
     assert message.startswith(f"Connected to Dune at {emulator.url}")
-    assert emulator.counts["usage"] == 1
+    assert emulator.counts["get_usage"] == 1
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, api_key="bad-key-123"))
     ok, message = DuneHook(dune_conn_id).test_connection()
     assert not ok
@@ -371,12 +371,12 @@ def test_test_connection(emulator: DuneEmulator, dune_conn_id: str, monkeypatch:
 
 
 def test_hook_overrides_take_precedence(emulator: DuneEmulator, dune_conn_id: str) -> None:
-    emulator.inject("pipeline_status", Fault.status(503, times=5))
+    emulator.inject("get_pipeline_status", Fault.status(503, times=5))
     hook = DuneHook(dune_conn_id, max_retries=2, retry_min_wait=0, retry_max_wait=0, timeout=3)
     assert hook.settings.timeout == 3
     with pytest.raises(DuneServerError):
         hook.get_pipeline_status("01HKZJ2683PHF9Q9PHHQ8FW4Q1")
-    assert emulator.counts["pipeline_status"] == 2
+    assert emulator.counts["get_pipeline_status"] == 2
 
 
 def test_sync_session_reuses_connections(emulator: DuneEmulator, dune_conn_id: str) -> None:

@@ -63,13 +63,13 @@ def _execution(emulator: DuneEmulator) -> str:
 
 def test_a_dripping_server_is_cut_off_at_the_request_deadline(call: Callable[..., Any], emulator: DuneEmulator) -> None:
     execution_id = _execution(emulator)
-    emulator.inject("execution_status", Fault.drip(0.05, times=2))  # each read gets a byte in time
+    emulator.inject("get_execution_status", Fault.drip(0.05, times=2))  # each read gets a byte in time
     started = time.monotonic()
     with pytest.raises(DuneConnectionError, match=f"no complete answer within {DEADLINE:g} s"):
         call("get_execution_status", execution_id)
     elapsed = time.monotonic() - started
     assert elapsed < 2 * DEADLINE + 1.5, f"two tries should take about {2 * DEADLINE:g} s, took {elapsed:.1f} s"
-    assert emulator.counts["execution_status"] == 2
+    assert emulator.counts["get_execution_status"] == 2
 
 
 def test_a_dripping_answer_to_a_start_is_an_unconfirmed_start(call: Callable[..., Any], emulator: DuneEmulator) -> None:
@@ -83,7 +83,7 @@ def test_a_dripping_answer_to_a_start_is_an_unconfirmed_start(call: Callable[...
 
 def test_an_oversized_answer_is_refused_without_reading_it(call: Callable[..., Any], emulator: DuneEmulator) -> None:
     execution_id = _execution(emulator)
-    emulator.inject("execution_status", Fault.oversized(600 * 1024 * 1024, times=2))
+    emulator.inject("get_execution_status", Fault.oversized(600 * 1024 * 1024, times=2))
     started = time.monotonic()
     with pytest.raises(DuneResponseError, match="larger than 16 MiB"):
         call("get_execution_status", execution_id)
@@ -91,7 +91,7 @@ def test_an_oversized_answer_is_refused_without_reading_it(call: Callable[..., A
 
 
 def test_an_echoed_api_key_never_reaches_the_error(call: Callable[..., Any], emulator: DuneEmulator) -> None:
-    emulator.inject("execution_status", Fault.echo_key(401))
+    emulator.inject("get_execution_status", Fault.echo_key(401))
     with pytest.raises(DuneAuthError) as info:
         call("get_execution_status", "01ANY")
     assert TEST_API_KEY not in str(info.value) and TEST_API_KEY not in repr(info.value.args)
@@ -100,9 +100,9 @@ def test_an_echoed_api_key_never_reaches_the_error(call: Callable[..., Any], emu
 
 def test_a_truncated_answer_to_a_read_is_retried(call: Callable[..., Any], emulator: DuneEmulator) -> None:
     execution_id = _execution(emulator)
-    emulator.inject("execution_status", Fault.truncated())
+    emulator.inject("get_execution_status", Fault.truncated())
     assert call("get_execution_status", execution_id).execution_id == execution_id
-    assert emulator.counts["execution_status"] == 2
+    assert emulator.counts["get_execution_status"] == 2
 
 
 def test_a_truncated_answer_to_a_start_is_an_unconfirmed_start(
@@ -116,10 +116,10 @@ def test_a_truncated_answer_to_a_start_is_an_unconfirmed_start(
 
 
 def test_a_redirect_is_not_followed(call: Callable[..., Any], emulator: DuneEmulator) -> None:
-    emulator.inject("execution_status", Fault.redirect("https://elsewhere.example/api/v1/x"))
+    emulator.inject("get_execution_status", Fault.redirect("https://elsewhere.example/api/v1/x"))
     with pytest.raises(DuneRedirectError, match=re.escape("redirect to https://elsewhere.example/api/v1/x")):
         call("get_execution_status", "01ANY")
-    assert emulator.counts["execution_status"] == 1
+    assert emulator.counts["get_execution_status"] == 1
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ async def test_a_trigger_gives_up_at_its_deadline_while_a_call_hangs(
     dune_emulator.add_query(QUERY, duration=30)
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(dune_emulator.url, timeout=60))
     execution_id = _execution(dune_emulator)
-    dune_emulator.inject("execution_status", Fault.drip(0.5, times=5))  # minutes for one answer
+    dune_emulator.inject("get_execution_status", Fault.drip(0.5, times=5))  # minutes for one answer
     trigger = DuneExecutionTrigger(
         execution_id=execution_id, dune_conn_id="dune_default", poll_interval=1, end_time=time.time() + 1
     )

@@ -154,7 +154,7 @@ def test_a_loopback_api_is_never_reached_through_an_environment_proxy(
     finally:
         trap.close()
     assert trap.connections == 0
-    assert dune_emulator.counts["usage"] == 2
+    assert dune_emulator.counts["get_usage"] == 2
 
 
 def test_invalid_json_in_the_extra_fails_before_any_request(
@@ -163,7 +163,7 @@ def test_invalid_json_in_the_extra_fails_before_any_request(
     conn = json.loads(dune_connection_json(dune_emulator.url))
     conn["extra"] = '{"timeout": 5,, "max_retries": 2}'
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", json.dumps(conn))
-    with pytest.raises(DuneConfigurationError, match="extra of the Airflow connection 'dune_default' is not valid"):
+    with pytest.raises(DuneConfigurationError, match="extra of Airflow connection 'dune_default' is not valid"):
         DuneHook().execute_query_pipeline(1001)
     assert not dune_emulator.counts
 
@@ -172,7 +172,7 @@ def test_invalid_json_in_the_extra_fails_before_any_request(
     ("value", "expected"),
     [
         ('{"conn_type": "dune", "password": "SECRET-KEY-4242",, "extra": {}}', "AIRFLOW_CONN_DUNE_DEFAULT, which is"),
-        ('{"conn_type": "dune", "password": "SECRET-KEY-4242", "extra": "{,"}', "extra of the Airflow connection"),
+        ('{"conn_type": "dune", "password": "SECRET-KEY-4242", "extra": "{,"}', "extra of Airflow connection"),
         ('{"conn_type": "dune", "password": "SECRET-KEY-4242", "extra": "[1]"}', "must be a JSON object"),
     ],
     ids=["connection-not-json", "extra-not-json", "extra-not-an-object"],

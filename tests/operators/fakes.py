@@ -58,4 +58,4 @@ class FakeTI:
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
-        self.status_calls_at_push = self._emulator.counts.get("pipeline_status", 0)
+        self.status_calls_at_push = self._emulator.counts.get("get_pipeline_status", 0)

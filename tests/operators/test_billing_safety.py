@@ -88,7 +88,7 @@ def test_an_unreadable_previous_run_starts_nothing_and_the_next_try_reattaches(
     emulator: DuneEmulator, context: dict[str, Any], fault: Fault
 ) -> None:
     first = defer(pipeline_op(query_id=SLOW), context)
-    emulator.inject("pipeline_status", fault)  # as many failures as the hook has tries
+    emulator.inject("get_pipeline_status", fault)  # as many failures as the hook has tries
     with pytest.raises(AirflowException, match="Not starting another billed run") as info:
         pipeline_op(query_id=SLOW).execute(context)
     assert not isinstance(info.value, AirflowFailException), "Airflow must be free to retry and check again"
@@ -196,7 +196,7 @@ def test_too_many_rows_for_xcom_fails_at_once_before_fetching(emulator: DuneEmul
     with pytest.raises(AirflowFailException, match="25 rows, more than max_xcom_rows=3"):
         query_op(fetch_results=True, max_xcom_rows=3).execute(context)
     assert emulator.executions_started(QUICK) == 1
-    assert "execution_results" not in emulator.counts  # the status said 25 rows: nothing fetched
+    assert "get_execution_results" not in emulator.counts  # the status said 25 rows: nothing fetched
 
 
 def test_a_retry_after_a_failed_write_reuses_the_finished_execution(

@@ -77,7 +77,7 @@ def test_query_pipeline_success(emulator: DuneEmulator, ti: FakeTI, context: Any
     pipeline_execution_id = result["pipeline_execution_id"]
     assert ti.xcom == {XCOM_PIPELINE_EXECUTION_ID: pipeline_execution_id}
     assert ti.status_calls_at_push == 0  # pushed before the first status call, i.e. before waiting
-    assert emulator.counts["pipeline_status"] >= 2
+    assert emulator.counts["get_pipeline_status"] >= 2
     nodes = result["nodes"]
     assert [n["state"] for n in nodes] == ["completed", "completed"]
     assert {n["view_name"] for n in nodes if n["kind"] == "materialized_view_refresh"} == {
@@ -152,7 +152,7 @@ def test_402_on_execute_is_clear_and_not_retried(emulator: DuneEmulator, context
     assert "retrying will not help" in str(info.value)
     assert emulator.counts["execute_query_pipeline"] == 1
     assert emulator.executions_started() == 0
-    assert "pipeline_status" not in emulator.counts
+    assert "get_pipeline_status" not in emulator.counts
 
 
 def test_429_on_execute_is_retried_without_a_second_run(emulator: DuneEmulator, context: Any) -> None:
@@ -164,10 +164,12 @@ def test_429_on_execute_is_retried_without_a_second_run(emulator: DuneEmulator, 
 
 
 def test_429_storm_and_5xx_while_polling_are_survived(emulator: DuneEmulator, context: Any) -> None:
-    emulator.inject("pipeline_status", Fault.status(429, times=4), Fault.status(500), Fault.status(502), Fault.drop())
+    emulator.inject(
+        "get_pipeline_status", Fault.status(429, times=4), Fault.status(500), Fault.status(502), Fault.drop()
+    )
     result = operator(query_id=QUICK).execute(context)
     assert result["outcome"] == "success"
-    assert emulator.counts["pipeline_status"] > 7
+    assert emulator.counts["get_pipeline_status"] > 7
     assert emulator.executions_started() == 1
 
 
@@ -175,10 +177,10 @@ def test_status_errors_beyond_hook_retries_are_survived(
     emulator: DuneEmulator, context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, max_retries=1))
-    emulator.inject("pipeline_status", Fault.status(503))
+    emulator.inject("get_pipeline_status", Fault.status(503))
     result = operator(query_id=QUICK).execute(context)
     assert result["outcome"] == "success"
-    assert emulator.counts["pipeline_status"] >= 2
+    assert emulator.counts["get_pipeline_status"] >= 2
 
 
 def test_timeout_cancels_running_node(emulator: DuneEmulator, context: Any) -> None:
@@ -338,7 +340,7 @@ def test_deferrable_run_already_finished_completes_without_deferring(emulator: D
     emulator.add_query(QUICK, duration=0)  # finished by the time the first status is read
     result = operator(query_id=QUICK, deferrable=True).execute(context)
     assert result["outcome"] == "success"
-    assert emulator.counts["pipeline_status"] == 1
+    assert emulator.counts["get_pipeline_status"] == 1
 
 
 # -- execute_complete ---------------------------------------------------------------------------------------------
@@ -368,15 +370,24 @@ def test_execute_complete_rejects_event_for_other_run(emulator: DuneEmulator, co
         op.execute_complete(context, {"status": "success", "pipeline_execution_id": "P2", "details": {}})
 
 
-def test_execute_complete_error_event_fails(emulator: DuneEmulator, context: Any) -> None:
+def test_execute_complete_error_event_fails_with_dune_s_whole_answer(
+    emulator: DuneEmulator, context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event's message is one shortened line; the status read again gives Dune's answer and the advice."""
+    with DuneHook() as hook:
+        pipeline_execution_id = hook.execute_query_pipeline(QUICK)
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, api_key="wrong-key"))
     event = {
         "status": "error",
-        "message": "Could not get the status of Dune pipeline P1: Dune API error (HTTP 401)",
-        "pipeline_execution_id": "P1",
-        "details": None,
+        "message": f"Could not get the status of Dune pipeline {pipeline_execution_id}: Dune API error (HTTP 401)...",
+        "pipeline_execution_id": pipeline_execution_id,
     }
-    with pytest.raises(AirflowException, match="HTTP 401"):
+    with pytest.raises(AirflowException) as info:
         operator(query_id=QUICK).execute_complete(context, event)
+    message = str(info.value)
+    assert message.startswith(f"Could not get the status of Dune pipeline {pipeline_execution_id}: ")
+    assert "invalid API Key" in message and "Check the API Key field" in message
+    assert "wrong-key" not in message
 
 
 def test_execute_complete_failed_event_cancels_what_still_runs(emulator: DuneEmulator, context: Any) -> None:

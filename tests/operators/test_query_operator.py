@@ -54,7 +54,7 @@ def test_query_result_rows_to_xcom(emulator: DuneEmulator, context: dict[str, An
     assert result["rows"] == ROWS
     assert result["row_count"] == 25
     assert context["ti"].xcom["execution_id"] == result["execution_id"]
-    assert emulator.counts["execution_results"] == 3  # 10 + 10 + 5 rows, followed by offset
+    assert emulator.counts["get_execution_results"] == 3  # 10 + 10 + 5 rows, followed by offset
     json.dumps(result)
 
 
@@ -96,14 +96,14 @@ async def test_partial_result_is_surfaced_not_accepted(
     with pytest.raises(AirflowException, match="completed only partially") as info:
         await run()
     assert "allow_partial_results=True" in str(info.value)
-    assert "execution_results" not in emulator.counts
+    assert "get_execution_results" not in emulator.counts
 
 
 def test_allowed_partial_result_is_fetched_with_the_flag(emulator: DuneEmulator, context: dict[str, Any]) -> None:
     result = query_op(query_id=8004, fetch_results=True, allow_partial_results=True).execute(context)
     assert result["state"] == "completed_partial"
     assert result["rows"] == ROWS[:3]
-    results_calls = [r for r in emulator.requests if r.endpoint == "execution_results"]
+    results_calls = [r for r in emulator.requests if r.endpoint == "get_execution_results"]
     assert results_calls and all(r.query.get("allow_partial_results") == "true" for r in results_calls)
 
 
@@ -329,7 +329,7 @@ def test_wide_rows_are_read_in_pages_sized_by_bytes_not_only_rows(
     emulator.add_query(8120, duration=0.05, rows=WIDE_ROWS)
     result = query_op(query_id=8120, output_path=str(tmp_path / "wide.jsonl")).execute(context)
     assert result["row_count"] == 30
-    pages = [r for r in emulator.requests if r.endpoint == "execution_results"]
+    pages = [r for r in emulator.requests if r.endpoint == "get_execution_results"]
     biggest = max(len(r.response_body) for r in pages)
     assert len(pages) > 1 and biggest <= 2 * 64 * 1024, (len(pages), biggest)  # page_size=10,000 rows asked one page
 
@@ -346,7 +346,7 @@ def test_a_results_page_over_the_cap_says_to_lower_page_size_and_is_not_read_aga
         execution_id = wait_finished(hook.execute_query(8121).execution_id, pipeline=False)
         with pytest.raises(DuneConfigurationError, match=r"\(30 rows\) is larger than 0.0625 MiB.*lower page_size"):
             hook.get_execution_results(execution_id, limit=30)
-    assert emulator.counts["execution_results"] == 1  # reading it again would cost the same and fail the same
+    assert emulator.counts["get_execution_results"] == 1  # reading it again would cost the same and fail the same
 
 
 def test_a_worker_never_sleeps_for_the_key_s_budget_past_the_task_s_timeout(

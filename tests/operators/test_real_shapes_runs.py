@@ -196,7 +196,7 @@ def test_partial_result_refusal_in_either_shape_is_one_clear_error(start: Start,
             row for page in hook.iter_execution_results(execution_id, allow_partial_results=True) for row in page.rows
         ]
     assert rows == ROWS[:3]
-    codes = {r.status for r in emulator.requests if r.endpoint == "execution_results"}
+    codes = {r.status for r in emulator.requests if r.endpoint == "get_execution_results"}
     assert codes == ({200} if strict else {400, 200})
 
 
@@ -210,7 +210,7 @@ def test_operator_accepting_a_partial_result_reads_it(start: Start) -> None:
 
 
 def _limits(emulator: DuneEmulator) -> list[int]:
-    return [int(r.query["limit"]) for r in emulator.requests if r.endpoint == "execution_results"]
+    return [int(r.query["limit"]) for r in emulator.requests if r.endpoint == "get_execution_results"]
 
 
 def test_wide_result_is_paged_under_the_default_cap(start: Start, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_poke_running_then_success(emulator: DuneEmulator) -> None:
     assert task.poke(CONTEXT) is False
     finished(execution_id)
     assert task.poke(CONTEXT) is True
-    assert emulator.counts["execution_status"] >= 2
+    assert emulator.counts["get_execution_status"] >= 2
 
 
 def test_failed_query_fails_with_dunes_error_and_is_never_cancelled(emulator: DuneEmulator) -> None:
@@ -71,7 +71,7 @@ def test_failed_query_fails_with_dunes_error_and_is_never_cancelled(emulator: Du
 
 def test_execute_waits_through_transient_errors(emulator: DuneEmulator) -> None:
     execution_id = start(QUICK)
-    emulator.inject("execution_status", Fault.status(429), Fault.status(502))
+    emulator.inject("get_execution_status", Fault.status(429), Fault.status(502))
     assert sensor(execution_id).execute(CONTEXT) is None
 
 

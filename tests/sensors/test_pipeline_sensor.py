@@ -78,14 +78,14 @@ def test_poke_cancelled_run_fails(emulator: DuneEmulator) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         hook.cancel_execution(running[0].execution_id or "")
-    with pytest.raises(AirflowFailException, match="ended cancelled"):
+    with pytest.raises(AirflowFailException, match=f"Dune pipeline {pipeline_execution_id} was cancelled"):
         sensor(pipeline_execution_id).poke(CONTEXT)
 
 
 def test_execute_waits_until_success(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(QUICK)
     assert sensor(pipeline_execution_id).execute(CONTEXT) is None
-    assert emulator.counts["pipeline_status"] >= 2
+    assert emulator.counts["get_pipeline_status"] >= 2
 
 
 def test_execute_failure_fails_without_soft_fail(emulator: DuneEmulator) -> None:
@@ -118,7 +118,7 @@ def test_sensor_timeout_with_soft_fail_skips(emulator: DuneEmulator) -> None:
 
 def test_poke_survives_transient_errors(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(QUICK)
-    emulator.inject("pipeline_status", Fault.status(429, times=2), Fault.status(500))
+    emulator.inject("get_pipeline_status", Fault.status(429, times=2), Fault.status(500))
     assert sensor(pipeline_execution_id).execute(CONTEXT) is None
 
 
@@ -198,7 +198,8 @@ def event(status: str, message: str = "msg", pipeline_execution_id: str = "P1") 
         (event("failed", "node 1 (query 1099): failed: boom"), AirflowFailException, "boom"),
         (event("cancelled", "ended cancelled"), AirflowFailException, "ended cancelled"),
         (event("timeout", "did not finish"), AirflowSensorTimeout, "sensor timeout 10 s"),
-        (event("error", "HTTP 401"), AirflowException, "HTTP 401"),
+        # No connection here: the status read again after an error event says why, in full.
+        (event("error", "HTTP 401"), AirflowException, "Could not get the status of Dune pipeline P1: "),
         ({"message": "no status"}, AirflowException, "unknown status None"),
         (event("exploded"), AirflowException, "unknown status 'exploded'"),
         (event("success", pipeline_execution_id="P2"), AirflowException, "'P2' while waiting for 'P1'"),

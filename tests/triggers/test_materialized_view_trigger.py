@@ -372,13 +372,13 @@ async def test_a_refresh_dune_briefly_does_not_know_is_still_followed(
     watch = Watch(trigger())
     assert await watch.nothing_within(0.2)
     blip = refresh(wait=False)
-    emulator.inject("execution_status", Fault.status(404, times=2))  # fewer than MAX_MISSING_READS
+    emulator.inject("get_execution_status", Fault.status(404, times=2))  # fewer than MAX_MISSING_READS
     assert await watch.nothing_within(0.4)
     assert len(warnings_about(f"Dune does not know refresh {blip}")) == 2
     clock.now += 20
     assert [e["execution_id"] for e in await watch.next()] == [blip]
     lost = refresh(wait=False)
-    emulator.inject("execution_status", Fault.status(404, times=3))  # Dune lost it: given up, no event
+    emulator.inject("get_execution_status", Fault.status(404, times=3))  # Dune lost it: given up, no event
     assert await watch.nothing_within(0.4)
     assert warnings_about(f"Dune does not know refresh {lost}")[-1].count("no longer followed, no event")
     clock.now += 20

@@ -9,10 +9,13 @@ import time
 from typing import Any
 
 import pytest
+from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_dune.api.states import RunState
 from airflow_provider_dune.hooks.dune import DuneHook
+from airflow_provider_dune.polling import MAX_EVENT_MESSAGE
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
+from airflow_provider_dune.triggers.base import DunePollingTrigger
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
 from tests.conftest import TEST_API_KEY, dune_connection_json
 from tests.helpers import execution_state, wait_running
@@ -80,6 +83,27 @@ def test_serialize_round_trip_without_api_key(dune_conn_id: str) -> None:
     assert recreated.serialize() == (classpath, kwargs)
 
 
+@pytest.mark.parametrize(
+    "classpath",
+    [
+        "airflow_provider_dune.triggers.pipeline.DunePipelineTrigger",
+        "airflow_provider_dune.triggers.execution.DuneExecutionTrigger",
+    ],
+)
+def test_classpaths_stored_by_earlier_releases_still_resolve(classpath: str) -> None:
+    """Airflow keeps each deferred task's trigger classpath in its database across provider upgrades."""
+    module_name, _, class_name = classpath.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert issubclass(cls, DunePollingTrigger)
+    assert cls(**{cls.id_field: "01RUN"}).serialize()[0] == classpath
+
+
+def test_the_base_trigger_can_still_be_imported_from_the_pipeline_module() -> None:
+    from airflow_provider_dune.triggers import pipeline
+
+    assert pipeline.DunePollingTrigger is DunePollingTrigger
+
+
 def test_serialize_defaults_have_no_deadline() -> None:
     _, kwargs = DunePipelineTrigger(pipeline_execution_id="x").serialize()
     assert kwargs["end_time"] is None
@@ -91,14 +115,14 @@ def test_serialize_defaults_have_no_deadline() -> None:
 async def test_first_poll_waits_until_first_poll_at(emulator: DuneEmulator) -> None:
     # The operator read the status just before deferring: the trigger does not read it again at once.
     pipeline_execution_id = start(LINEAGE, date="2024-06-01")
-    before = emulator.counts.get("pipeline_status", 0)
+    before = emulator.counts.get("get_pipeline_status", 0)
     trigger = trigger_for(pipeline_execution_id, poll_interval=0.05, first_poll_at=time.time() + 0.6)
     run = asyncio.ensure_future(events_of(trigger))
     await asyncio.sleep(0.4)
-    assert emulator.counts.get("pipeline_status", 0) == before
+    assert emulator.counts.get("get_pipeline_status", 0) == before
     (event,) = await asyncio.wait_for(run, 30)
     assert event["status"] == "success"
-    assert emulator.counts["pipeline_status"] > before
+    assert emulator.counts["get_pipeline_status"] > before
 
 
 async def test_first_poll_at_in_the_past_reads_at_once_and_never_waits_past_the_deadline() -> None:
@@ -112,19 +136,37 @@ async def test_first_poll_at_in_the_past_reads_at_once_and_never_waits_past_the_
 # -- exactly one event per outcome --------------------------------------------------------------------------------
 
 
-async def test_success_event_with_node_states(emulator: DuneEmulator) -> None:
+async def test_success_event_is_small_and_has_no_node_list(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(LINEAGE, date="2024-06-01")
     events = await events_of(trigger_for(pipeline_execution_id))
     assert len(events) == 1
     event = events[0]
     assert event["status"] == "success"
     assert event["pipeline_execution_id"] == pipeline_execution_id
-    nodes = event["details"]["nodes"]
-    assert len(nodes) == 2
-    assert {n["state"] for n in nodes} == {"completed"}
-    assert all(n["execution_id"] for n in nodes)
-    assert {n["view_name"] for n in nodes} >= {"dune.demo.result_dex_trades_daily"}
+    assert event["message"] == f"Dune pipeline {pipeline_execution_id} completed: 2/2 nodes done"
+    assert set(event) == {"status", "message", "pipeline_execution_id", "timing"}  # the operator reads the rest
     json.dumps(event)
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["success", "failed"])
+async def test_airflow_s_trigger_fired_line_of_a_ten_node_pipeline_is_short(
+    emulator: DuneEmulator, failing: bool
+) -> None:
+    """Airflow's triggerer logs every event (``Trigger fired event ... result=TriggerEvent<{...}>``) and keeps it in
+    its database: with ten nodes, and Dune's SQL error in the message, the line stays under 500 characters."""
+    nodes: list[dict[str, Any]] = [
+        {"id": i, "query_execution": {"query_id": QUICK, "performance": "medium"}} for i in range(1, 10)
+    ]
+    nodes.append({"id": 10, "query_execution": {"query_id": FAILING if failing else QUICK, "performance": "medium"}})
+    with DuneHook() as hook:
+        pipeline_execution_id = hook.execute_pipeline(nodes)
+    (payload,) = await events_of(trigger_for(pipeline_execution_id))
+    assert payload["status"] == ("failed" if failing else "success")
+    if failing:
+        assert "node 10 (query 1099)" in payload["message"] and "amount_usdd" not in payload["message"]
+    line = f"Trigger fired event ... result={TriggerEvent(payload)}"  # as the triggerer logs it
+    assert len(line) < 500, line
+    assert "nodes" not in payload and "details" not in payload
 
 
 async def test_failed_event_names_node_and_error(emulator: DuneEmulator) -> None:
@@ -132,7 +174,7 @@ async def test_failed_event_names_node_and_error(emulator: DuneEmulator) -> None
     events = await events_of(trigger_for(pipeline_execution_id))
     assert [e["status"] for e in events] == ["failed"]
     assert "query 1099" in events[0]["message"]
-    assert "amount_usdd" in events[0]["message"]
+    assert "amount_usdd" not in events[0]["message"]  # stated once, by the task
 
 
 async def test_cancelled_event(emulator: DuneEmulator) -> None:
@@ -150,7 +192,7 @@ async def test_timeout_event_keeps_last_status_and_does_not_cancel(emulator: Dun
     events = await events_of(trigger_for(pipeline_execution_id, end_time=time.time() + 0.3))
     assert time.monotonic() - began < 5
     assert [e["status"] for e in events] == ["timeout"]
-    assert events[0]["details"]["nodes"][0]["state"] in ("pending", "executing")
+    assert "did not finish before the timeout (0/1 nodes done)" in events[0]["message"]
     # Cancelling is the operator's job (execute_complete); the trigger only reads.
     assert emulator.counts.get("cancel_execution", 0) == 0
 
@@ -160,8 +202,9 @@ async def test_wrong_api_key_gives_error_event(emulator: DuneEmulator, monkeypat
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, api_key="wrong-key"))
     events = await events_of(trigger_for(pipeline_execution_id))
     assert [e["status"] for e in events] == ["error"]
-    assert "401" in events[0]["message"]
-    assert "invalid API Key" in events[0]["message"]
+    assert "HTTP 401" in events[0]["message"]
+    # Shortened to one line: the operator (or sensor) reads the status again and fails with Dune's whole answer.
+    assert len(events[0]["message"]) <= MAX_EVENT_MESSAGE
 
 
 async def test_unknown_pipeline_gives_error_event(emulator: DuneEmulator) -> None:
@@ -185,21 +228,21 @@ async def test_unknown_pipeline_gives_error_event(emulator: DuneEmulator) -> Non
 )
 async def test_survives_faults_mid_poll(emulator: DuneEmulator, faults: tuple[Fault, ...]) -> None:
     pipeline_execution_id = start(QUICK)
-    emulator.inject("pipeline_status", *faults)
+    emulator.inject("get_pipeline_status", *faults)
     events = await events_of(trigger_for(pipeline_execution_id))
     assert [e["status"] for e in events] == ["success"]
     injected = sum(f.times for f in faults)
-    assert emulator.counts["pipeline_status"] > injected  # every fault was consumed, then polling went on
+    assert emulator.counts["get_pipeline_status"] > injected  # every fault was consumed, then polling went on
 
 
 async def test_survives_errors_beyond_hook_retries(emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A status call that still fails after the hook's retries is not fatal: the trigger backs off and polls."""
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, max_retries=1))
     pipeline_execution_id = start(QUICK)
-    emulator.inject("pipeline_status", Fault.status(429))
+    emulator.inject("get_pipeline_status", Fault.status(429))
     events = await events_of(trigger_for(pipeline_execution_id))
     assert [e["status"] for e in events] == ["success"]
-    assert emulator.counts["pipeline_status"] >= 2
+    assert emulator.counts["get_pipeline_status"] >= 2
 
 
 # -- logging ------------------------------------------------------------------------------------------------------
@@ -216,12 +259,22 @@ async def test_progress_logged_only_when_it_changes(emulator: DuneEmulator, caps
     await events_of(trigger_for(pipeline_execution_id, poll_interval=0.02))
     # Airflow 3 task/trigger logging goes through structlog to stdout.
     progress = logged_progress(capsys.readouterr().out, pipeline_execution_id)
-    polls = emulator.counts["pipeline_status"]
+    polls = emulator.counts["get_pipeline_status"]
     assert progress, "no progress was logged"
-    assert progress[-1] == "2/2 nodes done"
-    assert any("running" in line for line in progress)
+    assert progress[0].startswith("0/2 nodes done")  # the first read: where the run is
+    assert "node 2 (query 1001) started" in progress  # then what changed
+    assert progress[-1].startswith("node 2 (query 1001) completed") and progress[-1].endswith("(2/2 nodes done)")
     assert len(progress) < polls  # polled more often than the progress changed
     assert len(progress) == len(set(progress))  # each progress line once
+
+
+async def test_a_failed_node_is_a_warning(emulator: DuneEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline_execution_id = start(FAILING)
+    capsys.readouterr()
+    await events_of(trigger_for(pipeline_execution_id, poll_interval=0.02))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "(query 1099) failed" in line]
+    assert len(lines) == 1 and "warning" in lines[0].lower(), lines
+    assert "amount_usdd" not in lines[0]  # Dune's error is stated once, by the task when it fails
 
 
 # -- on_kill ------------------------------------------------------------------------------------------------------

@@ -250,7 +250,7 @@ def _export_failing_on_the_third_page(location: str, dune_emulator: DuneEmulator
     dune_emulator.add_query(8101, duration=0.05, rows=SEVEN_ROWS)
     with DuneHook(max_retries=1) as hook:
         execution_id = wait_finished(hook.execute_query(8101).execution_id, pipeline=False)
-        dune_emulator.inject("execution_results", Fault.slow(0, times=2), Fault.status(400, "boom"))
+        dune_emulator.inject("get_execution_results", Fault.slow(0, times=2), Fault.status(400, "boom"))
         with pytest.raises(DuneAPIError, match="boom"):
             write_pages(hook.iter_execution_results(execution_id, page_size=2), location, "csv")
 
