@@ -11,8 +11,9 @@ from Dune's progress (pipeline nodes done out of all, extrapolated from the time
   ``poll_interval`` (a run late by a minute is likely to be late by another);
 * without a forecast: read every ``poll_interval``.
 
-So reads are never further apart than ``poll_interval`` unless the key's rate budget
-(:mod:`airflow_provider_dune.api.budget`) forces it.
+So reads are never further apart than ``poll_interval`` unless the key's rate budget forces it. Each read also
+gets an urgency (how likely it is to find the run finished), by which the key's pacer serves the reads waiting
+for a slot when the budget cannot serve them all at once (:mod:`airflow_provider_dune.api.budget`).
 """
 
 from __future__ import annotations
