@@ -656,9 +656,16 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         return parse_usage(await self.arun(endpoints.get_usage(), retry=USAGE_RETRY))
 
     def test_connection(self) -> tuple[bool, str]:
-        """One authenticated call that costs no credits (``POST /v1/usage``): used by the connection form's
-        Test button, ``airflow connections test`` and the ``dune_connection_check`` example DAG. The message
-        gives the credits used of those the plan includes this billing period, or the error (never the key)."""
+        """:meth:`check_connection` for the connection form's Test button and ``airflow connections test``:
+        Airflow tests a form's values under a random, transient connection id, so the message says "this
+        connection" instead of naming it."""
+        ok, message = self.check_connection()
+        return ok, message.replace(connection_name(self.dune_conn_id), "this connection")
+
+    def check_connection(self) -> tuple[bool, str]:
+        """One authenticated call that costs no credits (``POST /v1/usage``), as the ``dune_connection_check``
+        example DAG makes it. The message names the connection and gives the credits used of those the plan
+        includes this billing period, or the error (never the key)."""
         try:
             usage = self.get_usage()
         except DuneError as err:

@@ -400,7 +400,7 @@ def test_connections_test_cli_with_the_key_and_with_a_wrong_one(airflow_stack: A
     print(f"\n[e2e] `airflow connections test` twice in {time.monotonic() - started:.1f}s")
     said = _one_line(result.stdout + result.stderr)
     assert "Connection failed!" in said, said[-2000:]
-    assert "HTTP 401" in said and "Check the API Key field of Airflow connection" in said, said[-2000:]
+    assert "HTTP 401" in said and "Check the API Key field of this connection" in said, said[-2000:]
     assert wrong_key not in said
     assert stack.emulator.requests()[-1]["status"] == 401
 

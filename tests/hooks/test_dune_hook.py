@@ -368,6 +368,10 @@ def test_test_connection(emulator: DuneEmulator, dune_conn_id: str, monkeypatch:
     ok, message = DuneHook(dune_conn_id).test_connection()
     assert not ok
     assert "HTTP 401" in message and "bad-key-123" not in message
+    # Airflow's Test button tests under a random transient id: the message does not name it.
+    assert "Check the API Key field of this connection" in message and dune_conn_id not in message
+    ok, message = DuneHook(dune_conn_id).check_connection()  # the connection check DAG names it
+    assert not ok and f"Check the API Key field of Airflow connection '{dune_conn_id}'" in message
 
 
 def test_hook_overrides_take_precedence(emulator: DuneEmulator, dune_conn_id: str) -> None:
