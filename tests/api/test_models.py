@@ -292,7 +292,7 @@ def test_query_pipeline_plan_is_read_node_by_node() -> None:
     view, query = pipeline.nodes
     assert (view.kind, view.view_name, view.dependencies) == (NodeKind.MATERIALIZED_VIEW_REFRESH, "dune.t.v", ())
     assert (query.kind, query.query_id, query.dependencies) == (NodeKind.QUERY_EXECUTION, 7, (1,))
-    assert query.query_parameters == {"d": "x"} and (view.performance, query.performance) == (None, "large")
+    assert query.query_parameters == {"d": "x"} and (view.performance, query.performance) == ("large", "large")
 
 
 @pytest.mark.parametrize("body", [{}, {"pipeline": {}}, {"pipeline": {"nodes": [{"id": 1}]}}, [1]])
