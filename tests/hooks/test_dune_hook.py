@@ -292,6 +292,7 @@ def test_dropped_connection_on_read_is_retried(call: Call, emulator: DuneEmulato
     assert emulator.counts["get_pipeline_status"] == 2
 
 
+@pytest.mark.slow
 def test_rate_limited_execute_is_retried_once_accepted(call: Call, emulator: DuneEmulator) -> None:
     emulator.inject("execute_query_pipeline", Fault.status(429), Fault.status(503))
     call("execute_query_pipeline", QUERY)
