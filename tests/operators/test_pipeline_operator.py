@@ -155,6 +155,7 @@ def test_402_on_execute_is_clear_and_not_retried(emulator: DuneEmulator, context
     assert "get_pipeline_status" not in emulator.counts
 
 
+@pytest.mark.slow
 def test_429_on_execute_is_retried_without_a_second_run(emulator: DuneEmulator, context: Any) -> None:
     emulator.inject("execute_query_pipeline", Fault.status(429, times=2))
     result = operator(query_id=QUICK).execute(context)
@@ -163,6 +164,7 @@ def test_429_on_execute_is_retried_without_a_second_run(emulator: DuneEmulator, 
     assert emulator.executions_started() == 1
 
 
+@pytest.mark.slow
 def test_429_storm_and_5xx_while_polling_are_survived(emulator: DuneEmulator, context: Any) -> None:
     emulator.inject(
         "get_pipeline_status", Fault.status(429, times=4), Fault.status(500), Fault.status(502), Fault.drop()
@@ -173,6 +175,7 @@ def test_429_storm_and_5xx_while_polling_are_survived(emulator: DuneEmulator, co
     assert emulator.executions_started() == 1
 
 
+@pytest.mark.slow
 def test_status_errors_beyond_hook_retries_are_survived(
     emulator: DuneEmulator, context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -205,6 +205,7 @@ def warnings_about(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixtu
     return read
 
 
+@pytest.mark.slow
 async def test_a_view_that_does_not_exist_is_watched_with_a_capped_backoff_and_warnings(
     emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, warnings_about: Callable[[str], list[str]]
 ) -> None:

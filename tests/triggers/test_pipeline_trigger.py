@@ -235,6 +235,7 @@ async def test_survives_faults_mid_poll(emulator: DuneEmulator, faults: tuple[Fa
     assert emulator.counts["get_pipeline_status"] > injected  # every fault was consumed, then polling went on
 
 
+@pytest.mark.slow
 async def test_survives_errors_beyond_hook_retries(emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A status call that still fails after the hook's retries is not fatal: the trigger backs off and polls."""
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, max_retries=1))

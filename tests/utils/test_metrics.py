@@ -62,6 +62,7 @@ def received(sock: socket.socket, until: float) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_metrics_reach_statsd(dune_emulator: DuneEmulator, listener: socket.socket) -> None:
     dune_emulator.add_query(QUERY, duration=0.01)
     dune_emulator.inject("get_execution_status", Fault.status(429, retry_after=0.01))
