@@ -95,7 +95,11 @@ class Watch:
         return self.queue.empty()
 
     async def stop(self) -> None:
+        """Cancel the trigger as the triggerer does; a trigger that does not stop fails the test instead of
+        hanging it."""
         self.task.cancel()
+        done, _ = await asyncio.wait({self.task}, timeout=10)
+        assert done, "the trigger was still running 10 s after it was cancelled"
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
 
