@@ -180,6 +180,7 @@ async def test_a_restart_neither_replays_nor_misses_refreshes(emulator: DuneEmul
     watcher = trigger()
     watcher.asset_state_store = store
     watch = Watch(watcher)
+    await asyncio.wait_for(store.saved.wait(), 5)  # the watch has its starting point
     assert await watch.nothing_within(0.2)
     assert store.values[WATERMARK_KEY]["last_seen"] == before
     seen = refresh()
@@ -276,6 +277,7 @@ async def test_a_corrupt_saved_state_starts_from_the_latest_refresh_without_repl
         assert warnings_about("starting from the latest refresh")
     new = refresh()
     assert [e["execution_id"] for e in await watch.next()] == [new]
+    await asyncio.wait_for(store.saved.wait(), 5)  # the watch has its starting point
     assert await watch.nothing_within(0.2)
     await watch.stop()
 
@@ -337,6 +339,7 @@ async def test_a_stuck_refresh_does_not_hold_back_later_ones(clocked: tuple[Dune
     watcher = trigger()
     watcher.asset_state_store = store
     watch = Watch(watcher)
+    await asyncio.wait_for(store.saved.wait(), 5)  # the watch has its starting point
     assert await watch.nothing_within(0.2)
     stuck = refresh(wait=False)
     clock.now += 1
