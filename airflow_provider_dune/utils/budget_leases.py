@@ -18,6 +18,7 @@ all of this: no lease is taken and every process paces to that share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -152,10 +153,8 @@ class BudgetLeases:
         try:
             if entry.task is None:
                 entry.task = asyncio.create_task(self._keep(entry), name=f"dune-budget-lease-{variable}")
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(entry.renewed.wait(), FIRST_RENEWAL_TIMEOUT)
-            except asyncio.TimeoutError:
-                pass
             yield
         finally:
             entry.holders -= 1

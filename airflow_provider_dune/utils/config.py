@@ -19,9 +19,7 @@ DEFAULT_MIN_POLL_INTERVAL = 1.0
 _WARNED: set[tuple[str, str]] = set()
 
 
-def _read_number(
-    option: str, default: float | None, accept: Callable[[float], bool], expected: str
-) -> float | None:
+def _read_number(option: str, default: float | None, accept: Callable[[float], bool], expected: str) -> float | None:
     """``[dune] option`` as a number that ``accept`` takes, else ``default`` (with a warning, once per value;
     ``None`` for an option whose absence means something).
 

@@ -184,7 +184,7 @@ def test_the_variable_names_a_hash_of_the_key_and_none_is_taken_when_a_share_is_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert "secret-key" not in VARIABLE
-    assert VARIABLE != lease_variable("https://api.dune.com/api", "other-key")
+    assert lease_variable("https://api.dune.com/api", "other-key") != VARIABLE
     monkeypatch.delenv("AIRFLOW__DUNE__BUDGET_SHARE", raising=False)
     assert lease_for("https://api.dune.com/api", "secret-key", paced=True) == VARIABLE
     assert lease_for("https://api.dune.com/api", "secret-key", paced=False) is None
