@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -152,7 +153,11 @@ class BudgetLeases:
         entry.holders += 1
         try:
             if entry.task is None:
-                entry.task = asyncio.create_task(self._keep(entry), name=f"dune-budget-lease-{variable}")
+                # Outside the trigger's context: the lease is the process's, so its log lines go to the process's
+                # log rather than to the task log of whichever trigger came first.
+                entry.task = contextvars.Context().run(
+                    asyncio.get_running_loop().create_task, self._keep(entry), name=f"dune-budget-lease-{variable}"
+                )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(entry.renewed.wait(), FIRST_RENEWAL_TIMEOUT)
             yield
@@ -204,7 +209,7 @@ class BudgetLeases:
             share = 1.0 / len(leases)
             if share != entry.share:
                 log.info(
-                    "%d processes run Dune triggers with this API key (Variable %s): pacing to %.2f of its budget",
+                    "Processes running Dune triggers with this API key: %d (Variable %s); pacing to %.2f of its budget",
                     len(leases),
                     entry.variable,
                     share,
