@@ -67,7 +67,7 @@ from airflow_provider_dune.hooks.queries import DuneQueriesMixin
 from airflow_provider_dune.hooks.transport import new_session
 from airflow_provider_dune.hooks.uploads import DuneUploadsMixin
 from airflow_provider_dune.utils import metrics
-from airflow_provider_dune.utils.config import budget_share
+from airflow_provider_dune.utils.budget_leases import budget_share
 from airflow_provider_dune.utils.log_safety import (
     amask_key_from_extra,
     mask_key_from_extra,
@@ -339,9 +339,10 @@ class DuneHook(DuneQueriesMixin, DuneUploadsMixin, DuneMaterializedViewsMixin, B
 
     @staticmethod
     def _per_minute(request: DuneRequest, settings: DuneConnectionSettings) -> float:
-        """This process's share of the key's budget for ``request`` (``[dune] budget_share``)."""
+        """This process's share of the key's budget for ``request`` (``[dune] budget_share``, else the triggerers'
+        leases)."""
         per_minute = settings.writes_per_minute if request.endpoint.bucket == "write" else settings.reads_per_minute
-        return per_minute * budget_share()
+        return per_minute * budget_share(settings.base_url, settings.api_key)
 
     def _past_deadline(self, request: DuneRequest, settings: DuneConnectionSettings, pause: float) -> bool:
         """Whether waiting ``pause`` and then for the budget's next slot would pass :attr:`deadline`."""
