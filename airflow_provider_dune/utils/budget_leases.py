@@ -46,6 +46,7 @@ LEASE_SECONDS = 45.0
 #: Seconds between two renewals by one process, plus a random part up to :data:`RENEW_JITTER` so that
 #: processes started together do not keep renewing (and overwriting each other) at the same moment.
 RENEW_SECONDS = 15.0
+#: The largest random part added to :data:`RENEW_SECONDS` (seconds).
 RENEW_JITTER = 5.0
 #: How long a trigger waits for its process's first renewal before its first read (then paces to its last share).
 FIRST_RENEWAL_TIMEOUT = 10.0
