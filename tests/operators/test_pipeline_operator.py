@@ -16,7 +16,6 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.pipeline import XCOM_PIPELINE_EXECUTION_ID, DuneExecutePipelineOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
-from airflow_provider_dune.utils import task_records
 from tests.conftest import TEST_API_KEY, dune_connection_json
 from tests.helpers import execution_state, wait_running
 from tests.operators.fakes import FakeTI, FakeVariables
@@ -27,13 +26,6 @@ FAILING = 1099  # seed: "line 3:8: Column 'amount_usdd' cannot be resolved"
 LINEAGE = 1001  # seed: materialized view dune.demo.result_dex_trades_daily -> query 1001 (param "date")
 FAILING_VIEW_QUERY = 1007  # seed: lineage through dune.demo.result_wallet_balances, which fails
 VIEW = "dune.demo.result_token_prices_hourly"
-
-
-@pytest.fixture
-def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
-    fake = FakeVariables()
-    monkeypatch.setattr(task_records, "Variable", fake)
-    return fake
 
 
 @pytest.fixture
