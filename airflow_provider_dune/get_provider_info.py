@@ -87,13 +87,14 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "budget_share": {
                         "description": "Share (more than 0, at most 1) of each API key's reads_per_minute and "
-                        "writes_per_minute (connection extras) that this process paces its requests to. Dune "
-                        "counts a key's requests across every process that uses it, and processes do not share "
-                        "their pacing: with two triggerers polling with one key, set 0.5 on each.",
+                        "writes_per_minute (connection extras) that this process paces its requests to. Unset "
+                        "(the default), the processes running Dune triggers with a key share its budget evenly "
+                        "among themselves (leases in an Airflow Variable per key) and other processes use the "
+                        "whole budget; set, this share applies and no lease is taken.",
                         "version_added": "0.2.0",
                         "type": "float",
                         "example": "0.5",
-                        "default": "1",
+                        "default": None,
                     },
                 },
             }

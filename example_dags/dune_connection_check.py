@@ -3,7 +3,8 @@
 The connection page's **Test** button answers *Bad Request* on Airflow 3.3.2 and older 3.x (an Airflow bug,
 apache/airflow#73298), and Airflow turns connection testing off by default. This DAG works on every supported
 Airflow without either: trigger it (the trigger dialog asks for the connection id, ``dune_default`` by default)
-and its one task makes the same call as the Test button, ``POST /v1/usage``, which costs no credits.
+and its one task makes the same call as the Test button, ``POST /v1/usage``, which costs no credits
+(``DuneHook.check_connection``).
 
 On success the task log says which API it reached with which connection, and the credits used of those the
 Dune plan includes in the current billing period::
@@ -56,7 +57,7 @@ with DAG(
         """Make the connection test's call; fail the task with Dune's error and what to fix."""
         hook = DuneHook(dune_conn_id=params["dune_conn_id"])
         try:
-            ok, message = hook.test_connection()
+            ok, message = hook.check_connection()
         finally:
             hook.close()
         if not ok:

@@ -44,6 +44,18 @@ def run_durations_store(monkeypatch: pytest.MonkeyPatch) -> Any:
     return fake
 
 
+@pytest.fixture(autouse=True)
+def budget_lease_store(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The triggerers' budget leases (Airflow Variables) kept in memory, none held when a test starts."""
+    from airflow_provider_dune.utils import budget_leases
+    from tests.operators.fakes import FakeVariables
+
+    fake = FakeVariables()
+    monkeypatch.setattr(budget_leases.LEASES, "_store", fake)
+    monkeypatch.setattr(budget_leases.LEASES, "_keys", {})
+    return fake
+
+
 @pytest.fixture
 def dune_conn_id(dune_emulator, monkeypatch: pytest.MonkeyPatch) -> str:
     """``dune_default`` pointing at a fresh emulator with the test key."""

@@ -54,6 +54,7 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "env",
     [{}, {"DUNE_API_URL": "https://api.dune.com/api", "DUNE_API_KEY": "k", "DUNE_NIGHTLY_QUERY_ID": "42"}],

@@ -181,7 +181,11 @@ NOT_FUZZED: dict[str, str] = {
     "parse_timestamp": "reads a time string that the body parsers took out of a body (fuzzed through them)",
 }
 #: The arguments a parser takes after the body.
-PARSER_ARGS: dict[str, tuple[Any, ...]] = {"parse_pipeline_status": ("P1",), "parse_query_id": ("create query",)}
+PARSER_ARGS: dict[str, tuple[Any, ...]] = {
+    "parse_pipeline_status": ("P1",),
+    "parse_query_id": ("create query",),
+    "parse_materialized_view_deleted": ("dune.team.result_x",),
+}
 
 
 def _with_args(parse: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[Any], Any]:
@@ -228,6 +232,16 @@ FIELDS = [
     "creditsUsed",
     "column_names",
     "total_row_count",
+    "pipeline",
+    "nodes",
+    "dependencies",
+    "query_execution",
+    "materialized_view_refresh",
+    "query_parameters",
+    "performance",
+    "rows_written",
+    "success",
+    "message",
 ]
 
 

@@ -141,6 +141,7 @@ print(json.dumps([m.model_dump(mode="json") for m in HookMetaService.hook_meta_d
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not AIRFLOW_V_3_0_PLUS, reason="the hook metadata endpoint of the REST API is Airflow 3's")
 def test_hook_metadata_the_api_server_serves_describes_the_dune_form() -> None:
     """The API Key label, hidden unused fields and one field per extra setting with its label, JSON type and

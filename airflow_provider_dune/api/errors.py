@@ -218,8 +218,9 @@ class DuneRateLimitError(DuneAPIError):
 
     hint = (
         f"Set the {_LABELS['reads_per_minute']} and {_LABELS['writes_per_minute']} fields of {{connection}} "
-        "(reads_per_minute/writes_per_minute in its extra) to your plan and, when several processes use the key, "
-        "[dune] budget_share; or lower the polling frequency (poll_interval) or the number of concurrent Dune tasks."
+        "(reads_per_minute/writes_per_minute in its extra) to your plan and, when tasks waiting in workers share "
+        "the key with the triggerers, [dune] budget_share; or lower the polling frequency (poll_interval) or the "
+        "number of concurrent Dune tasks."
     )
 
 

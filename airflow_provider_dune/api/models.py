@@ -1,8 +1,9 @@
 """Typed views of Dune API responses and the parsers that build them.
 
-Parsers accept the decoded JSON body and raise :class:`~airflow_provider_dune.api.errors.DuneResponseError` when a
-field the provider relies on is missing. Every model has ``to_dict()`` returning JSON-serialisable data (safe for
-XCom and trigger events).
+Every answer body the hooks read is parsed here by a ``parse_*`` function: it accepts the decoded JSON body and
+raises :class:`~airflow_provider_dune.api.errors.DuneResponseError` when a field the provider relies on is missing
+or the body has the wrong shape. The models that reach XCom or trigger events have ``to_dict()`` returning
+JSON-serialisable data.
 """
 
 from __future__ import annotations
@@ -628,6 +629,83 @@ def parse_materialized_view_upsert(body: Any) -> MaterializedViewUpsert:
 def parse_pipeline_execution_id(body: Any) -> str:
     """Read ``pipeline_execution_id`` from either pipeline execute endpoint."""
     return _require_str(_require_mapping(body, "execute pipeline"), "pipeline_execution_id", "execute pipeline")
+
+
+@dataclass(frozen=True)
+class PlannedNode:
+    """One node of a planned pipeline: what it would run and the node ids it waits for."""
+
+    node_id: int | None
+    kind: NodeKind
+    dependencies: tuple[int, ...]
+    query_id: int | None = None
+    view_name: str | None = None
+    performance: str | None = None
+    query_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueryPipeline:
+    """The pipeline Dune would run for a query (its materialized-view lineage, then the query), not started."""
+
+    nodes: tuple[PlannedNode, ...]
+
+
+def parse_query_pipeline(body: Any) -> QueryPipeline:
+    """Build a :class:`QueryPipeline` from ``GET /v1/query/{query_id}/pipeline``."""
+    pipeline = _require_mapping(body, "query pipeline").get("pipeline")
+    nodes = pipeline.get("nodes") if isinstance(pipeline, Mapping) else None
+    if not isinstance(nodes, list):
+        raise DuneResponseError("the query pipeline response has no 'pipeline.nodes' list")
+    return QueryPipeline(
+        nodes=tuple(_parse_planned_node(node, position) for position, node in enumerate(nodes, start=1))
+    )
+
+
+def _parse_planned_node(raw: Any, position: int) -> PlannedNode:
+    node = _require_mapping(raw, "a query pipeline node")
+    query, view = node.get("query_execution"), node.get("materialized_view_refresh")
+    detail: Mapping[str, Any]
+    if isinstance(query, Mapping):
+        kind, detail = NodeKind.QUERY_EXECUTION, query
+    elif isinstance(view, Mapping):
+        kind, detail = NodeKind.MATERIALIZED_VIEW_REFRESH, view
+    else:
+        raise DuneResponseError(f"query pipeline node #{position} has neither a query nor a materialized view")
+    parameters = detail.get("query_parameters")
+    return PlannedNode(
+        node_id=_opt_int(node.get("id")),
+        kind=kind,
+        dependencies=tuple(dep for dep in map(_opt_int, _opt_list(node.get("dependencies"))) if dep is not None),
+        query_id=_opt_int(detail.get("query_id")),
+        view_name=_opt_str(detail.get("name")),
+        performance=_opt_str(detail.get("performance")),
+        query_parameters=dict(parameters) if isinstance(parameters, Mapping) else {},
+    )
+
+
+def parse_cancelled(body: Any) -> bool:
+    """Whether ``POST /v1/execution/{id}/cancel`` says Dune accepted the cancel."""
+    return bool(_require_mapping(body, "cancel execution").get("success"))
+
+
+def parse_table_created(body: Any) -> dict[str, Any]:
+    """The ``POST /v1/uploads`` answer (``already_existed`` and the table's name); an empty answer is ``{}``."""
+    return dict(_require_mapping(body, "create table")) if body else {}
+
+
+def parse_rows_written(body: Any) -> int:
+    """The ``rows_written`` of an insert answer."""
+    rows = body.get("rows_written") if isinstance(body, Mapping) else None
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise DuneResponseError("the insert response has no integer 'rows_written'")
+    return rows
+
+
+def parse_materialized_view_deleted(body: Any, name: str) -> str:
+    """Dune's message for a deleted view, or ``deleted <name>`` when it sent none."""
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or f"deleted {name}")
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,16 @@ from airflow_provider_dune.api.models import (
     MaterializedView,
     MaterializedViewRefresh,
     PipelineStatus,
+    QueryPipeline,
     ResultPage,
+    parse_cancelled,
     parse_execution_started,
     parse_execution_status,
     parse_materialized_view,
     parse_materialized_view_refresh,
     parse_pipeline_execution_id,
     parse_pipeline_status,
+    parse_query_pipeline,
     parse_result_page,
     parse_usage,
     resolve_unknown_nodes,
@@ -55,17 +58,19 @@ from airflow_provider_dune.api.models import (
 from airflow_provider_dune.api.paging import check_result_page, iter_pages
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
-from airflow_provider_dune.hooks import connection_form
-from airflow_provider_dune.hooks.definitions import DuneDefinitionsMixin
-from airflow_provider_dune.utils import metrics, transport
-from airflow_provider_dune.utils.async_clients import ASYNC_CLIENTS, ClientOptions
-from airflow_provider_dune.utils.config import budget_share
+from airflow_provider_dune.hooks import connection_form, transport
+from airflow_provider_dune.hooks.async_clients import ASYNC_CLIENTS, ClientOptions
+from airflow_provider_dune.hooks.materialized_views import DuneMaterializedViewsMixin
+from airflow_provider_dune.hooks.queries import DuneQueriesMixin
+from airflow_provider_dune.hooks.transport import new_session
+from airflow_provider_dune.hooks.uploads import DuneUploadsMixin
+from airflow_provider_dune.utils import metrics
+from airflow_provider_dune.utils.budget_leases import budget_share
 from airflow_provider_dune.utils.log_safety import (
     amask_key_from_extra,
     mask_key_from_extra,
     quiet_debug_lines_that_echo_secrets,
 )
-from airflow_provider_dune.utils.transport import new_session
 from airflow_provider_dune.version_compat import AIRFLOW_VERSION, BaseHook
 
 if TYPE_CHECKING:
@@ -81,7 +86,7 @@ API_KEY_HEADER = "X-Dune-Api-Key"
 USAGE_RETRY = RetryPolicy(max_attempts=2, max_wait=2)
 
 
-class DuneHook(DuneDefinitionsMixin, BaseHook):
+class DuneHook(DuneQueriesMixin, DuneUploadsMixin, DuneMaterializedViewsMixin, BaseHook):
     """Talk to the Dune API (https://api.dune.com/api) with the key stored in an Airflow connection.
 
     Sync methods (for workers) use a pooled ``requests.Session``; methods prefixed with ``a`` are async (for
@@ -308,9 +313,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     @staticmethod
     def _per_minute(request: DuneRequest, settings: DuneConnectionSettings) -> float:
-        """This process's share of the key's budget for ``request`` (``[dune] budget_share``)."""
+        """This process's share of the key's budget for ``request`` (``[dune] budget_share``, else the triggerers'
+        leases)."""
         per_minute = settings.writes_per_minute if request.endpoint.bucket == "write" else settings.reads_per_minute
-        return per_minute * budget_share()
+        return per_minute * budget_share(settings.base_url, settings.api_key)
 
     def _latest(self) -> float | None:
         """Seconds until :attr:`deadline`: a task's last read (and the cancel after it) goes out then, outside the
@@ -466,19 +472,19 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         query_id: int,
         performance: str = "medium",
         query_parameters: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> QueryPipeline:
         """The nodes Dune would run for a query pipeline, without running them (a dry run)."""
-        body = self.run(endpoints.get_query_pipeline(query_id, performance, query_parameters))
-        return _pipeline_nodes(body)
+        return parse_query_pipeline(self.run(endpoints.get_query_pipeline(query_id, performance, query_parameters)))
 
     async def aget_query_pipeline(
         self,
         query_id: int,
         performance: str = "medium",
         query_parameters: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        body = await self.arun(endpoints.get_query_pipeline(query_id, performance, query_parameters))
-        return _pipeline_nodes(body)
+    ) -> QueryPipeline:
+        return parse_query_pipeline(
+            await self.arun(endpoints.get_query_pipeline(query_id, performance, query_parameters))
+        )
 
     def get_pipeline_status(self, pipeline_execution_id: str) -> PipelineStatus:
         """Status of a pipeline run; node states Dune spells in an unknown way are resolved per execution."""
@@ -597,10 +603,10 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
 
     def cancel_execution(self, execution_id: str) -> bool:
         """Ask Dune to cancel a running execution; ``True`` if Dune accepted."""
-        return bool(self.run(endpoints.cancel_execution(execution_id)).get("success"))
+        return parse_cancelled(self.run(endpoints.cancel_execution(execution_id)))
 
     async def acancel_execution(self, execution_id: str) -> bool:
-        return bool((await self.arun(endpoints.cancel_execution(execution_id))).get("success"))
+        return parse_cancelled(await self.arun(endpoints.cancel_execution(execution_id)))
 
     # -- materialized views -------------------------------------------------------------------------------
 
@@ -630,9 +636,16 @@ class DuneHook(DuneDefinitionsMixin, BaseHook):
         return parse_usage(await self.arun(endpoints.get_usage(), retry=USAGE_RETRY))
 
     def test_connection(self) -> tuple[bool, str]:
-        """One authenticated call that costs no credits (``POST /v1/usage``): used by the connection form's
-        Test button, ``airflow connections test`` and the ``dune_connection_check`` example DAG. The message
-        gives the credits used of those the plan includes this billing period, or the error (never the key)."""
+        """:meth:`check_connection` for the connection form's Test button and ``airflow connections test``:
+        Airflow tests a form's values under a random, transient connection id, so the message says "this
+        connection" instead of naming it."""
+        ok, message = self.check_connection()
+        return ok, message.replace(connection_name(self.dune_conn_id), "this connection")
+
+    def check_connection(self) -> tuple[bool, str]:
+        """One authenticated call that costs no credits (``POST /v1/usage``), as the ``dune_connection_check``
+        example DAG makes it. The message names the connection and gives the credits used of those the plan
+        includes this billing period, or the error (never the key)."""
         try:
             usage = self.get_usage()
         except DuneError as err:
@@ -668,16 +681,6 @@ def _enforce_credit_guard(
         # Nothing was sent and the usage may be readable on the next try: Airflow's retries stay.
         raise DuneError(refusal)
     raise DuneCreditLimitError(refusal)
-
-
-def _pipeline_nodes(body: Any) -> list[dict[str, Any]]:
-    pipeline = body.get("pipeline") if isinstance(body, dict) else None
-    nodes = pipeline.get("nodes") if isinstance(pipeline, dict) else None
-    if not isinstance(nodes, list):
-        from airflow_provider_dune.api.errors import DuneResponseError
-
-        raise DuneResponseError("the query pipeline response has no 'pipeline.nodes' list")
-    return [dict(node) for node in nodes if isinstance(node, dict)]
 
 
 def _parse_start_answer(

@@ -169,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
     def _log(self, status: int | None, path: str) -> None:
+        """Log the request before its answer goes out, so the line exists once the client has the answer."""
         emulator = self.server.emulator
         if emulator.verbose:
             shown = "dropped" if status is None else str(status)
@@ -198,8 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if path.startswith("/_emulator/") and emulator.control_api:
             status, payload = emulator._control(self.command, path, query, body, body_error)
-            self._send_json(status, payload)
             self._log(status, path)
+            self._send_json(status, payload)
             return
 
         endpoint, path_params, allowed = "unknown", {}, []
@@ -232,10 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "unknown":
             if allowed:
                 message = f"method {self.command} not allowed on {path}"
+                self._log(405, path)
                 self._reply(record, 405, {"error": message}, headers={"Allow": ", ".join(allowed)})
             else:
+                self._log(404, path)
                 self._reply(record, 404, {"error": f"not found: no endpoint {path}"})
-            self._log(record.status, path)
             return
 
         state = emulator._state
@@ -246,21 +248,20 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "status":
                 code = cast(int, fault.code)
                 headers = {} if fault.retry_after is None else {"Retry-After": format_retry_after(fault.retry_after)}
-                self._reply(record, code, {"error": fault.error_message}, headers=headers)
                 self._log(code, path)
+                self._reply(record, code, {"error": fault.error_message}, headers=headers)
                 return
             if fault.kind == "malformed":
                 record.response_body, record.status = _MALFORMED_BODY, 200
-                self._send(200, _MALFORMED_BODY)
                 self._log(200, path)
+                self._send(200, _MALFORMED_BODY)
                 return
             if fault.kind == "drop":
-                self._drop()
                 self._log(None, path)
+                self._drop()
                 return
             if fault.kind in ("oversized", "echo_key", "redirect"):
-                status = self._hostile_answer(record, fault)
-                self._log(status, path)
+                self._hostile_answer(record, fault)
                 return
             if fault.kind == "slow":
                 emulator._stopping.wait(fault.seconds)
@@ -271,20 +272,21 @@ class _Handler(BaseHTTPRequestHandler):
             answer = json.dumps(payload).encode()
             if fault.kind != "drop_after_processing":  # a dropped answer was never sent: no status recorded
                 record.response_body, record.status = answer, status
+            self._log(None if fault.kind == "drop_after_processing" else status, path)
             if fault.kind == "drip":
                 self._drip(status, answer, fault.seconds)
             elif fault.kind == "truncated":
                 self._send_truncated(status, answer)
             else:
                 self._drop()
-            self._log(None if fault.kind == "drop_after_processing" else status, path)
             return
-        self._reply(record, status, payload, headers=headers)
         self._log(status, path)
+        self._reply(record, status, payload, headers=headers)
 
-    def _hostile_answer(self, record: RecordedRequest, fault: Fault) -> int:
+    def _hostile_answer(self, record: RecordedRequest, fault: Fault) -> None:
         """Answer for the faults that do not perform the request: oversized body, echoed key, redirect."""
         code = cast(int, fault.code) if fault.kind != "oversized" else 200
+        self._log(code, record.path)
         if fault.kind == "echo_key":
             key = self.headers.get(API_KEY_HEADER) or ""
             self._reply(record, code, {"error": f"invalid API Key {key} (sent in {API_KEY_HEADER})"})
@@ -294,7 +296,6 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             record.status = 200
             self._send_stream(fault.size)
-        return code
 
     def _send_stream(self, size: int) -> None:
         """HTTP 200 with a ``size``-byte JSON-looking body, written in chunks (never built in memory)."""

@@ -17,6 +17,7 @@ from airflow_provider_dune.api.forecast import usable_durations
 from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.polling import PollingSession, PollTarget, ReadSchedule, Snapshot
+from airflow_provider_dune.utils.budget_leases import LEASES, lease_for
 
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
@@ -113,6 +114,16 @@ class DunePollingTrigger(BaseTrigger):
             wait = min(wait, self.end_time - now)
         return max(0.0, wait)
 
+    async def _budget_lease(self, hook: DuneHook) -> str | None:
+        """The key's budget leases this trigger's process joins while it waits (``None``: none; a connection that
+        cannot be read fails at the first status call instead, as before)."""
+        try:
+            settings = await hook.aget_settings()
+        except Exception:
+            return None
+        paced = settings.reads_per_minute > 0 or settings.writes_per_minute > 0
+        return lease_for(settings.base_url, settings.api_key, paced)
+
     def read_schedule(self) -> ReadSchedule:
         return ReadSchedule.for_run(
             self.poll_interval, started_at=self.started_at, durations=self.expected_durations, adaptive=self.adaptive
@@ -123,7 +134,7 @@ class DunePollingTrigger(BaseTrigger):
         if initial_wait:
             await asyncio.sleep(initial_wait)
         session = PollingSession(self.target, self.read_schedule(), self.end_time, self.log)
-        async with self._hook() as hook:
+        async with self._hook() as hook, LEASES.hold(await self._budget_lease(hook)):
             while True:
                 result: Snapshot | BaseException
                 urgency = READ_URGENCY.set(session.urgency(time.time()))

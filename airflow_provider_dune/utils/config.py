@@ -15,13 +15,13 @@ log = logging.getLogger(__name__)
 
 SECTION = "dune"
 DEFAULT_MIN_POLL_INTERVAL = 1.0
-DEFAULT_BUDGET_SHARE = 1.0
 
 _WARNED: set[tuple[str, str]] = set()
 
 
-def _read_number(option: str, default: float, accept: Callable[[float], bool], expected: str) -> float:
-    """``[dune] option`` as a number that ``accept`` takes, else ``default`` (with a warning, once per value).
+def _read_number(option: str, default: float | None, accept: Callable[[float], bool], expected: str) -> float | None:
+    """``[dune] option`` as a number that ``accept`` takes, else ``default`` (with a warning, once per value;
+    ``None`` for an option whose absence means something).
 
     :param expected: what a valid value is, for the warning (e.g. ``"a number of seconds, 0 or more"``).
     """
@@ -39,31 +39,33 @@ def _read_number(option: str, default: float, accept: Callable[[float], bool], e
     if (option, str(raw)) not in _WARNED:
         _WARNED.add((option, str(raw)))
         log.warning(
-            "[%s] %s = %r is not %s (airflow.cfg or AIRFLOW__%s__%s); using %g instead",
+            "[%s] %s = %r is not %s (airflow.cfg or AIRFLOW__%s__%s); %s instead",
             SECTION,
             option,
             str(raw),
             expected,
             SECTION.upper(),
             option.upper(),
-            default,
+            f"using {default:g}" if default is not None else "treating it as unset",
         )
     return default
 
 
 def min_poll_interval() -> float:
     """``[dune] min_poll_interval``: the shortest ``poll_interval``/``poke_interval`` a task may ask for."""
-    return _read_number(
+    value = _read_number(
         "min_poll_interval", DEFAULT_MIN_POLL_INTERVAL, lambda value: value >= 0, "a number of seconds, 0 or more"
     )
+    return DEFAULT_MIN_POLL_INTERVAL if value is None else value
 
 
-def budget_share() -> float:
+def configured_budget_share() -> float | None:
     """``[dune] budget_share``: the share (0-1] of each key's ``reads_per_minute``/``writes_per_minute`` this
-    process paces to, for deployments where several processes (triggerers, workers) poll with one key."""
+    process paces to, when set; ``None`` (unset) lets triggerers share each key's budget among themselves
+    (:mod:`airflow_provider_dune.utils.budget_leases`)."""
     return _read_number(
         "budget_share",
-        DEFAULT_BUDGET_SHARE,
+        None,
         lambda value: 0 < value <= 1,
         "a number above 0 and at most 1 (e.g. 0.5 for one of two processes sharing a key)",
     )

@@ -235,3 +235,12 @@ def test_budget_share_paces_this_process_to_its_part_of_the_key(
         monkeypatch.setenv("AIRFLOW__DUNE__BUDGET_SHARE", wrong)
         assert DuneHook._per_minute(request, settings) == 40
         assert f"[dune] budget_share = '{wrong}' is not a number above 0 and at most 1" in caplog.text
+    # Unset, a process holding a lease on the key paces to the share its leases found; a set share wins.
+    from airflow_provider_dune.utils.budget_leases import LEASES, _KeyLeases, lease_variable
+
+    variable = lease_variable(settings.base_url, settings.api_key)
+    monkeypatch.setitem(LEASES._keys, variable, _KeyLeases(variable, holders=1, share=0.25))
+    monkeypatch.delenv("AIRFLOW__DUNE__BUDGET_SHARE")
+    assert DuneHook._per_minute(request, settings) == 10
+    monkeypatch.setenv("AIRFLOW__DUNE__BUDGET_SHARE", "1")
+    assert DuneHook._per_minute(request, settings) == 40

@@ -10,6 +10,7 @@ from airflow_provider_dune.api.models import (
     PipelineOutcome,
     parse_execution_status,
     parse_pipeline_status,
+    parse_query_pipeline,
     parse_result_page,
     resolve_unknown_nodes,
 )
@@ -267,3 +268,34 @@ def test_timestamps_are_read_with_nanoseconds_and_offsets() -> None:
     )
     assert parse_timestamp("2026-01-01T01:00:00+01:00", "t") == datetime(2026, 1, 1, tzinfo=timezone.utc)
     assert parse_timestamp(None, "t") is None
+
+
+def test_query_pipeline_plan_is_read_node_by_node() -> None:
+    pipeline = parse_query_pipeline(
+        {
+            "pipeline": {
+                "nodes": [
+                    {
+                        "id": 1,
+                        "dependencies": [],
+                        "materialized_view_refresh": {"name": "dune.t.v", "performance": "large"},
+                    },
+                    {
+                        "id": 2,
+                        "dependencies": [1],
+                        "query_execution": {"query_id": 7, "performance": "large", "query_parameters": {"d": "x"}},
+                    },
+                ]
+            }
+        }
+    )
+    view, query = pipeline.nodes
+    assert (view.kind, view.view_name, view.dependencies) == (NodeKind.MATERIALIZED_VIEW_REFRESH, "dune.t.v", ())
+    assert (query.kind, query.query_id, query.dependencies) == (NodeKind.QUERY_EXECUTION, 7, (1,))
+    assert query.query_parameters == {"d": "x"} and (view.performance, query.performance) == ("large", "large")
+
+
+@pytest.mark.parametrize("body", [{}, {"pipeline": {}}, {"pipeline": {"nodes": [{"id": 1}]}}, [1]])
+def test_malformed_query_pipeline_raises_response_error(body: object) -> None:
+    with pytest.raises(DuneResponseError):
+        parse_query_pipeline(body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -138,7 +139,8 @@ def _process_name_env(home: Path, name: str) -> dict[str, str]:
     return {
         "E2E_PROCESS_NAME": name,
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{HOSTNAME_MODULE}.process_name",
-        "PYTHONPATH": str(home / "pylib"),
+        # Kept after the hostname module, so a checkout named by the caller's PYTHONPATH is the one imported.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(home / "pylib"), os.environ.get("PYTHONPATH")])),
     }
 
 

@@ -39,6 +39,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from airflow_provider_dune.testing.process import emulator_process
+from airflow_provider_dune.utils import budget_leases
 from example_dags.demo import DAG_ID, DEMO_DIR, REPO_ROOT, TASK_ID
 
 from .conftest import AIRFLOW_BIN, AirflowRelease, AirflowStack, StackOptions, stop_process
@@ -373,6 +374,12 @@ def test_rest_run_without_a_logical_date_defers_in_the_triggerer_and_starts_one_
     (rest_start,) = [s for s in starts if _started_id(s) == rest_pipeline]
     assert rest_start["path"].endswith(f"/v1/query/{QUERY_ID}/pipeline/execute")
     assert rest_start["json_body"]["query_parameters"] == {"date": _today()}
+    # The trigger kept its process's lease on the key's budget in a Variable (read and written from trigger
+    # code through this release's triggerer) and never failed to.
+    leases = stack.query("SELECT key FROM variable WHERE key LIKE ?", (f"{budget_leases.KEY_PREFIX}%",))
+    assert len(leases) == 1, leases
+    triggerer_log = (stack.process_log_dir / "triggerer.log").read_text(errors="replace")
+    assert "lease on a Dune API key's budget" not in triggerer_log, triggerer_log[-4000:]
 
 
 # -- 3. `airflow connections test` -----------------------------------------------------------------------
@@ -400,7 +407,7 @@ def test_connections_test_cli_with_the_key_and_with_a_wrong_one(airflow_stack: A
     print(f"\n[e2e] `airflow connections test` twice in {time.monotonic() - started:.1f}s")
     said = _one_line(result.stdout + result.stderr)
     assert "Connection failed!" in said, said[-2000:]
-    assert "HTTP 401" in said and "Check the API Key field of Airflow connection" in said, said[-2000:]
+    assert "HTTP 401" in said and "Check the API Key field of this connection" in said, said[-2000:]
     assert wrong_key not in said
     assert stack.emulator.requests()[-1]["status"] == 401
 

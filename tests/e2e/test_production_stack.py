@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_dune.utils import budget_leases
 from airflow_provider_dune.utils.run_registry import KEY_PREFIX, STATE_KEY
 from airflow_provider_dune.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.compose_file import airflow_environment, load_compose
@@ -226,11 +227,17 @@ def _budget_phase(
                 detected.setdefault(pipeline, request["at"])
     latencies = [detected[p] - (executed[p] + pending + duration) for p in executed if p in detected]
     states = stack.ti_states("dune_production_budget", label)
+    first_minute_end = min(executed.values(), default=0.0) + 60
     return {
         "pipelines": len(executed),
         "detected": len(latencies),
         "status_reads": sum(1 for r in requests if r["endpoint"] == "get_pipeline_status"),
         "429s": throttled,
+        "429s_after_first_minute": sum(
+            1
+            for r in requests
+            if r["endpoint"] == "get_pipeline_status" and r["status"] == 429 and r["at"] > first_minute_end
+        ),
         "latency_median_s": round(statistics.median(latencies), 1) if latencies else None,
         "latency_max_s": round(max(latencies), 1) if latencies else None,
         "task_states": sorted(set(states.values())),
@@ -243,22 +250,111 @@ def _budget_phase(
 BUDGET_FIGURES = os.environ.get("DUNE_BUDGET_FIGURES") == "1"
 
 
+def _leases(production: ProductionStack) -> dict[str, dict[str, float]]:
+    """The budget leases Variables (name: {process: expiry}), read through the REST API."""
+    answer = production.airflow.rest("GET", "/api/v2/variables?limit=100")
+    return {
+        v["key"]: json.loads(v["value"] or "{}")
+        for v in answer["variables"]
+        if v["key"].startswith(budget_leases.KEY_PREFIX)
+    }
+
+
+def _live_leases(production: ProductionStack) -> int:
+    now = time.time()
+    return max((sum(1 for e in held.values() if e > now) for held in _leases(production).values()), default=0)
+
+
+def _survivor_phase(production: ProductionStack, base_query: int) -> dict[str, Any]:
+    """Two triggerers with the automatic share hold a lease each; SIGKILL one and time how long until the
+    survivor's lease is the only one (it then paces to the whole budget), and its reads a minute after that."""
+    stack = production.airflow
+    duration = 120.0
+    for index in range(BUDGET_TASKS):
+        stack.emulator.add_query(base_query + index, duration=duration, pending=0.5)
+    stack.emulator.reset()
+    stack.emulator.set_rate_limit(40, 15)
+    label = "budget_survivor"
+    stack.rest(
+        "POST",
+        "/api/v2/dags/dune_production_budget/dagRuns",
+        {"dag_run_id": label, "logical_date": None, "conf": {"conn": "dune_free_plan"}},
+    )
+    deadline = time.monotonic() + 90
+    while _live_leases(production) < 2:
+        assert time.monotonic() < deadline, f"two triggerers did not both take a lease: {_leases(production)}"
+        time.sleep(1)
+    victim = TRIGGERERS[1]
+    time.sleep(5)
+    killed_at = time.time()
+    os.killpg(stack.processes[victim].pid, signal.SIGKILL)
+    stack.processes.pop(victim).wait(10)
+    while _live_leases(production) > 1:
+        assert time.time() - killed_at < 90, f"the dead triggerer's lease never went: {_leases(production)}"
+        time.sleep(0.5)
+    alone_after = time.time() - killed_at
+    time.sleep(30)
+    window_end = time.time()
+    reads = [
+        r
+        for r in stack.emulator.requests()
+        if r["endpoint"] == "get_pipeline_status" and window_end - 30 <= r["at"] <= window_end
+    ]
+    before = [
+        r
+        for r in stack.emulator.requests()
+        if r["endpoint"] == "get_pipeline_status" and killed_at - 30 <= r["at"] <= killed_at
+    ]
+    production.start_triggerer(victim, BUDGET_TASKS // 2)  # the orphaned triggers need room
+    states = stack.wait_for(
+        "dune_production_budget",
+        label,
+        lambda s: len(s) == BUDGET_TASKS and all(v in ("success", "failed") for v in s.values()),
+        timeout=400,
+    )
+    stack.emulator.set_rate_limit(None, None)
+    return {
+        "one_lease_left_after_kill_s": round(alone_after, 1),
+        "status_reads_per_minute_both_before_kill": len(before) * 2,
+        "status_reads_per_minute_survivor_alone": len(reads) * 2,
+        "429s": sum(1 for r in stack.emulator.requests() if r["status"] == 429),
+        "task_states": sorted(set(states.values())),
+    }
+
+
 def test_two_triggerers_against_one_over_the_free_plan_budget(production: ProductionStack) -> None:
-    """Eight pipelines polled every 2 s (240 reads a minute asked, 40 allowed): two triggerers each pacing to half
-    the budget (``[dune] budget_share = 0.5``) over 100 s runs, then one triggerer pacing to the whole budget
-    (reads_per_minute=40 on the connection). With DUNE_BUDGET_FIGURES=1 also without pacing, and two triggerers
-    each pacing to the whole budget."""
+    """Eight pipelines polled every 2 s (240 reads a minute asked, 40 allowed): two triggerers sharing the budget
+    without settings (leases), then killing one (the survivor takes the whole budget), then one triggerer pacing
+    to the whole budget (reads_per_minute=40 on the connection). With DUNE_BUDGET_FIGURES=1 also without pacing,
+    two triggerers each pacing to the whole budget (``budget_share = 1``), each to half of it by hand
+    (``budget_share = 0.5``) over 100 s runs, and two sharing it over 20 s runs."""
     stack = production.airflow
     figures: dict[str, Any] = {}
-    # Long enough to empty Dune's bucket (a minute of reads) if the two paced to the whole budget each.
-    for name in TRIGGERERS:  # half the pipelines each
+    for name in TRIGGERERS:  # half the pipelines each, default settings
         stack.stop(name)
-        production.start_triggerer(name, BUDGET_TASKS // 2, {"AIRFLOW__DUNE__BUDGET_SHARE": "0.5"})
+        production.start_triggerer(name, BUDGET_TASKS // 2)
     _wait_triggerers(production, TRIGGERERS)
-    figures["two_triggerers_paced_budget_share_half_100s_pipelines"] = _budget_phase(
-        production, "budget_two_triggerers_half_share", 7200, "dune_free_plan", 100.0
+    automatic = figures["two_triggerers_automatic_share_100s_pipelines"] = _budget_phase(
+        production, "budget_two_triggerers_automatic", 7200, "dune_free_plan", 100.0
     )
+    survivor = figures["survivor_of_two_automatic_share"] = _survivor_phase(production, 7200)
     if BUDGET_FIGURES:
+        for name in TRIGGERERS:
+            stack.stop(name)
+            production.start_triggerer(name, BUDGET_TASKS // 2, {"AIRFLOW__DUNE__BUDGET_SHARE": "1"})
+        _wait_triggerers(production, TRIGGERERS)
+        figures["two_triggerers_whole_budget_each_100s_pipelines"] = _budget_phase(
+            production, "budget_two_triggerers_whole_each", 7200, "dune_free_plan", 100.0
+        )
+    if BUDGET_FIGURES:
+        # The explicit override, long enough to empty Dune's bucket (a minute of reads) if it did not hold.
+        for name in TRIGGERERS:  # half the pipelines each
+            stack.stop(name)
+            production.start_triggerer(name, BUDGET_TASKS // 2, {"AIRFLOW__DUNE__BUDGET_SHARE": "0.5"})
+        _wait_triggerers(production, TRIGGERERS)
+        figures["two_triggerers_paced_budget_share_half_100s_pipelines"] = _budget_phase(
+            production, "budget_two_triggerers_half_share", 7200, "dune_free_plan", 100.0
+        )
         for name in TRIGGERERS:
             stack.stop(name)
             production.start_triggerer(name, BUDGET_TASKS // 2)
@@ -283,9 +379,17 @@ def test_two_triggerers_against_one_over_the_free_plan_budget(production: Produc
     assert one_paced["429s"] <= 2, figures
     if BUDGET_FIGURES:
         assert one_paced["status_reads"] < figures["one_triggerer"]["status_reads"], figures
-    # Each of two triggerers paced to half the key's budget: none over it, however long the runs wait.
-    assert figures["two_triggerers_paced_budget_share_half_100s_pipelines"]["429s"] <= 2, figures
-    for phase in figures.values():
+        # Each of two triggerers paced to half the key's budget by hand: none over it.
+        assert figures["two_triggerers_paced_budget_share_half_100s_pipelines"]["429s"] <= 2, figures
+    # Without settings the two find their share themselves (the first minute may overshoot while they meet).
+    assert automatic["429s_after_first_minute"] <= 2, figures
+    # A dead triggerer's share goes to the survivor when its lease expires.
+    assert survivor["one_lease_left_after_kill_s"] <= 60, figures
+    assert survivor["429s"] <= 2, figures
+    assert survivor["task_states"] == ["success"], figures
+    for name, phase in figures.items():
+        if name == "survivor_of_two_automatic_share":
+            continue
         assert phase["task_states"] == ["success"], figures
         assert phase["pipelines"] == BUDGET_TASKS and phase["detected"] == BUDGET_TASKS, figures
 

@@ -256,6 +256,7 @@ def start_cli(
     return process, match.group(1)
 
 
+@pytest.mark.slow
 def test_cli_serves_the_demo_seed_and_stops_on_sigterm(cli: list[subprocess.Popen[str]]) -> None:
     process, url = start_cli(cli, "--api-key", "cli-secret-key", "--time-scale", "0.01")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -289,6 +290,7 @@ def test_cli_serves_the_demo_seed_and_stops_on_sigterm(cli: list[subprocess.Pope
         requests.get(f"http://127.0.0.1:{port}/api/v1/query/1001", timeout=2)
 
 
+@pytest.mark.slow
 def test_cli_key_from_environment_read_key_and_sigint(cli: list[subprocess.Popen[str]]) -> None:
     process, url = start_cli(cli, "--read-api-key", "ro", "--verbose", env={"DUNE_EMULATOR_API_KEY": "env-key"})
     assert requests.get(f"{url}/v1/query/1001", headers={"X-Dune-Api-Key": "env-key"}, timeout=5).status_code == 200
@@ -301,6 +303,7 @@ def test_cli_key_from_environment_read_key_and_sigint(cli: list[subprocess.Popen
     assert "env-key" not in stderr
 
 
+@pytest.mark.slow
 def test_cli_seed_file_and_no_seed(cli: list[subprocess.Popen[str]], tmp_path: Path) -> None:
     seed = tmp_path / "seed.json"
     seed.write_text(json.dumps({"queries": [{"query_id": 42, "name": "custom"}]}))
@@ -313,6 +316,7 @@ def test_cli_seed_file_and_no_seed(cli: list[subprocess.Popen[str]], tmp_path: P
     assert requests.get(empty.removesuffix("/api") + "/_emulator/health", timeout=5).status_code == 404
 
 
+@pytest.mark.slow
 def test_cli_refuses_non_loopback_hosts() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "airflow_provider_dune.testing.emulator", "--host", "0.0.0.0", "--port", "0"],
@@ -337,6 +341,7 @@ def test_main_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "non-loopback" in err and "invalid seed" in err and "missing.json" in err
 
 
+@pytest.mark.slow
 def test_emulator_process_starts_a_child_and_always_stops_it(tmp_path: Path) -> None:
     from airflow_provider_dune.testing.process import emulator_process
 

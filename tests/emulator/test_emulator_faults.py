@@ -188,6 +188,7 @@ def test_fault_json_round_trip() -> None:
         Fault.from_dict({"kind": "drop", "sometimes": True})
 
 
+@pytest.mark.slow
 def test_hostile_faults_over_raw_http(api: Api, emu: DuneEmulator) -> None:
     """What the hostile faults put on the wire, seen by a plain HTTP client."""
     emu.inject("get_usage", Fault.oversized(3 * 1024 * 1024))

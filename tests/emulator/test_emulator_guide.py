@@ -175,6 +175,7 @@ def test_an_answer_is_lost_after_the_request_was_carried_out(dune: Dune, kind: s
     assert dune.start_pipeline(1000).status_code == 200  # only the next request lost its answer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_reset_forgets_runs_and_faults_and_the_seed_restores_the_catalog(dune: Dune, kind: str) -> None:
     run_block(dune, f"fail-{kind}")

@@ -21,11 +21,11 @@ from airflow_provider_dune.api.errors import (
     DuneResponseError,
     DuneServerError,
 )
-from airflow_provider_dune.api.models import PipelineOutcome, PipelineStatus
+from airflow_provider_dune.api.models import NodeKind, PipelineOutcome, PipelineStatus
 from airflow_provider_dune.api.states import RunState
+from airflow_provider_dune.hooks.async_clients import MAX_CONNECTIONS
 from airflow_provider_dune.hooks.dune import USER_AGENT, DuneHook
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
-from airflow_provider_dune.utils.async_clients import MAX_CONNECTIONS
 from tests.conftest import dune_connection_json
 
 Call = Callable[..., Any]
@@ -108,8 +108,8 @@ def test_explicit_pipeline(call: Call, emulator: DuneEmulator) -> None:
 
 
 def test_get_query_pipeline_is_a_dry_run(call: Call, emulator: DuneEmulator) -> None:
-    nodes = call("get_query_pipeline", QUERY, "large", {"date": "2026-01-01"})
-    assert [("materialized_view_refresh" in n, "query_execution" in n) for n in nodes] == [(True, False), (False, True)]
+    pipeline = call("get_query_pipeline", QUERY, "large", {"date": "2026-01-01"})
+    assert [n.kind for n in pipeline.nodes] == [NodeKind.MATERIALIZED_VIEW_REFRESH, NodeKind.QUERY_EXECUTION]
     assert emulator.executions_started() == 0
     request = next(r for r in emulator.requests if r.endpoint == "get_query_pipeline")
     assert request.query["performance"] == "large"
@@ -292,6 +292,7 @@ def test_dropped_connection_on_read_is_retried(call: Call, emulator: DuneEmulato
     assert emulator.counts["get_pipeline_status"] == 2
 
 
+@pytest.mark.slow
 def test_rate_limited_execute_is_retried_once_accepted(call: Call, emulator: DuneEmulator) -> None:
     emulator.inject("execute_query_pipeline", Fault.status(429), Fault.status(503))
     call("execute_query_pipeline", QUERY)
@@ -368,6 +369,10 @@ def test_test_connection(emulator: DuneEmulator, dune_conn_id: str, monkeypatch:
     ok, message = DuneHook(dune_conn_id).test_connection()
     assert not ok
     assert "HTTP 401" in message and "bad-key-123" not in message
+    # Airflow's Test button tests under a random transient id: the message does not name it.
+    assert "Check the API Key field of this connection" in message and dune_conn_id not in message
+    ok, message = DuneHook(dune_conn_id).check_connection()  # the connection check DAG names it
+    assert not ok and f"Check the API Key field of Airflow connection '{dune_conn_id}'" in message
 
 
 def test_hook_overrides_take_precedence(emulator: DuneEmulator, dune_conn_id: str) -> None:
@@ -432,7 +437,7 @@ async def test_shared_tls_context_verifies_certificates(dune_conn_id: str) -> No
     # Loading the CA bundle cost ~50 ms and ~0.8 MB per client: it is loaded once per process.
     import ssl
 
-    from airflow_provider_dune.utils.async_clients import shared_ssl_context
+    from airflow_provider_dune.hooks.async_clients import shared_ssl_context
 
     async with DuneHook(dune_conn_id) as hook:
         client = await hook.aget_client()

@@ -61,6 +61,7 @@ def _execution(emulator: DuneEmulator) -> str:
         return hook.execute_query(QUERY).execution_id
 
 
+@pytest.mark.slow
 def test_a_dripping_server_is_cut_off_at_the_request_deadline(call: Callable[..., Any], emulator: DuneEmulator) -> None:
     execution_id = _execution(emulator)
     emulator.inject("get_execution_status", Fault.drip(0.05, times=2))  # each read gets a byte in time
@@ -72,6 +73,7 @@ def test_a_dripping_server_is_cut_off_at_the_request_deadline(call: Callable[...
     assert emulator.counts["get_execution_status"] == 2
 
 
+@pytest.mark.slow
 def test_a_dripping_answer_to_a_start_is_an_unconfirmed_start(call: Callable[..., Any], emulator: DuneEmulator) -> None:
     emulator.inject("execute_query", Fault.drip(0.05))
     with pytest.raises(DuneConnectionError) as info:

@@ -16,7 +16,6 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.pipeline import XCOM_PIPELINE_EXECUTION_ID, DuneExecutePipelineOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
 from airflow_provider_dune.triggers.pipeline import DunePipelineTrigger
-from airflow_provider_dune.utils import task_records
 from tests.conftest import TEST_API_KEY, dune_connection_json
 from tests.helpers import execution_state, wait_running
 from tests.operators.fakes import FakeTI, FakeVariables
@@ -27,13 +26,6 @@ FAILING = 1099  # seed: "line 3:8: Column 'amount_usdd' cannot be resolved"
 LINEAGE = 1001  # seed: materialized view dune.demo.result_dex_trades_daily -> query 1001 (param "date")
 FAILING_VIEW_QUERY = 1007  # seed: lineage through dune.demo.result_wallet_balances, which fails
 VIEW = "dune.demo.result_token_prices_hourly"
-
-
-@pytest.fixture
-def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
-    fake = FakeVariables()
-    monkeypatch.setattr(task_records, "Variable", fake)
-    return fake
 
 
 @pytest.fixture
@@ -155,6 +147,7 @@ def test_402_on_execute_is_clear_and_not_retried(emulator: DuneEmulator, context
     assert "get_pipeline_status" not in emulator.counts
 
 
+@pytest.mark.slow
 def test_429_on_execute_is_retried_without_a_second_run(emulator: DuneEmulator, context: Any) -> None:
     emulator.inject("execute_query_pipeline", Fault.status(429, times=2))
     result = operator(query_id=QUICK).execute(context)
@@ -163,6 +156,7 @@ def test_429_on_execute_is_retried_without_a_second_run(emulator: DuneEmulator, 
     assert emulator.executions_started() == 1
 
 
+@pytest.mark.slow
 def test_429_storm_and_5xx_while_polling_are_survived(emulator: DuneEmulator, context: Any) -> None:
     emulator.inject(
         "get_pipeline_status", Fault.status(429, times=4), Fault.status(500), Fault.status(502), Fault.drop()
@@ -173,6 +167,7 @@ def test_429_storm_and_5xx_while_polling_are_survived(emulator: DuneEmulator, co
     assert emulator.executions_started() == 1
 
 
+@pytest.mark.slow
 def test_status_errors_beyond_hook_retries_are_survived(
     emulator: DuneEmulator, context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,6 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.operators.pipeline import DuneExecutePipelineOperator
 from airflow_provider_dune.operators.query import DuneExecuteQueryOperator, DuneRefreshMaterializedViewOperator
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
-from airflow_provider_dune.utils import task_records
 from tests.conftest import dune_connection_json
 from tests.helpers import wait_finished
 from tests.operators.fakes import FakeTI, FakeVariables
@@ -24,13 +23,6 @@ QUICK = 2001
 FAILING = 1099  # seed: "line 3:8: Column 'amount_usdd' cannot be resolved"
 LINEAGE = 1001  # seed: materialized view dune.demo.result_dex_trades_daily -> query 1001 (param "date")
 VIEW = "dune.demo.result_token_prices_hourly"
-
-
-@pytest.fixture
-def variables(monkeypatch: pytest.MonkeyPatch) -> FakeVariables:
-    fake = FakeVariables()
-    monkeypatch.setattr(task_records, "Variable", fake)
-    return fake
 
 
 @pytest.fixture

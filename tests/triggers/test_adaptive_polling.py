@@ -122,6 +122,7 @@ def test_a_failed_run_teaches_nothing(
     assert run_durations_store.store == {}
 
 
+@pytest.mark.slow
 def test_waiting_in_the_worker_learns_and_uses_durations_too(
     dune_emulator: DuneEmulator, dune_conn_id: str, variables: FakeVariables, run_durations_store: FakeVariables
 ) -> None:

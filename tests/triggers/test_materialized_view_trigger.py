@@ -95,7 +95,11 @@ class Watch:
         return self.queue.empty()
 
     async def stop(self) -> None:
+        """Cancel the trigger as the triggerer does; a trigger that does not stop fails the test instead of
+        hanging it."""
         self.task.cancel()
+        done, _ = await asyncio.wait({self.task}, timeout=10)
+        assert done, "the trigger was still running 10 s after it was cancelled"
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
 
@@ -176,6 +180,7 @@ async def test_a_restart_neither_replays_nor_misses_refreshes(emulator: DuneEmul
     watcher = trigger()
     watcher.asset_state_store = store
     watch = Watch(watcher)
+    await asyncio.wait_for(store.saved.wait(), 5)  # the watch has its starting point
     assert await watch.nothing_within(0.2)
     assert store.values[WATERMARK_KEY]["last_seen"] == before
     seen = refresh()
@@ -205,6 +210,7 @@ def warnings_about(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixtu
     return read
 
 
+@pytest.mark.slow
 async def test_a_view_that_does_not_exist_is_watched_with_a_capped_backoff_and_warnings(
     emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch, warnings_about: Callable[[str], list[str]]
 ) -> None:
@@ -271,6 +277,7 @@ async def test_a_corrupt_saved_state_starts_from_the_latest_refresh_without_repl
         assert warnings_about("starting from the latest refresh")
     new = refresh()
     assert [e["execution_id"] for e in await watch.next()] == [new]
+    await asyncio.wait_for(store.saved.wait(), 5)  # the watch has its starting point
     assert await watch.nothing_within(0.2)
     await watch.stop()
 
@@ -332,6 +339,7 @@ async def test_a_stuck_refresh_does_not_hold_back_later_ones(clocked: tuple[Dune
     watcher = trigger()
     watcher.asset_state_store = store
     watch = Watch(watcher)
+    await asyncio.wait_for(store.saved.wait(), 5)  # the watch has its starting point
     assert await watch.nothing_within(0.2)
     stuck = refresh(wait=False)
     clock.now += 1

@@ -235,6 +235,7 @@ async def test_survives_faults_mid_poll(emulator: DuneEmulator, faults: tuple[Fa
     assert emulator.counts["get_pipeline_status"] > injected  # every fault was consumed, then polling went on
 
 
+@pytest.mark.slow
 async def test_survives_errors_beyond_hook_retries(emulator: DuneEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A status call that still fails after the hook's retries is not fatal: the trigger backs off and polls."""
     monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, max_retries=1))
@@ -294,3 +295,33 @@ async def test_on_kill_without_cancel_on_kill_leaves_run_alone(emulator: DuneEmu
     await trigger_for(pipeline_execution_id, cancel_on_kill=False).on_kill()
     assert emulator.counts.get("cancel_execution", 0) == 0
     assert execution_state(execution_id) in (RunState.PENDING, RunState.EXECUTING)
+
+
+# -- the key's budget shared between triggerers -------------------------------------------------------------------
+
+
+async def test_a_waiting_trigger_holds_its_process_lease_and_paces_to_its_share(
+    emulator: DuneEmulator, budget_lease_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_dune.api.endpoints import get_pipeline_status
+    from airflow_provider_dune.utils.budget_leases import LEASES, lease_variable
+
+    monkeypatch.setenv("AIRFLOW_CONN_DUNE_DEFAULT", dune_connection_json(emulator.url, reads_per_minute=600))
+    variable = lease_variable(emulator.url, TEST_API_KEY)
+    budget_lease_store.store[variable] = json.dumps({"other-triggerer:1": time.time() + 45})
+    pipeline = start(QUICK)
+    shares: list[float] = []
+    trigger = trigger_for(pipeline)
+    fetch = trigger.fetch
+
+    async def fetch_noting_the_pace(hook: DuneHook) -> Any:
+        settings = await hook.aget_settings()
+        shares.append(DuneHook._per_minute(get_pipeline_status(pipeline), settings))
+        return await fetch(hook)
+
+    monkeypatch.setattr(trigger, "fetch", fetch_noting_the_pace)
+    (event,) = await events_of(trigger)
+    assert event["status"] == "success"
+    assert shares and set(shares) == {300}  # half of 600: two processes hold a lease
+    assert set(json.loads(budget_lease_store.store[variable])) == {"other-triggerer:1", LEASES.holder}
+    assert TEST_API_KEY not in variable and TEST_API_KEY not in budget_lease_store.store[variable]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_dune.utils import config
-from airflow_provider_dune.utils.config import DEFAULT_MIN_POLL_INTERVAL, budget_share, min_poll_interval
+from airflow_provider_dune.utils.config import DEFAULT_MIN_POLL_INTERVAL, configured_budget_share, min_poll_interval
 
 
 @pytest.mark.parametrize("wrong", ["abc", "-1", "nan", "inf", "1e999"])
@@ -38,5 +38,13 @@ def test_each_wrong_value_is_warned_about_once(
 ) -> None:
     monkeypatch.setattr(config, "_WARNED", set())
     monkeypatch.setenv("AIRFLOW__DUNE__BUDGET_SHARE", "half")
-    assert budget_share() == budget_share() == 1.0
+    assert configured_budget_share() is configured_budget_share() is None
     assert caplog.text.count("[dune] budget_share = 'half'") == 1
+    assert "treating it as unset" in caplog.text
+
+
+def test_budget_share_is_unset_by_default_and_read_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW__DUNE__BUDGET_SHARE", raising=False)
+    assert configured_budget_share() is None
+    monkeypatch.setenv("AIRFLOW__DUNE__BUDGET_SHARE", "1")
+    assert configured_budget_share() == 1.0

@@ -18,17 +18,22 @@ from tests.conftest import TEST_API_KEY, dune_connection_json
 
 QUERY = 5301
 
-# What a component does before any metric goes out: Airflow 3.3's task runner and triggerer initialise the
-# stats backend from [metrics]; earlier releases configure it on first use.
+# What a component does before any metric goes out: Airflow 3.2's and 3.3's task runner initialise the stats
+# backend from [metrics] (each its own way); earlier releases configure it on first use.
 _SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    try:
+    try:  # Airflow 3.3: the module-level stats
         from airflow.observability.metrics import stats_utils
         from airflow.sdk.observability import stats
         stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=False)
-    except ImportError:
-        pass
+    except (ImportError, AttributeError):
+        try:  # Airflow 3.2: the task SDK's Stats class
+            from airflow.sdk.observability.metrics import stats_utils
+            from airflow.sdk.observability.stats import Stats
+            Stats.initialize(factory=stats_utils.get_stats_factory(Stats))
+        except ImportError:  # earlier releases configure it on first use
+            pass
     from airflow_provider_dune.hooks.dune import DuneHook
     from airflow_provider_dune.utils import metrics
 
@@ -62,6 +67,7 @@ def received(sock: socket.socket, until: float) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_metrics_reach_statsd(dune_emulator: DuneEmulator, listener: socket.socket) -> None:
     dune_emulator.add_query(QUERY, duration=0.01)
     dune_emulator.inject("get_execution_status", Fault.status(429, retry_after=0.01))

@@ -1,36 +1,33 @@
-"""The part of :class:`~airflow_provider_dune.hooks.dune.DuneHook` that manages Dune objects as code and reads
-results without running anything: saved queries, raw SQL, latest results, materialized-view definitions."""
+"""The part of :class:`~airflow_provider_dune.hooks.dune.DuneHook` for saved queries, raw SQL and latest results
+(read without running anything), also as pandas ``DataFrame``\\ s."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from airflow_provider_dune.api import endpoints
-from airflow_provider_dune.api.definitions import MaterializedViewDefinition, QueryDefinition, TableDefinition
-from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError, DuneResponseError
+from airflow_provider_dune.api.definitions import QueryDefinition
+from airflow_provider_dune.api.errors import DuneConfigurationError, DuneError
 from airflow_provider_dune.api.models import (
     ExecutionStarted,
-    MaterializedViewUpsert,
     ResultPage,
     parse_execution_started,
-    parse_materialized_view_upsert,
     parse_query,
     parse_query_id,
     parse_result_page,
 )
 from airflow_provider_dune.api.paging import check_result_page, iter_pages
-from airflow_provider_dune.utils.uploads import Chunk
-
-T = TypeVar("T")
 
 
-class DuneDefinitionsMixin:
-    """Queries, SQL and views as code; mixed into ``DuneHook`` (which provides ``run``, ``_start``, ``settings``)."""
+class DuneQueriesMixin:
+    """Saved queries, SQL, latest results and DataFrames; mixed into ``DuneHook`` (which provides ``run``,
+    ``_start``, ``settings`` and ``iter_execution_results``)."""
 
     run: Callable[..., Any]
     _start: Callable[..., Any]
     settings: Any
+    iter_execution_results: Callable[..., Iterator[ResultPage]]
 
     # -- saved queries ---------------------------------------------------------------------------------------
 
@@ -112,27 +109,6 @@ class DuneDefinitionsMixin:
             self.settings.max_datapoints_per_request,
         )
 
-    # -- uploaded tables -------------------------------------------------------------------------------------
-
-    def create_table(self, table: TableDefinition) -> dict[str, Any]:
-        """Create an uploaded table (billed: 10 credits); an existing one is reported (``already_existed``)."""
-        created: dict[str, Any] = self._start(endpoints.create_table(table), lambda body: dict(body or {}))
-        return created
-
-    def insert_rows(self, namespace: str, table_name: str, chunk: Chunk) -> int:
-        """Append one chunk of rows; returns the rows Dune says it wrote. Never resent after a lost answer."""
-        request = endpoints.insert_rows(namespace, table_name, chunk.content, chunk.content_type)
-        written: int = self._start(request, _rows_written)
-        return written
-
-    def clear_table(self, namespace: str, table_name: str) -> None:
-        """Delete every row of an uploaded table (the table and its schema stay)."""
-        self.run(endpoints.clear_table(namespace, table_name))
-
-    def delete_table(self, namespace: str, table_name: str) -> None:
-        """Drop an uploaded table."""
-        self.run(endpoints.delete_table(namespace, table_name))
-
     # -- DataFrames ------------------------------------------------------------------------------------------
 
     def get_results_dataframe(
@@ -157,7 +133,7 @@ class DuneDefinitionsMixin:
         if (execution_id is None) == (query_id is None):
             raise DuneError("pass exactly one of execution_id or query_id")
         pages = (
-            self.iter_execution_results(execution_id, page_size=page_size)  # type: ignore[attr-defined]
+            self.iter_execution_results(execution_id, page_size=page_size)
             if execution_id is not None
             else self.iter_query_results(int(query_id), page_size=page_size)  # type: ignore[arg-type]
         )
@@ -165,27 +141,6 @@ class DuneDefinitionsMixin:
             columns = list(page.metadata.column_names) if page.metadata and page.metadata.column_names else None
             if page.rows or columns:
                 yield pandas.DataFrame(page.rows, columns=columns)
-
-    # -- materialized views as code --------------------------------------------------------------------------
-
-    def upsert_materialized_view(self, definition: MaterializedViewDefinition) -> MaterializedViewUpsert:
-        """Create or change a view. Dune refreshes it right away, which is billed: compare before calling."""
-        upsert: MaterializedViewUpsert = self._start(
-            endpoints.upsert_materialized_view(definition), parse_materialized_view_upsert
-        )
-        return upsert
-
-    def delete_materialized_view(self, name: str) -> str:
-        """Drop a view; returns Dune's message."""
-        body = self.run(endpoints.delete_materialized_view(name))
-        return str((body or {}).get("message") or f"deleted {name}") if isinstance(body, dict) else f"deleted {name}"
-
-
-def _rows_written(body: Any) -> int:
-    rows = body.get("rows_written") if isinstance(body, dict) else None
-    if isinstance(rows, bool) or not isinstance(rows, int):
-        raise DuneResponseError("the insert response has no integer 'rows_written'")
-    return rows
 
 
 def _pandas() -> Any:

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from airflow_provider_dune.utils.async_clients import AsyncClientPool, ClientOptions
+from airflow_provider_dune.hooks.async_clients import AsyncClientPool, ClientOptions
 
 OPTIONS = ClientOptions(timeout=30.0, connect_timeout=10.0, user_agent="test-agent")
 
