@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from airflow_provider_dune.api.errors import DunePartialResultError, DuneResultUnavailableError
-from airflow_provider_dune.api.models import ResultMetadata, ResultPage
+from airflow_provider_dune.api.models import ResultMetadata, ResultPage, parse_result_page
 from airflow_provider_dune.api.states import RunState
 
 #: Columns assumed for the first page while the result's column count is not known yet.
@@ -53,6 +53,13 @@ def check_result_page(page: ResultPage, endpoint: str) -> None:
     raise DuneResultUnavailableError(
         f"no result: the execution is {page.state.value}: {message}", http_status=200, endpoint=endpoint
     )
+
+
+def read_result_page(body: object, endpoint: str) -> ResultPage:
+    """One page parsed from a results answer; raises (see :func:`check_result_page`) when it holds no result."""
+    page = parse_result_page(body)
+    check_result_page(page, endpoint)
+    return page
 
 
 def iter_pages(

@@ -51,11 +51,10 @@ from airflow_provider_dune.api.models import (
     parse_pipeline_execution_id,
     parse_pipeline_status,
     parse_query_pipeline,
-    parse_result_page,
     parse_usage,
     resolve_unknown_nodes,
 )
-from airflow_provider_dune.api.paging import check_result_page, iter_pages
+from airflow_provider_dune.api.paging import iter_pages, read_result_page
 from airflow_provider_dune.api.responses import decode_response
 from airflow_provider_dune.api.retry import RetryPolicy, describe_unsafe_retry, may_have_started_run
 from airflow_provider_dune.hooks import connection_form, transport
@@ -549,9 +548,7 @@ class DuneHook(DuneQueriesMixin, DuneUploadsMixin, DuneMaterializedViewsMixin, B
         request = endpoints.get_execution_results(
             execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
         )
-        page = parse_result_page(self.run(request))
-        check_result_page(page, request.description)
-        return page
+        return read_result_page(self.run(request), request.description)
 
     async def aget_execution_results(
         self,
@@ -564,9 +561,7 @@ class DuneHook(DuneQueriesMixin, DuneUploadsMixin, DuneMaterializedViewsMixin, B
         request = endpoints.get_execution_results(
             execution_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
         )
-        page = parse_result_page(await self.arun(request))
-        check_result_page(page, request.description)
-        return page
+        return read_result_page(await self.arun(request), request.description)
 
     def iter_execution_results(
         self,

@@ -15,9 +15,8 @@ from airflow_provider_dune.api.models import (
     parse_execution_started,
     parse_query,
     parse_query_id,
-    parse_result_page,
 )
-from airflow_provider_dune.api.paging import check_result_page, iter_pages
+from airflow_provider_dune.api.paging import iter_pages, read_result_page
 
 
 class DuneQueriesMixin:
@@ -91,9 +90,7 @@ class DuneQueriesMixin:
         request = endpoints.get_query_results(
             query_id, limit=limit, offset=offset, allow_partial_results=allow_partial_results
         )
-        page = parse_result_page(self.run(request))
-        check_result_page(page, request.description)
-        return page
+        return read_result_page(self.run(request), request.description)
 
     def iter_query_results(
         self, query_id: int, *, page_size: int = 10_000, allow_partial_results: bool = False

@@ -11,7 +11,7 @@ import http
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 FaultKind = Literal[
     "status",
@@ -25,18 +25,7 @@ FaultKind = Literal[
     "truncated",
     "redirect",
 ]
-FAULT_KINDS: tuple[str, ...] = (
-    "status",
-    "slow",
-    "malformed",
-    "drop",
-    "drop_after_processing",
-    "drip",
-    "oversized",
-    "echo_key",
-    "truncated",
-    "redirect",
-)
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 #: Messages Dune sends (or that a proxy in front of it would send) for common status codes.
 DEFAULT_ERROR_MESSAGES: dict[int, str] = {

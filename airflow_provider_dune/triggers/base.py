@@ -7,7 +7,7 @@ import asyncio
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -19,8 +19,24 @@ from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.polling import PollingSession, PollTarget, ReadSchedule, Snapshot
 from airflow_provider_dune.utils.budget_leases import LEASES, lease_for
 
+if TYPE_CHECKING:
+    pass
+
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
+
+
+class PollSettings(TypedDict, total=False):
+    """The settings every Dune trigger takes besides its run id (see :class:`DunePollingTrigger`)."""
+
+    dune_conn_id: str
+    poll_interval: float
+    end_time: float | None
+    cancel_on_kill: bool
+    first_poll_at: float | None
+    started_at: float | None
+    expected_durations: list[float] | None
+    adaptive: bool
 
 
 class DunePollingTrigger(BaseTrigger):
@@ -40,13 +56,15 @@ class DunePollingTrigger(BaseTrigger):
 
     #: Name of the run id argument, attribute and event field (``pipeline_execution_id``, ``execution_id``).
     id_field: str = "execution_id"
+    #: How logs and events name the run, followed by its id.
+    run_noun: str = "Dune execution"
 
     def __init__(
         self,
         *,
-        dune_conn_id: str,
-        poll_interval: float,
-        end_time: float | None,
+        dune_conn_id: str = DuneHook.default_conn_name,
+        poll_interval: float = 30.0,
+        end_time: float | None = None,
         cancel_on_kill: bool = True,
         first_poll_at: float | None = None,
         started_at: float | None = None,
@@ -81,9 +99,10 @@ class DunePollingTrigger(BaseTrigger):
         )
 
     @property
-    @abstractmethod
     def target(self) -> PollTarget:
         """What is being waited on (id and label for events and logs)."""
+        run_id = getattr(self, self.id_field)
+        return PollTarget(self.id_field, run_id, f"{self.run_noun} {run_id}")
 
     @abstractmethod
     async def fetch(self, hook: DuneHook) -> Snapshot:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow_provider_dune.hooks.dune import DuneHook
-from airflow_provider_dune.polling import PollTarget, Snapshot
-from airflow_provider_dune.triggers.base import DunePollingTrigger
+from airflow_provider_dune.polling import Snapshot
+from airflow_provider_dune.triggers.base import DunePollingTrigger, PollSettings
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class DuneExecutionTrigger(DunePollingTrigger):
@@ -17,38 +22,16 @@ class DuneExecutionTrigger(DunePollingTrigger):
 
     :param execution_id: the execution to wait for.
     :param cancel_on_kill: cancel the execution when a user kills the deferred task (Airflow 3.3+).
+    :param settings: the polling settings of
+        :class:`~airflow_provider_dune.triggers.base.DunePollingTrigger` (connection, poll interval, deadline).
     """
 
     id_field = "execution_id"
+    run_noun = "Dune execution"
 
-    def __init__(
-        self,
-        *,
-        execution_id: str,
-        dune_conn_id: str = DuneHook.default_conn_name,
-        poll_interval: float = 30.0,
-        end_time: float | None = None,
-        cancel_on_kill: bool = True,
-        first_poll_at: float | None = None,
-        started_at: float | None = None,
-        expected_durations: list[float] | None = None,
-        adaptive: bool = True,
-    ) -> None:
-        super().__init__(
-            dune_conn_id=dune_conn_id,
-            poll_interval=poll_interval,
-            end_time=end_time,
-            cancel_on_kill=cancel_on_kill,
-            first_poll_at=first_poll_at,
-            started_at=started_at,
-            expected_durations=expected_durations,
-            adaptive=adaptive,
-        )
+    def __init__(self, *, execution_id: str, **settings: Unpack[PollSettings]) -> None:
+        super().__init__(**settings)
         self.execution_id = execution_id
-
-    @property
-    def target(self) -> PollTarget:
-        return PollTarget(self.id_field, self.execution_id, f"Dune execution {self.execution_id}")
 
     async def fetch(self, hook: DuneHook) -> Snapshot:
         return await hook.aget_execution_status(self.execution_id)

@@ -102,6 +102,8 @@ class _KeyLeases:
     share: float = 1.0
     renewed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: The last write failed (said once at WARNING; the following failures only at DEBUG until one succeeds).
+    failing: bool = False
 
 
 class BudgetLeases:
@@ -181,17 +183,23 @@ class BudgetLeases:
     async def _write(self, entry: _KeyLeases, *, keep: bool) -> float:
         """Renew (``keep``) or give back this process's lease; the time the next renewal is due."""
         try:
-            return await sync_to_async(self._read_modify_write)(entry, keep)
+            due = await sync_to_async(self._read_modify_write)(entry, keep)
         except Exception as err:
-            log.warning(
+            log.log(
+                logging.DEBUG if entry.failing else logging.WARNING,
                 "Could not %s this process's lease on a Dune API key's budget (Variable %s): %s; pacing to the "
-                "share found before (%.2f of the key's budget)",
+                "share found before (%.2f of the key's budget) until the Variable can be written again",
                 "renew" if keep else "give back",
                 entry.variable,
                 str(err)[:200],
                 entry.share,
             )
+            entry.failing = True
             return self._clock() + RENEW_SECONDS
+        if entry.failing:
+            log.info("This process's lease on a Dune API key's budget is kept again (Variable %s)", entry.variable)
+            entry.failing = False
+        return due
 
     def _read_modify_write(self, entry: _KeyLeases, keep: bool) -> float:
         now = self._clock()

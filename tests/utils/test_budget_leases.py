@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -160,6 +161,27 @@ async def test_a_failing_store_keeps_the_last_share_never_a_larger_one(caplog: p
         assert first.share(VARIABLE) == second.share(VARIABLE) == 0.5
         assert "Could not renew this process's lease" in caplog.text
         assert "secret-key" not in caplog.text
+
+
+async def test_a_store_that_keeps_failing_is_reported_once_until_it_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, clock = FailingVariables(), FakeClock()
+    process = _process(store, clock, "a:1")
+    caplog.set_level(logging.DEBUG, logger=budget_leases.__name__)
+    async with process.hold(VARIABLE):
+        store.failing = True
+        await clock.advance(10 * RENEW_SECONDS)
+        failures = [r for r in caplog.records if "Could not renew" in r.getMessage()]
+        assert len(failures) >= 9
+        assert [r.levelno for r in failures] == [logging.WARNING] + [logging.DEBUG] * (len(failures) - 1)
+        store.failing = False
+        await clock.advance(RENEW_SECONDS)
+        assert [r.levelno for r in caplog.records if "is kept again" in r.getMessage()] == [logging.INFO]
+        store.failing = True
+        await clock.advance(RENEW_SECONDS)  # failing again after a recovery is news again
+        failures = [r for r in caplog.records if "Could not renew" in r.getMessage()]
+        assert failures[-1].levelno == logging.WARNING
 
 
 async def test_a_process_whose_first_renewal_fails_keeps_the_whole_configured_share() -> None:
