@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from airflow.exceptions import AirflowException, TaskDeferred
 
-from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.sensors.execution import DuneExecutionSensor
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
@@ -79,24 +78,6 @@ def test_soft_fail_skips(emulator: DuneEmulator) -> None:
     execution_id = finished(start(FAILING))
     with pytest.raises(AirflowSkipException):
         sensor(execution_id, soft_fail=True).execute(CONTEXT)
-
-
-@pytest.mark.parametrize("bad_id", ["", "  ", "abc/../../x", None])
-def test_invalid_id_is_refused_when_the_dag_is_parsed(bad_id: Any) -> None:
-    with pytest.raises(DuneConfigurationError) as info:
-        sensor(bad_id)
-    assert "execution_id" in str(info.value)
-    assert "key='execution_id'" in str(info.value)  # says where the id should come from
-    assert "DuneExecuteQueryOperator" in str(info.value)
-
-
-def test_an_id_that_renders_invalid_fails_before_any_request(emulator: DuneEmulator) -> None:
-    task = sensor("{{ ti.xcom_pull(task_ids='start') }}")  # accepted: only known once rendered
-    task.execution_id = "x y"  # what the template rendered to
-    with pytest.raises(AirflowFailException) as info:
-        task.poke(CONTEXT)
-    assert "key='execution_id'" in str(info.value)
-    assert not emulator.counts
 
 
 def test_unknown_execution_fails(emulator: DuneEmulator) -> None:

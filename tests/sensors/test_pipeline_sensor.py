@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from airflow.exceptions import AirflowException, TaskDeferred
 
-from airflow_provider_dune.api.errors import DuneConfigurationError
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.sensors.pipeline import DunePipelineSensor
 from airflow_provider_dune.testing.emulator import DuneEmulator, Fault
@@ -120,24 +119,6 @@ def test_poke_survives_transient_errors(emulator: DuneEmulator) -> None:
     pipeline_execution_id = start(QUICK)
     emulator.inject("get_pipeline_status", Fault.status(429, times=2), Fault.status(500))
     assert sensor(pipeline_execution_id).execute(CONTEXT) is None
-
-
-@pytest.mark.parametrize("bad_id", ["", "  ", "abc/../../x", None])
-def test_invalid_id_is_refused_when_the_dag_is_parsed(bad_id: Any) -> None:
-    with pytest.raises(DuneConfigurationError) as info:
-        sensor(bad_id)
-    assert "pipeline_execution_id" in str(info.value)
-    assert "key='pipeline_execution_id'" in str(info.value)  # says where the id should come from
-    assert "DuneExecutePipelineOperator" in str(info.value)
-
-
-def test_an_id_that_renders_invalid_fails_before_any_request(emulator: DuneEmulator) -> None:
-    task = sensor("{{ ti.xcom_pull(task_ids='start') }}")  # accepted: only known once rendered
-    task.pipeline_execution_id = "x y"  # what the template rendered to
-    with pytest.raises(AirflowFailException) as info:
-        task.poke(CONTEXT)
-    assert "key='pipeline_execution_id'" in str(info.value)
-    assert not emulator.counts
 
 
 def test_unknown_pipeline_id_fails(emulator: DuneEmulator) -> None:
