@@ -378,9 +378,16 @@ class AirflowStack:
         value = rows[0][0]
         return str(json.loads(value) if isinstance(value, (str, bytes)) else value)
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str) -> str:
+    def task_log(self, dag_id: str, run_id: str, task_id: str, *, until: str | None = None, timeout: float = 30) -> str:
+        """The task's log files, joined. With ``until``, wait up to ``timeout`` seconds for that text: a task's
+        state is saved before the process that runs it has written its last log lines."""
         folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-        return "\n".join(p.read_text(errors="replace") for p in sorted(folder.rglob("*.log")))
+        deadline = time.monotonic() + timeout
+        while True:
+            log = "\n".join(p.read_text(errors="replace") for p in sorted(folder.rglob("*.log")))
+            if until is None or until in log or time.monotonic() > deadline:
+                return log
+            time.sleep(0.5)
 
     # -- REST API and Dune API ------------------------------------------------------------------------
 

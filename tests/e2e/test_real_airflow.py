@@ -206,7 +206,7 @@ def test_faults_while_polling_and_a_real_node_failure(airflow_stack: AirflowStac
             key = f"{request['fault']}:{request['status']}"
             applied[key] = applied.get(key, 0) + 1
     executions = {q: n for q, n in _executions(stack).items() if 401 <= int(q) <= 404}
-    log = stack.task_log("e2e_faults", "faults", "pipeline_404")
+    log = stack.task_log("e2e_faults", "faults", "pipeline_404", until=NODE_ERROR)
     print(
         f"\n[e2e] faults: injected {injected} faults on pipeline_status while polling, applied {applied}; "
         f"states {states}; executions started {executions}; retried {_retried(stack, 'e2e_faults', 'faults')}"
@@ -264,12 +264,16 @@ def test_mark_deferred_task_failed_cancels_running_node(airflow_stack: AirflowSt
         f"new_state=failed; cancel_execution calls {cancels}; pipeline status {pipeline.get('status')}"
     )
     assert cancels == 1
-    assert f"Cancelled query 501 (execution {execution_id})" in stack.task_log("e2e_kill", "kill", "pipeline_501")
+    cancelled = f"Cancelled query 501 (execution {execution_id})"
+    assert cancelled in stack.task_log("e2e_kill", "kill", "pipeline_501", until=cancelled)
     assert stack.ti_states("e2e_kill", "kill") == {"pipeline_501": "failed"}
 
 
 def _run_record_variables(stack: AirflowStack) -> list[str]:
     return [row[0] for row in stack.query("SELECT key FROM variable WHERE key LIKE ?", (f"{KEY_PREFIX}%",))]
+
+
+REUSED = "already succeeded; using it instead of starting another run"
 
 
 @pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="Airflow's task state store arrived in Airflow 3.3")
@@ -300,7 +304,7 @@ def test_a_retried_deferred_task_reattaches_through_the_task_state_store(airflow
         ("e2e_retry", "retry", task_id),
     )
     left = stack.query("SELECT key FROM task_state_store WHERE dag_id=? AND run_id=?", ("e2e_retry", "retry"))
-    log = stack.task_log("e2e_retry", "retry", task_id)
+    log = stack.task_log("e2e_retry", "retry", task_id, until=REUSED)
     print(
         f"\n[e2e] retry through the task state store: {states}, try {tries}, executions started "
         f"{stack.emulator.executions_started(RETRY_QUERY)}, records between tries {records_between_tries[:1]}, "
@@ -310,7 +314,7 @@ def test_a_retried_deferred_task_reattaches_through_the_task_state_store(airflow
     assert tries == [(2,)], "the first try must have failed for this test to mean anything"
     assert stack.emulator.executions_started(RETRY_QUERY) == 1
     assert records_between_tries and records_between_tries[0][0] == STATE_KEY
-    assert "already succeeded; using it instead of starting another run" in log
+    assert REUSED in log
     assert not variables_seen and not _run_record_variables(stack)
     assert left == [], "the record is deleted once the result was handled"
 
