@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
+import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -472,6 +475,19 @@ def test_verbose_logs_method_path_status_without_secrets() -> None:
     lines = stream.getvalue().splitlines()
     assert lines == ["dune-emulator: GET /api/v1/query/5 -> 404", "dune-emulator: GET /api/v1/query/5 -> 404"]
     assert "secret-key-1" not in stream.getvalue()
+
+
+def test_a_client_that_resets_its_connection_prints_no_traceback(
+    capsys: pytest.CaptureFixture[str], emu: DuneEmulator, api: Api
+) -> None:
+    host, port = emu.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"GET /api/v1/query/1001 HTTP/1.1\r\n")  # the request line only, then a reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert api.get("/v1/query/1001").status_code == 200  # the emulator still answers
+    time.sleep(0.2)  # the handler threads of the reset connections have ended
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_quiet_by_default(capsys: pytest.CaptureFixture[str], emu: DuneEmulator, api: Api) -> None:
