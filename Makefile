@@ -128,6 +128,10 @@ test-unit: install
 # deferral, `airflow connections test`, a REST API run without a logical date, the key grep) and
 # tests/e2e/test_form_versions.py (the connection form as the web server serves it and in Chromium).
 COMPAT_E2E := tests/e2e/test_compat.py tests/e2e/test_form_versions.py
+# Another Python on the newest Airflow: the unit tests less the DAG runs (Airflow's CLI, run on every release with
+# the CI's Python) and the tests marked slow (deliberate waits on pacing and timeouts, the same code on every
+# Python; they run on the newest Airflow and on every release of the matrix).
+PYTHON_ENTRY_MARKERS := not e2e and not dag and not slow
 AIRFLOW ?= $(AIRFLOW_VERSION)
 PY ?=
 # An interpreter for Python X.Y: pythonX.Y on PATH if it runs, else the one pyenv installed.
@@ -149,15 +153,14 @@ test-airflow:
 	@if [ ! -f $(ENTRY_VENV)/.installed ] || [ pyproject.toml -nt $(ENTRY_VENV)/.installed ] \
 		|| [ $(call CONSTRAINTS,$(AIRFLOW)) -nt $(ENTRY_VENV)/.installed ]; then \
 		$(MAKE) --no-print-directory _entry_venv AIRFLOW=$(AIRFLOW) PY=$(PY); fi
-	$(MATRIX_PYTEST) -m "$(if $(PY),not e2e and not dag,not e2e)" $(XDIST) -q $(PYTEST_ARGS)
+	$(MATRIX_PYTEST) -m "$(if $(PY),$(PYTHON_ENTRY_MARKERS),not e2e)" $(XDIST) -q $(PYTEST_ARGS)
 	$(if $(PY),,$(MATRIX_PYTEST) -m e2e $(COMPAT_E2E) -q $(PYTEST_ARGS))
 
 _entry_venv:
 	$(call make_venv,$(ENTRY_VENV),$(ENTRY_PYTHON),$(AIRFLOW),$(MATRIX_EXTRAS))
 	@touch $(ENTRY_VENV)/.installed
 
-# The newest Airflow with the oldest and newest Python it supports: the unit tests (the DAG runs exercise
-# Airflow's CLI, already run on every release with the CI's Python). A Python that is not
+# The newest Airflow with the other Pythons it supports: the unit tests (PYTHON_ENTRY_MARKERS). A Python that is not
 # installed is reported, not skipped silently; in CI (DUNE_REQUIRE_PYTHONS=1) it fails the run.
 test-pythons:
 	@for py in $(EXTRA_PYTHONS); do \
