@@ -7,7 +7,7 @@ import asyncio
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -18,9 +18,6 @@ from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.polling import PollingSession, PollTarget, ReadSchedule, Snapshot
 from airflow_provider_dune.utils.budget_leases import LEASES, lease_for
-
-if TYPE_CHECKING:
-    pass
 
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
