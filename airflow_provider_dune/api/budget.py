@@ -40,8 +40,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Generator
-from typing import Literal
 
+from airflow_provider_dune.api.endpoint_table import Bucket
 from airflow_provider_dune.api.retry import RetryPolicy
 
 #: Requests that may go out back to back before pacing starts (a new task's first status read is not held up).
@@ -62,8 +62,6 @@ URGENCY_HEAD_START = 30.0
 #: How likely the reads of the current task are to find their run finished (0..1), as set by a trigger around its
 #: status read: the rank of a read waiting for a slot (see :class:`KeyPacer`).
 READ_URGENCY: contextvars.ContextVar[float] = contextvars.ContextVar("dune_read_urgency", default=0.5)
-
-Bucket = Literal["read", "write"]
 
 
 class KeyPacer:
