@@ -417,6 +417,17 @@ class DuneRunOperator(BaseOperator):
             return RunToWaitFor(previous, status)
         if outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict()):
             return RunToWaitFor(previous, status)
+        reason = permanent_run_failure(status.to_dict()) if outcome is PipelineOutcome.FAILED else None
+        if reason is not None:
+            # The previous try never acted on this failure (a try that did forgets its run), e.g. Airflow failed
+            # it before it resumed (apache/airflow#67287). Another run would fail the same way: report this one.
+            self.log.warning(
+                "%s of a previous try failed (%s) and that try did not report it; reporting it instead of starting "
+                "another billed run. Clear the task again once the cause is fixed to start a new run.",
+                self.run_label(previous),
+                reason,
+            )
+            return RunToWaitFor(previous, status)
         self.log.info("%s of a previous try ended %s; starting a new run", self.run_label(previous), outcome.value)
         return None
 

@@ -29,7 +29,7 @@ N_RESTART = 4
 D_RESTART = 25.0
 D_FAULTS = 8.0
 NODE_ERROR = "e2e: Line 3:7: Column 'volume_usdd' cannot be resolved"
-FAILING_QUERY = 404  # its node fails for real: no retry, so the task's failure is that failure
+FAILING_QUERY = 404  # its node fails for real: not retried (an SQL error), so the task's failure is that failure
 
 RETRY_QUERY = 601  # its rows cannot be fetched on the first try: the retry must reuse the finished run
 DAG_IDS = ["e2e_slots", "e2e_restart", "e2e_faults", "e2e_kill", "e2e_retry"]
@@ -56,8 +56,9 @@ def pipelines(dag_id, query_ids):
                 deferrable=True,
                 poll_interval=1,
                 # As users set it. Airflow <= 3.3.2 may fail a deferred task whose trigger fires within seconds
-                # (apache/airflow#67287); the retry then reuses the finished run instead of starting another.
-                retries=0 if query_id == {FAILING_QUERY} else 1,
+                # (apache/airflow#67287) without running it again; the retry then reuses the finished run instead
+                # of starting another, and states a failed run's error once.
+                retries=1,
                 retry_delay=timedelta(seconds=1),
             )
     return dag
@@ -187,18 +188,28 @@ def test_faults_while_polling_and_a_real_node_failure(airflow_stack: AirflowStac
     stack.emulator.add_query(FAILING_QUERY, duration=4, error=NODE_ERROR)
     stack.trigger("e2e_faults", "faults")
     stack.wait_for("e2e_faults", "faults", lambda s: "deferred" in s.values(), timeout=90, interval=0.2)
-    faults = (
-        Fault.status(429, times=3),
-        Fault.status(429, retry_after=1, times=2),
-        Fault.status(500, times=2),
-        Fault.drop(times=2),
-        Fault.status(503, times=1),
-        Fault.slow(2.0, times=3),
-        Fault.slow(7.0, times=1),  # beyond the connection's 5 s read timeout
-        Fault.status(502, times=1),
-    )
-    stack.emulator.inject("get_pipeline_status", *faults)
-    injected = sum(f.times for f in faults)
+    # Each succeeding pipeline gets its own faults, at most four failed answers in a row: fewer than a read's five
+    # attempts, so wherever they land (the trigger's polls or the resumed task's last read) the run is still seen
+    # through. The failing pipeline gets none, so its resumed task always reads Dune's error text.
+    faults_by_query = {
+        401: (Fault.status(429, times=3), Fault.status(500, times=1), Fault.slow(2.0, times=1)),
+        402: (
+            Fault.status(429, retry_after=1, times=2),
+            Fault.status(500, times=1),
+            Fault.drop(times=1),
+            Fault.slow(2.0, times=1),
+        ),
+        403: (
+            Fault.drop(times=1),
+            Fault.status(503, times=1),
+            Fault.slow(7.0, times=1),  # beyond the connection's 5 s read timeout
+            Fault.status(502, times=1),
+            Fault.slow(2.0, times=1),
+        ),
+    }
+    for query_id, faults in faults_by_query.items():
+        stack.emulator.inject("get_pipeline_status", *faults, query_id=query_id)
+    injected = sum(f.times for faults in faults_by_query.values() for f in faults)
     states = stack.wait_for("e2e_faults", "faults", _all_end, timeout=150, interval=0.25)
     applied: dict[str, int] = {}
     for request in stack.emulator.requests():
@@ -219,7 +230,8 @@ def test_faults_while_polling_and_a_real_node_failure(airflow_stack: AirflowStac
         "pipeline_404": "failed",
     }
     assert executions == {"401": 1, "402": 1, "403": 1, "404": 1}
-    assert NODE_ERROR in log, log[-3000:]
+    assert NODE_ERROR in log, log
+    assert "Not retried" in log, log
 
 
 def test_mark_deferred_task_failed_cancels_running_node(airflow_stack: AirflowStack) -> None:
