@@ -76,7 +76,9 @@ with DAG("e2e_retry", schedule=None, start_date=START, catchup=False):
         deferrable=True,
         poll_interval=1,
         fetch_results=True,
-        retries=1,
+        # One retry for the failed fetch, one for Airflow's defer race (apache/airflow#67287): when the race
+        # fails the first try before it resumes, the second try is the one whose fetch fails.
+        retries=2,
         retry_delay=timedelta(seconds=2),
     )
 """
@@ -322,8 +324,12 @@ def test_a_retried_deferred_task_reattaches_through_the_task_state_store(airflow
         f"{stack.emulator.executions_started(RETRY_QUERY)}, records between tries {records_between_tries[:1]}, "
         f"run-record Variables seen {sorted(variables_seen)}, store keys left {left}"
     )
+    fetches_refused = sum(
+        1 for r in stack.emulator.requests() if r["endpoint"] == "get_execution_results" and r["status"] == 503
+    )
     assert states == {task_id: "success"}
-    assert tries == [(2,)], "the first try must have failed for this test to mean anything"
+    assert tries in ([(2,)], [(3,)]), "a try must have failed for this test to mean anything"
+    assert fetches_refused == DEFAULT_MAX_ATTEMPTS, "the failed try is the one whose fetch was refused"
     assert stack.emulator.executions_started(RETRY_QUERY) == 1
     assert records_between_tries and records_between_tries[0][0] == STATE_KEY
     assert REUSED in log
