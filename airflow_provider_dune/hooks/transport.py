@@ -31,6 +31,7 @@ from airflow_provider_dune.api.connection_fields import BASE_URL_LABEL, form_fie
 from airflow_provider_dune.api.endpoints import DuneRequest
 from airflow_provider_dune.api.errors import DuneConfigurationError, DuneConnectionError, DuneTLSError
 from airflow_provider_dune.api.responses import response_too_large
+from airflow_provider_dune.utils.timeouts import wait_within
 
 _CHUNK_BYTES = 64 * 1024
 
@@ -326,7 +327,7 @@ async def asend(
             return RawResponse(response.status_code, b"".join(chunks), response.headers)
 
     try:
-        return await asyncio.wait_for(read(), timeout=limits.deadline)
+        return await wait_within(read(), limits.deadline)
     except asyncio.TimeoutError:
         raise _deadline_failure(request, limits) from None
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:

@@ -18,6 +18,7 @@ from airflow_provider_dune.api.validation import validate_seconds
 from airflow_provider_dune.hooks.dune import DuneHook
 from airflow_provider_dune.polling import PollingSession, PollTarget, ReadSchedule, Snapshot
 from airflow_provider_dune.utils.budget_leases import LEASES, lease_for
+from airflow_provider_dune.utils.timeouts import wait_within
 
 #: How long the status check made at the deadline may take before the trigger gives up on it.
 FINAL_CHECK_SECONDS = 5.0
@@ -115,7 +116,7 @@ class DunePollingTrigger(BaseTrigger):
             return await self.fetch(hook)
         allowed = max(self.end_time - time.time(), 0.0) + FINAL_CHECK_SECONDS
         try:
-            return await asyncio.wait_for(self.fetch(hook), timeout=allowed)
+            return await wait_within(self.fetch(hook), allowed)
         except asyncio.TimeoutError:
             raise DuneConnectionError(
                 "the status call was still waiting for Dune's answer at the deadline", request_sent=True

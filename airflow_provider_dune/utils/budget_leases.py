@@ -37,6 +37,7 @@ from asgiref.sync import sync_to_async
 
 from airflow_provider_dune.api.credits import UsageCache
 from airflow_provider_dune.utils.config import configured_budget_share
+from airflow_provider_dune.utils.timeouts import wait_within
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class BudgetLeases:
                     asyncio.get_running_loop().create_task, self._keep(entry), name=f"dune-budget-lease-{variable}"
                 )
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(entry.renewed.wait(), FIRST_RENEWAL_TIMEOUT)
+                await wait_within(entry.renewed.wait(), FIRST_RENEWAL_TIMEOUT)
             yield
         finally:
             entry.holders -= 1

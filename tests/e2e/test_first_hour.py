@@ -68,7 +68,13 @@ STACK_OPTIONS = StackOptions(
     connection_env=False,
     login=True,
     paused_at_creation=True,
-    extra_env=(("DUNE_POLL_INTERVAL", "1"), ("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")),
+    # DUNE_RETRY_DELAY: when Airflow's defer race fails a try (apache/airflow#67287), its retry comes in seconds,
+    # not the example's 5 minutes.
+    extra_env=(
+        ("DUNE_POLL_INTERVAL", "1"),
+        ("DUNE_RETRY_DELAY", "5"),
+        ("AIRFLOW__CORE__TEST_CONNECTION", "Enabled"),
+    ),
 )
 
 
