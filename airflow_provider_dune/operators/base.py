@@ -415,9 +415,10 @@ class DuneRunOperator(BaseOperator):
                 self.run_label(previous),
             )
             return RunToWaitFor(previous, status)
-        if outcome is PipelineOutcome.FAILED and self.accept_failure(status.to_dict()):
+        details = status.to_dict()
+        if outcome is PipelineOutcome.FAILED and self.accept_failure(details):
             return RunToWaitFor(previous, status)
-        reason = permanent_run_failure(status.to_dict()) if outcome is PipelineOutcome.FAILED else None
+        reason = permanent_run_failure(details) if outcome is PipelineOutcome.FAILED else None
         if reason is not None:
             # The previous try never acted on this failure (a try that did forgets its run), e.g. Airflow failed
             # it before it resumed (apache/airflow#67287). Another run would fail the same way: report this one.

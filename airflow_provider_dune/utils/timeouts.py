@@ -25,14 +25,19 @@ async def wait_within(awaitable: Awaitable[T], seconds: float) -> T:
     try:
         done, _ = await asyncio.wait({task}, timeout=seconds)
     except asyncio.CancelledError:
-        task.cancel()
-        await asyncio.wait({task})
-        if not task.cancelled():
-            task.exception()  # retrieved: whatever it ended with is superseded by the cancellation
+        await _cancel_and_wait(task)
         raise
     if not done:
-        task.cancel()
-        await asyncio.wait({task})
+        await _cancel_and_wait(task)
         if task.cancelled() or task.exception() is not None:
             raise asyncio.TimeoutError
     return task.result()
+
+
+async def _cancel_and_wait(task: asyncio.Future[T]) -> None:
+    """Cancel ``task`` and wait until it has ended (its cleanup included); an error it ended with is marked
+    retrieved, so asyncio does not log it: the caller's cancellation or timeout supersedes it."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
